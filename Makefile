@@ -1,0 +1,39 @@
+# Two entry points for a newcomer: `make demo` and `make test`. Both install everything first
+# (Debian packages, bpffs, the venv in .venv/) so they work on a fresh Debian 12 host as root.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+# bcc (python3-bpfcc) needs kernel headers: Debian's linux-headers-amd64 serve when no package
+# matches the running kernel (loader/compile.py finds them).
+APT_PACKAGES := python3-bpfcc python3-venv python3-pip clang llvm libxdp1 libxdp-dev xdp-tools \
+	bpftool iproute2 linux-headers-amd64 iperf3 ethtool nftables procps
+
+.PHONY: setup demo test lint bench clean
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@[ "$$(id -u)" = 0 ] || { echo "make: xdpbr needs root (BPF, netlink, namespaces); run as root"; exit 1; }
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES)
+	mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(PY) -m control.demo
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(PY) -m bench.fastpath
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,140 @@
+/* Every map and map struct of the fast path, defined once.
+ *
+ * loader/layouts.py mirrors each struct as a ctypes.Structure and tests/test_layouts.py checks
+ * sizes and offsets against the compiled program, so a change here that Python does not follow
+ * fails the tests instead of corrupting a pinned map.
+ *
+ * The loader compiles this once per bridge with -DXDPBR_PIN_DIR="\"/sys/fs/bpf/xdpbr/<bridge>\""
+ * so every map is pinned there and shared by the XDP and TC programs of all ports.
+ */
+#ifndef XDPBR_MAPS_H
+#define XDPBR_MAPS_H
+
+#include "xdpbr_reasons.h"
+
+#ifndef XDPBR_PIN_DIR
+#error "XDPBR_PIN_DIR must name the bridge's bpffs directory"
+#endif
+/* Port slots: DEVMAP index and stats row. */
+#ifndef XDPBR_MAX_PORTS
+#define XDPBR_MAX_PORTS 1024
+#endif
+/* FDB mirror capacity: a plain hash, never LRU, so a MAC flood cannot evict other ports. */
+#ifndef XDPBR_FDB_SIZE
+#define XDPBR_FDB_SIZE 16384
+#endif
+#ifndef XDPBR_VLAN_SIZE
+#define XDPBR_VLAN_SIZE 16384
+#endif
+
+/* Bump when any struct below changes; pinned maps of another version are not reused. */
+#define XDPBR_LAYOUT_VERSION 1
+
+/* struct xdpbr_port.mode */
+#define XDPBR_MODE_BRIDGE 0
+#define XDPBR_MODE_XDP 1
+#define XDPBR_MODE_TC 2
+#define XDPBR_MODE_XDP_TC 3
+
+/* struct xdpbr_port.flags: copied from the bridge port (IFLA_BRPORT_*) and from probes. */
+#define XDPBR_PORT_FORWARDING (1 << 0) /* STP state is forwarding */
+#define XDPBR_PORT_ISOLATED (1 << 1)
+#define XDPBR_PORT_HAIRPIN (1 << 2)
+#define XDPBR_PORT_XDP_EGRESS (1 << 3) /* may be an XDP redirect target (ndo_xdp_xmit, peer NAPI) */
+
+/* Ingress and egress configuration of one bridge port, keyed by ifindex.
+ * Written by the control plane (attach, daemon); read by the fast path. */
+struct xdpbr_port {
+	__u32 slot;        /* index into xdpbr_devmap and the stats rows */
+	__u32 mtu;         /* egress MTU, without the Ethernet header */
+	__u16 pvid;        /* untagged ingress VLAN when vlan_filtering; 0 = none */
+	__u8 mode;         /* XDPBR_MODE_*: what runs on this port */
+	__u8 flags;        /* XDPBR_PORT_* */
+	__u8 mode_reason;  /* control plane only: why this mode (loader/layouts.py MODE_REASONS) */
+	__u8 xdp_attach;   /* control plane only: 0 none, 1 native, 2 generic */
+	__u8 peer_gro_set; /* control plane only: xdpbr switched the veth peer's GRO on */
+	__u8 pad;
+};
+
+/* Bridge VLAN membership, keyed by (port ifindex, vid); value XDPBR_VLAN_* flags. */
+#define XDPBR_VLAN_UNTAGGED (1 << 0)
+struct xdpbr_vlan_key {
+	__u32 ifindex;
+	__u16 vid;
+	__u16 pad;
+};
+
+/* FDB mirror key: what the bridge keys its FDB by. vid is 0 without vlan_filtering. */
+struct xdpbr_fdb_key {
+	__u8 mac[6];
+	__u16 vid;
+};
+
+#define XDPBR_FDB_LOCAL (1 << 0)  /* to the host (bridge or port address): never forwarded */
+#define XDPBR_FDB_STATIC (1 << 1) /* static/permanent: the bridge never moves it */
+/* FDB mirror value. Written by the control plane from the kernel FDB; the fast path only
+ * stamps last_seen_ns (at most once a second) so the daemon can refresh kernel aging. */
+struct xdpbr_fdb_entry {
+	__u32 ifindex;
+	__u16 flags;        /* XDPBR_FDB_* */
+	__u16 pad;
+	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last fast-path frame from this MAC */
+};
+
+/* Bridge-wide state, one entry. */
+#define XDPBR_BRIDGE_NETFILTER_BLOCK (1 << 0) /* netfilter could see frames: pass everything */
+struct xdpbr_bridge {
+	__u64 heartbeat_ns; /* CLOCK_MONOTONIC of the last resync/heartbeat by a control plane */
+	__u64 grace_ns;     /* fast path runs this long after the last heartbeat */
+	__u32 ifindex;
+	__u8 mac[6];
+	__u8 vlan_filtering;
+	__u8 flags;         /* XDPBR_BRIDGE_* */
+};
+
+/* Control-plane record of how the bridge was attached; never read by the fast path. */
+struct xdpbr_meta {
+	__u32 layout_version; /* XDPBR_LAYOUT_VERSION of the programs that created the pins */
+	__u8 mode;            /* requested default mode: 0 auto, else XDPBR_MODE_* + 1 */
+	__u8 xdp_mode;        /* requested: 0 any (native, generic fallback), 1 native, 2 generic */
+	__u8 netfilter;       /* 0 respect, 1 bypass */
+	__u8 pad;
+	char netns[64];       /* network namespace name ("" = the namespace of the attach) */
+};
+
+/* Per-port mode requested by `xdpbr port set`, keyed by interface name so it survives
+ * a port being re-created. Value: 0 auto, else XDPBR_MODE_* + 1. */
+struct xdpbr_ifname {
+	char name[16];
+};
+
+/* Per-CPU counters, index ((slot * XDPBR_NR_ATTACH) + attach) * XDPBR_NR_REASONS + reason. */
+struct xdpbr_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+#define XDPBR_STATS_SIZE (XDPBR_MAX_PORTS * XDPBR_NR_ATTACH * XDPBR_NR_REASONS)
+
+BPF_TABLE_PINNED("hash", __u32, struct xdpbr_port, xdpbr_ports, XDPBR_MAX_PORTS,
+		 XDPBR_PIN_DIR "/xdpbr_ports");
+BPF_TABLE_PINNED("hash", struct xdpbr_vlan_key, __u8, xdpbr_vlans, XDPBR_VLAN_SIZE,
+		 XDPBR_PIN_DIR "/xdpbr_vlans");
+BPF_TABLE_PINNED("hash", struct xdpbr_fdb_key, struct xdpbr_fdb_entry, xdpbr_fdb,
+		 XDPBR_FDB_SIZE, XDPBR_PIN_DIR "/xdpbr_fdb");
+BPF_TABLE_PINNED("array", __u32, struct xdpbr_bridge, xdpbr_bridge, 1,
+		 XDPBR_PIN_DIR "/xdpbr_bridge");
+BPF_TABLE_PINNED("array", __u32, struct xdpbr_meta, xdpbr_meta, 1, XDPBR_PIN_DIR "/xdpbr_meta");
+BPF_TABLE_PINNED("hash", struct xdpbr_ifname, __u8, xdpbr_port_modes, XDPBR_MAX_PORTS,
+		 XDPBR_PIN_DIR "/xdpbr_port_modes");
+BPF_TABLE_PINNED("percpu_array", __u32, struct xdpbr_counter, xdpbr_stats, XDPBR_STATS_SIZE,
+		 XDPBR_PIN_DIR "/xdpbr_stats");
+/* Egress devices for XDP redirects, indexed by slot. bcc has no pinned DEVMAP macro; the
+ * "devmap:<path>" section pins it and keeps .redirect_map() (see KERNEL-FACTS). */
+BPF_XDP_REDIRECT_MAP("devmap:" XDPBR_PIN_DIR "/xdpbr_devmap", int, xdpbr_devmap, XDPBR_MAX_PORTS);
+
+#ifdef XDPBR_TEST
+/* Tests only: PROG_TEST_RUN reports a redirect's verdict but not its target. */
+BPF_ARRAY(xdpbr_test_egress, __u32, 1);
+#endif
+
+#endif

@@ -1,0 +1,1 @@
+"""xdpbr's product layer: bridge model, FDB mirror, CLI, daemon, metrics."""

@@ -1,0 +1,1 @@
+"""The only layer that touches the kernel's BPF, netlink and socket APIs."""
