@@ -53,7 +53,7 @@ struct xdpbr_port {
 	__u8 mode_reason;  /* control plane only: why this mode (loader/layouts.py MODE_REASONS) */
 	__u8 xdp_attach;   /* control plane only: 0 none, 1 native, 2 generic */
 	__u8 peer_gro_set; /* control plane only: xdpbr switched the veth peer's GRO on */
-	__u8 pad;
+	__u8 owned;        /* control plane only: what xdpbr created here (clsact qdisc) */
 };
 
 /* Bridge VLAN membership, keyed by (port ifindex, vid); value XDPBR_VLAN_* flags. */

@@ -1,0 +1,485 @@
+"""Attach, reconcile and detach xdpbr on one bridge.
+
+`reconcile()` is the single place that makes the host match the model: every bridge port gets
+an entry in xdpbr_ports (with the mode it runs and why), the programs its mode needs, a DEVMAP
+slot and its VLANs; ports that left are removed. attach, `port set`, and the daemon (hot-plug,
+netfilter changes, adoption after a restart) all call it. Every host change registers its undo
+first, so a failure leaves nothing half-attached.
+"""
+
+import ctypes
+import logging
+import os
+import time
+
+from control import fdb, netfilter
+from control.model import PortPlan, lower_plan, plan_port
+from control.ports import find_bridge, list_ports
+from loader import attach as at
+from loader import bpfsys, pins
+from loader.errors import NotFound, Unsupported, XdpbrError
+from loader.layouts import (
+    ATTACH_POINTS,
+    BRIDGE_NETFILTER_BLOCK,
+    LAYOUT_VERSION,
+    MAX_PORTS,
+    MODE_INDEX,
+    MODE_REASON_INDEX,
+    MODE_REASONS,
+    MODES,
+    NR_REASONS,
+    OWN_CLSACT,
+    PORT_FORWARDING,
+    PORT_HAIRPIN,
+    PORT_ISOLATED,
+    PORT_XDP_EGRESS,
+    U8,
+    U32,
+    VLAN_UNTAGGED,
+    Bridge,
+    Counter,
+    Ifname,
+    Meta,
+    Port,
+    VlanKey,
+    mac_bytes,
+    stats_index,
+)
+from loader.netns import entered
+from loader.peer import VethPeer
+
+log = logging.getLogger("xdpbr.attach")
+
+GRACE_DEFAULT_S = 10.0
+XDP_PROG_NAME = "xdpbr_xdp"
+REQUESTABLE = ("auto", *MODES)  # stored as index: 0 auto, else MODE_INDEX + 1
+XDP_MODE_CHOICES = ("any", "native", "generic")
+
+
+class Journal:
+    """Undo actions for host changes, run in reverse on failure."""
+
+    def __init__(self):
+        self.actions = []
+
+    def push(self, fn, *args):
+        self.actions.append((fn, args))
+
+    def rollback(self):
+        for fn, args in reversed(self.actions):
+            try:
+                fn(*args)
+            except Exception as exc:  # noqa: BLE001 - keep undoing the rest
+                log.warning("rollback step %s failed: %s", getattr(fn, "__name__", fn), exc)
+        self.actions.clear()
+
+
+class Session:
+    """Open handles for one accelerated bridge: netlink, pinned maps and program fds."""
+
+    def __init__(self, bridge_name, netns=None):
+        self.bridge_name, self.netns = bridge_name, netns
+        self.dir = pins.pin_dir(bridge_name, netns)
+        self.ipr = at.open_netlink(netns)
+        self.bridge = None
+        self.maps = None
+        self.prog_fds = {}
+
+    def find_bridge(self):
+        self.bridge = find_bridge(self.ipr, self.bridge_name, self.netns)
+        return self.bridge
+
+    def open_pins(self):
+        self.maps = pins.PinnedMaps(self.dir).open()
+        for attach_point, name in pins.PROG_PINS.items():
+            path = os.path.join(self.dir, name)
+            if os.path.exists(path):
+                self.prog_fds[attach_point] = bpfsys.obj_get(path)
+        return self
+
+    def close(self):
+        if self.maps:
+            self.maps.close()
+        for fd in self.prog_fds.values():
+            os.close(fd)
+        self.prog_fds.clear()
+        self.ipr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- map helpers -------------------------------------------------------------------
+    def meta(self):
+        meta = Meta()
+        bpfsys.map_lookup(self.maps["xdpbr_meta"], U32(0), meta)
+        return meta
+
+    def bridge_state(self):
+        state = Bridge()
+        bpfsys.map_lookup(self.maps["xdpbr_bridge"], U32(0), state)
+        return state
+
+    def write_bridge_state(self, *, heartbeat=True, grace_s=None, netfilter_block=None):
+        state = self.bridge_state()
+        if heartbeat:
+            state.heartbeat_ns = time.monotonic_ns()
+        if grace_s is not None:
+            state.grace_ns = int(grace_s * 1e9)
+        if self.bridge:
+            state.ifindex = self.bridge.ifindex
+            state.mac[:] = mac_bytes(self.bridge.mac)
+            state.vlan_filtering = int(self.bridge.vlan_filtering)
+        if netfilter_block is not None:
+            state.flags = (state.flags & ~BRIDGE_NETFILTER_BLOCK) | (
+                BRIDGE_NETFILTER_BLOCK if netfilter_block else 0
+            )
+        bpfsys.map_update(self.maps["xdpbr_bridge"], U32(0), state)
+
+    def ports(self):
+        """{ifindex: Port} from xdpbr_ports."""
+        out = {}
+        fd = self.maps["xdpbr_ports"]
+        for key in bpfsys.map_keys(fd, U32):
+            value = Port()
+            if bpfsys.map_lookup(fd, key, value):
+                out[key.value] = value
+        return out
+
+    def requested_modes(self):
+        """{ifname: mode} set with `xdpbr port set`."""
+        out = {}
+        fd = self.maps["xdpbr_port_modes"]
+        for key in bpfsys.map_keys(fd, Ifname):
+            value = U8()
+            if bpfsys.map_lookup(fd, key, value) and value.value:
+                out[key.name.decode()] = REQUESTABLE[value.value]
+        return out
+
+    def set_requested_mode(self, ifname, mode):
+        key = Ifname(name=ifname.encode())
+        if mode == "auto":
+            bpfsys.map_delete(self.maps["xdpbr_port_modes"], key)
+        else:
+            bpfsys.map_update(self.maps["xdpbr_port_modes"], key, U8(REQUESTABLE.index(mode)))
+
+    def prog_id(self, attach_point):
+        fd = self.prog_fds.get(attach_point)
+        return bpfsys.prog_info(fd).id if fd is not None else 0
+
+
+# --- reconcile --------------------------------------------------------------------------
+
+
+def _is_ours(prog_id):
+    if not prog_id:
+        return False
+    try:
+        fd = bpfsys.prog_fd_by_id(prog_id)
+    except XdpbrError:
+        return False
+    try:
+        return bpfsys.prog_info(fd).name.decode() == XDP_PROG_NAME
+    finally:
+        os.close(fd)
+
+
+def _attach_xdp_program(s, port, plan, xdp_mode, journal):
+    """Run the XDP program on the port. Returns (plan, attach mode) after any fallback."""
+    current = at.xdp_state(s.ipr, port.ifindex)
+    if current["prog_id"] and not _is_ours(current["prog_id"]):
+        msg = f"{port.name} already runs another XDP program (id {current['prog_id']})"
+        if plan.explicit:
+            raise XdpbrError(msg, fix="xdpbr never replaces another tool's program; use --mode tc")
+        return lower_plan(plan, "foreign_xdp"), "none"
+    tries = ["native", "generic"] if xdp_mode == "any" else [xdp_mode]
+    if not plan.explicit and xdp_mode == "any":
+        tries = ["native"]  # auto: generic XDP is slower than TC and breaks GSO
+    failure = None
+    for mode in tries:
+        if current["prog_id"] == s.prog_id("xdp") and current["mode"] == mode:
+            return plan, mode  # already running: touching it would emit RTM_NEWLINK for nothing
+        if current["prog_id"] and current["mode"] == mode:
+            old = bpfsys.prog_fd_by_id(current["prog_id"])
+            try:
+                at.attach_xdp(s.ipr, port.ifindex, port.name, s.prog_fds["xdp"], mode, expected_fd=old)
+            finally:
+                os.close(old)
+            return plan, mode
+        if current["prog_id"]:
+            at.detach_xdp(s.ipr, port.ifindex, current["mode"])
+            current = {"mode": None, "prog_id": 0}
+        try:
+            at.attach_xdp(s.ipr, port.ifindex, port.name, s.prog_fds["xdp"], mode)
+        except Unsupported as exc:
+            failure = exc
+            continue
+        journal.push(at.detach_xdp, s.ipr, port.ifindex, mode)
+        return plan, mode
+    if plan.explicit:
+        fix = "use --mode tc, or --xdp-mode generic" if tries == ["native"] else "use --mode tc"
+        raise XdpbrError(f"{failure}", fix=fix)
+    reason = "no_native_xdp" if failure and failure.errno == 95 else "xdp_refused"
+    return lower_plan(plan, reason), "none"
+
+
+def _detach_xdp_program(s, port):
+    current = at.xdp_state(s.ipr, port.ifindex)
+    if current["prog_id"] and _is_ours(current["prog_id"]):
+        at.detach_xdp(s.ipr, port.ifindex, current["mode"])
+
+
+def _attach_tc_program(s, port, owned, journal, replace):
+    if not at.has_clsact(s.ipr, port.ifindex):
+        at.add_clsact(s.ipr, port.ifindex)
+        owned |= OWN_CLSACT
+        journal.push(at.del_clsact, s.ipr, port.ifindex)
+    present = at.has_xdpbr_filter(s.ipr, port.ifindex)
+    if present and not replace:
+        return owned
+    at.attach_tc(s.ipr, port.ifindex, port.name, s.prog_fds["tc"], replace=present)
+    if not present:
+        journal.push(at.detach_tc, s.ipr, port.ifindex)
+    return owned
+
+
+def _detach_tc_program(s, ifindex, owned):
+    if at.has_xdpbr_filter(s.ipr, ifindex):
+        at.detach_tc(s.ipr, ifindex)
+    if owned & OWN_CLSACT and not at.ingress_filters(s.ipr, ifindex):
+        at.del_clsact(s.ipr, ifindex)
+    return owned & ~OWN_CLSACT
+
+
+def _free_slot(used):
+    for slot in range(1, MAX_PORTS):
+        if slot not in used:
+            return slot
+    return None
+
+
+def _zero_stats(s, slot):
+    ncpu = bpfsys.possible_cpus()
+    zero = (Counter * ncpu)()
+    for attach in range(len(ATTACH_POINTS)):
+        for reason in range(NR_REASONS):
+            bpfsys.map_update(s.maps["xdpbr_stats"], U32(stats_index(slot, attach, reason)), zero)
+
+
+def _write_vlans(s, port, old_vids):
+    fd = s.maps["xdpbr_vlans"]
+    for vid, untagged in port.vlans.items():
+        bpfsys.map_update(fd, VlanKey(ifindex=port.ifindex, vid=vid), U8(VLAN_UNTAGGED if untagged else 0))
+    for vid in set(old_vids) - set(port.vlans):
+        bpfsys.map_delete(fd, VlanKey(ifindex=port.ifindex, vid=vid))
+
+
+def _vlans_of(s, ifindex):
+    return [k.vid for k in bpfsys.map_keys(s.maps["xdpbr_vlans"], VlanKey) if k.ifindex == ifindex]
+
+
+def _remove_port(s, ifindex, entry, still_exists):
+    """A port left the bridge (or the bridge is detached): undo everything xdpbr did there."""
+    bpfsys.map_delete(s.maps["xdpbr_ports"], U32(ifindex))
+    with entered(s.netns):
+        bpfsys.map_delete(s.maps["xdpbr_devmap"], U32(entry.slot))
+    for vid in _vlans_of(s, ifindex):
+        bpfsys.map_delete(s.maps["xdpbr_vlans"], VlanKey(ifindex=ifindex, vid=vid))
+    if still_exists:
+        port = _PortRef(ifindex)
+        _detach_xdp_program(s, port)
+        _detach_tc_program(s, ifindex, entry.owned)
+
+
+class _PortRef:
+    def __init__(self, ifindex, name=""):
+        self.ifindex, self.name = ifindex, name
+
+
+def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
+    """Make every port of the bridge run what the model says.
+
+    replace_programs: an attach over a running attachment swaps in the new programs (the XDP
+    program is replaced whenever its id differs; TC filters only when asked, as their program
+    id is not visible through pyroute2). Returns ([(PortInfo, PortPlan)], netfilter why).
+    """
+    journal = journal or Journal()
+    meta = s.meta()
+    default_mode = REQUESTABLE[meta.mode]
+    xdp_mode = XDP_MODE_CHOICES[meta.xdp_mode]
+    if meta.netfilter == 1:
+        blocked, nf_why = False, "bypass"
+    else:
+        blocked, nf_why = netfilter_state or netfilter.check(s.netns)
+    s.write_bridge_state(heartbeat=False, netfilter_block=blocked)
+
+    requested = s.requested_modes()
+    current = s.ports()
+    kernel_ports = list_ports(s.ipr, s.bridge)
+    kernel_index = {p.ifindex for p in kernel_ports}
+    for ifindex, entry in current.items():
+        if ifindex not in kernel_index:
+            exists = bool(s.ipr.link_lookup(index=ifindex)) if ifindex else False
+            _remove_port(s, ifindex, entry, exists)
+
+    used = {e.slot for i, e in current.items() if i in kernel_index}
+    results = []
+    for port in kernel_ports:
+        entry = current.get(port.ifindex) or Port()
+        plan = plan_port(port, requested.get(port.name, default_mode), netfilter_blocked=blocked)
+        if not entry.slot:
+            slot = _free_slot(used)
+            if slot is None:
+                plan = PortPlan("bridge", "no_slot", False)
+            else:
+                entry.slot = slot
+                used.add(slot)
+                _zero_stats(s, slot)
+        xdp_attach = "none"
+        if plan.wants_xdp:
+            plan, xdp_attach = _attach_xdp_program(s, port, plan, xdp_mode, journal)
+        if not plan.wants_xdp:
+            _detach_xdp_program(s, port)
+        owned = entry.owned
+        if plan.wants_tc:
+            owned = _attach_tc_program(s, port, owned, journal, replace_programs)
+        else:
+            owned = _detach_tc_program(s, port.ifindex, owned)
+        entry.owned = owned
+        entry.mode = MODE_INDEX[plan.mode]
+        entry.mode_reason = MODE_REASON_INDEX[plan.reason]
+        entry.xdp_attach = ("none", "native", "generic").index(xdp_attach)
+        results.append((port, plan, entry))
+
+    any_xdp = any(plan.wants_xdp for _, plan, _ in results)
+    for port, plan, entry in results:
+        egress_ok = _xdp_egress_ready(s, port, plan, entry, any_xdp, journal)
+        entry.mtu = port.mtu
+        entry.pvid = port.pvid
+        entry.flags = (
+            (PORT_FORWARDING if port.forwarding else 0)
+            | (PORT_ISOLATED if port.isolated else 0)
+            | (PORT_HAIRPIN if port.hairpin else 0)
+            | (PORT_XDP_EGRESS if egress_ok else 0)
+        )
+        _write_vlans(s, port, _vlans_of(s, port.ifindex))
+        if entry.slot:
+            with entered(s.netns):  # DEVMAP ifindexes resolve in the writer's namespace
+                bpfsys.map_update(s.maps["xdpbr_devmap"], U32(entry.slot), ctypes.c_int32(port.ifindex))
+        bpfsys.map_update(s.maps["xdpbr_ports"], U32(port.ifindex), entry)
+    return [(port, plan) for port, plan, _ in results], nf_why
+
+
+def _xdp_egress_ready(s, port, plan, entry, any_xdp, journal):
+    """May XDP redirects go to this port? Switches a veth peer's GRO on when that is needed."""
+    if plan.mode == "bridge":
+        return False
+    if port.kind == "tun":
+        return True  # tun_xdp_xmit queues to the reader
+    if port.kind == "veth":
+        if not any_xdp:
+            return False  # nothing redirects with XDP: leave the container's offloads alone
+        if entry.flags & PORT_XDP_EGRESS:
+            return True  # settled on an earlier pass: spare the namespace search
+        peer = VethPeer.find(s.ipr, port, s.netns)
+        if not peer:
+            return False
+        ok, switched = peer.ensure_napi()
+        if switched:
+            entry.peer_gro_set = 1
+            journal.push(peer.restore)
+            log.info(
+                "switched GRO on for %s (veth peer of %s) so it can take XDP redirects",
+                peer.ifname,
+                port.name,
+            )
+        return ok
+    return entry.xdp_attach == 1  # physical drivers transmit XDP frames when they run XDP
+
+
+# --- attach / detach --------------------------------------------------------------------
+
+
+def attach(
+    bridge, netns=None, *, mode="auto", xdp_mode="any", netfilter_choice="respect", grace_s=GRACE_DEFAULT_S
+):
+    """Accelerate `bridge`. Over an existing attachment, programs are replaced atomically."""
+    from control.lock import writer_lock
+    from loader.compile import compile_fastpath
+
+    pins.ensure_bpffs()
+    journal = Journal()
+    with writer_lock(), Session(bridge, netns) as s:
+        s.find_bridge()
+        fresh = not os.path.isdir(s.dir)
+        if not fresh:
+            pins.PinnedMaps(s.dir).open().close()  # refuse pins of another layout up front
+        try:
+            if fresh:
+                journal.push(pins.remove_dir, s.dir)
+            compiled = compile_fastpath(s.dir)
+            try:
+                s.maps = pins.PinnedMaps(s.dir).open()
+                for point, prog in (("xdp", compiled.xdp), ("tc", compiled.tc)):
+                    s.prog_fds[point] = os.dup(prog.fd)
+                meta = Meta(
+                    layout_version=LAYOUT_VERSION,
+                    mode=REQUESTABLE.index(mode),
+                    xdp_mode=XDP_MODE_CHOICES.index(xdp_mode),
+                    netfilter=0 if netfilter_choice == "respect" else 1,
+                    netns=(netns or "").encode(),
+                )
+                bpfsys.map_update(s.maps["xdpbr_meta"], U32(0), meta)
+                s.write_bridge_state(heartbeat=True, grace_s=grace_s)
+                mirror = fdb.FdbMirror(s.maps["xdpbr_fdb"])
+                mirror.sync(fdb.dump(s.ipr, s.bridge.ifindex), full=True)
+                results, _ = reconcile(s, journal, replace_programs=True)
+                _repin_programs(s)
+            finally:
+                compiled.close()
+        except BaseException:
+            journal.rollback()
+            raise
+        return results
+
+
+def _repin_programs(s):
+    for point, name in pins.PROG_PINS.items():
+        path = os.path.join(s.dir, name)
+        if os.path.exists(path):
+            os.unlink(path)
+        bpfsys.obj_pin(s.prog_fds[point], path)
+
+
+def detach(bridge, netns=None):
+    """Remove everything xdpbr put on the bridge's ports and its pins."""
+    from control.lock import writer_lock
+
+    with writer_lock(), Session(bridge, netns) as s:
+        if not os.path.isdir(s.dir):
+            raise NotFound(
+                f"bridge {bridge} is not attached" + (f' in network namespace "{netns}"' if netns else ""),
+                fix="see `xdpbr show`",
+            )
+        s.open_pins()
+        for ifindex, entry in s.ports().items():
+            exists = bool(s.ipr.link_lookup(index=ifindex))
+            if entry.peer_gro_set and exists:
+                try:
+                    s.find_bridge()
+                    port = next((p for p in list_ports(s.ipr, s.bridge) if p.ifindex == ifindex), None)
+                    peer = VethPeer.find(s.ipr, port, netns) if port else None
+                    if peer:
+                        peer.restore()
+                except NotFound:
+                    pass
+            _remove_port(s, ifindex, entry, exists)
+        s.maps.close()
+        s.maps = None
+        pins.remove_dir(s.dir)
+
+
+def mode_reason_text(index):
+    return MODE_REASONS[index] if index < len(MODE_REASONS) else str(index)

@@ -1,0 +1,190 @@
+"""`xdpbr`, the operator CLI: iproute2 style, `xdpbr [-j] [-n NETNS] OBJECT/COMMAND ...`.
+
+Commands return dicts; render.py prints them as text or JSON. Errors are one line on stderr,
+`xdpbr: ...`, exit 1 (2 for usage). Read-only commands (show, stats, fdb show) use pinned maps
+only and never start the compiler.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from control import render
+from control.model import MODES, NETFILTER_CHOICES, XDP_MODES
+from loader.errors import UsageError, XdpbrError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message}; try `{self.prog} --help`")
+
+
+def build_parser():
+    p = _Parser(prog="xdpbr", description="XDP/TC shadow fast path for Linux bridges.")
+    p.add_argument("-j", "--json", action="store_true", help="print JSON")
+    p.add_argument("-n", "--netns", metavar="NETNS", help="the bridge lives in this network namespace")
+    p.add_argument("-v", "--verbose", action="store_true", help="show library output and debug logs")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    a = sub.add_parser("attach", help="accelerate a bridge (replaces xdpbr's programs atomically)")
+    a.add_argument("bridge")
+    a.add_argument("--mode", choices=MODES, default="auto", help="mode for every port (default auto)")
+    a.add_argument(
+        "--xdp-mode", choices=XDP_MODES, help="native or generic XDP (default: native, generic fallback)"
+    )
+    a.add_argument(
+        "--netfilter",
+        choices=NETFILTER_CHOICES,
+        default="respect",
+        help="respect: ports whose frames netfilter could see stay on the bridge (default)",
+    )
+    a.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long the fast path runs without a daemon heartbeat (default 10)",
+    )
+
+    d = sub.add_parser("detach", help="remove xdpbr from a bridge")
+    d.add_argument("bridge")
+
+    s = sub.add_parser("show", help="attached bridges, each port's mode and why")
+    s.add_argument("bridge", nargs="?")
+
+    port = sub.add_parser("port", help="per-port settings")
+    psub = port.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    ps = psub.add_parser("set", help="xdpbr port set BRIDGE PORT mode MODE")
+    ps.add_argument("bridge")
+    ps.add_argument("port")
+    ps.add_argument("key", choices=["mode"])
+    ps.add_argument("mode", choices=MODES)
+    pshow = psub.add_parser("show", help="xdpbr port show [BRIDGE]")
+    pshow.add_argument("bridge", nargs="?")
+
+    f = sub.add_parser("fdb", help="the FDB mirror")
+    fsub = f.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    fs = fsub.add_parser("show", help="xdpbr fdb show BRIDGE")
+    fs.add_argument("bridge")
+
+    st = sub.add_parser("stats", help="cumulative counters by port, attach point and reason")
+    st.add_argument("bridge", nargs="?")
+    st.add_argument("--watch", action="store_true", help="print again every --interval seconds")
+    st.add_argument("--interval", type=float, default=1.0, metavar="SECONDS")
+    st.add_argument("--count", type=int, default=0, metavar="N", help="with --watch: stop after N prints")
+
+    dm = sub.add_parser("daemon", help="mirror FDB and port changes into the fast path (foreground)")
+    dm.add_argument("--once", action="store_true", help="resync every attached bridge once and exit")
+    return p
+
+
+def _require_root():
+    if os.geteuid() != 0:
+        raise XdpbrError(
+            "must run as root (BPF maps and netlink need CAP_BPF and CAP_NET_ADMIN)", fix="run it with sudo"
+        )
+
+
+def run(args):
+    """Dispatch a parsed command line; returns the exit code."""
+    from loader.netns import check_exists
+
+    if not args.command:
+        raise UsageError("no command given; try `xdpbr --help`")
+    _require_root()
+    check_exists(args.netns)
+    if args.command == "attach":
+        from control import attachment, state
+
+        attachment.attach(
+            args.bridge,
+            args.netns,
+            mode=args.mode,
+            xdp_mode=args.xdp_mode or "any",
+            netfilter_choice=args.netfilter,
+            grace_s=args.grace,
+        )
+        render.emit(state.show(args.bridge, args.netns), args.json, render.show_text)
+    elif args.command == "detach":
+        from control import attachment
+
+        attachment.detach(args.bridge, args.netns)
+        if args.json:
+            render.emit([], True, str)
+    elif args.command == "show":
+        from control import state
+
+        render.emit(state.show(args.bridge, args.netns), args.json, render.show_text)
+    elif args.command == "port":
+        return _port(args)
+    elif args.command == "fdb":
+        from control import state
+
+        if args.verb != "show":
+            raise UsageError("fdb needs a verb: xdpbr fdb show BRIDGE")
+        render.emit(state.fdb_show(args.bridge, args.netns), args.json, render.fdb_text)
+    elif args.command == "stats":
+        _stats(args)
+    elif args.command == "daemon":
+        from control import daemon
+
+        return daemon.main(once=args.once)
+    return 0
+
+
+def _port(args):
+    from control import ports_cli, state
+
+    if args.verb == "set":
+        ports_cli.set_mode(args.bridge, args.netns, args.port, args.mode)
+        args.verb = "show"
+    if args.verb == "show":
+        rows = [dict(p, bridge=b["bridge"]) for b in state.show(args.bridge, args.netns) for p in b["ports"]]
+        render.emit(rows, args.json, render.ports_text)
+        return 0
+    raise UsageError("port needs a verb: xdpbr port set BRIDGE PORT mode MODE | xdpbr port show [BRIDGE]")
+
+
+def _stats(args):
+    from control import state
+
+    printed = 0
+    while True:
+        render.emit(state.stats(args.bridge, args.netns), args.json, render.stats_text)
+        printed += 1
+        if not args.watch or (args.count and printed >= args.count):
+            return
+        if not args.json:
+            sys.stdout.write("\n")
+        time.sleep(args.interval)
+
+
+def main(argv=None):
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="xdpbr: %(levelname)s %(message)s",
+            stream=sys.stderr,
+        )
+        if args.verbose:
+            os.environ["XDPBR_VERBOSE"] = "1"
+        return run(args)
+    except UsageError as exc:
+        print(f"xdpbr: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except XdpbrError as exc:
+        print(f"xdpbr: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""`xdpbr daemon`: keep every attached bridge's fast path in line with the kernel bridge.
+
+- FDB: RTM_NEWNEIGH/RTM_DELNEIGH (AF_BRIDGE) go into the mirror as they arrive; a netlink
+  overrun (ENOBUFS) or a restart triggers a full dump and diff.
+- Aging: entries the fast path used (last_seen_ns) are refreshed in the kernel with NTF_USE, at
+  most once a second, and only while the kernel still has them on the same port.
+- Ports: RTM_NEWLINK/RTM_DELLINK of the bridge or its ports reconcile the ports (hot-plug,
+  STP state, isolation, MTU); netfilter rules are re-checked every few seconds.
+- Heartbeat: once a second; without it the fast path passes everything after the grace period.
+Bridges are found from their pins under /sys/fs/bpf/xdpbr, so `xdpbr attach` and `detach` take
+effect without talking to the daemon, and a restarted daemon adopts what is there.
+"""
+
+import errno
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+
+from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_NEIGH
+
+from control import fdb, netfilter
+from control.attachment import Session, reconcile
+from control.lock import writer_lock
+from loader import pins
+from loader.errors import XdpbrError
+
+log = logging.getLogger("xdpbr.daemon")
+
+HEARTBEAT_S = 1.0
+AGING_REFRESH_S = 1.0
+NETFILTER_CHECK_S = 2.0
+PIN_SCAN_S = 0.5
+
+
+class Listener(threading.Thread):
+    """Reads RTNL link and neighbour events of one namespace into the daemon's queue."""
+
+    def __init__(self, netns, events):
+        super().__init__(daemon=True, name=f"netlink-{netns or 'default'}")
+        self.netns, self.events = netns, events
+        self.sock = None
+        self.ready = threading.Event()
+        self.alive = True
+
+    def run(self):
+        # pyroute2's sync API runs an asyncio loop bound to the thread that made the socket,
+        # so the socket is made here, in the thread that reads it.
+        from pyroute2 import IPRoute
+
+        kwargs = {"netns": self.netns, "flags": 0} if self.netns else {}
+        try:
+            self.sock = IPRoute(groups=RTMGRP_LINK | RTMGRP_NEIGH, **kwargs)
+            self.sock.bind()
+        finally:
+            self.ready.set()
+        while self.alive:
+            try:
+                msgs = self.sock.get()
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.events.put((self.netns, None))  # overrun: resync everything
+                    continue
+                if self.alive:
+                    log.warning("netlink listener for %s stopped: %s", self.netns or "default namespace", exc)
+                return
+            self.events.put((self.netns, msgs))
+
+    def stop(self):
+        self.alive = False
+        if self.sock:
+            try:
+                self.sock.close()
+            except Exception:  # noqa: BLE001 - closing a socket the thread may be reading
+                pass
+
+
+class BridgeWorker:
+    """The daemon's hold on one attached bridge."""
+
+    def __init__(self, bridge, netns):
+        self.bridge, self.netns = bridge, netns
+        self.session = Session(bridge, netns)
+        self.session.open_pins()
+        self.mirror = fdb.FdbMirror(self.session.maps["xdpbr_fdb"])
+        self.kernel_fdb = {}
+        self.refreshed = {}
+        self.netfilter_state = None
+        self.healthy = False
+        self.needs_reconcile = False
+
+    @property
+    def label(self):
+        return f"{self.bridge}" + (f"@{self.netns}" if self.netns else "")
+
+    def close(self):
+        self.session.close()
+
+    def resync(self):
+        """Full dump and diff of the FDB, then the ports; marks the bridge healthy."""
+        s = self.session
+        try:
+            with writer_lock():
+                s.find_bridge()
+                records = fdb.dump(s.ipr, s.bridge.ifindex)
+                written, deleted = self.mirror.sync(records, full=True)
+                self.kernel_fdb = {(r.mac, r.vid): r for r in records}
+                self.netfilter_state = self._netfilter()
+                reconcile(s, netfilter_state=self.netfilter_state)
+                s.write_bridge_state(heartbeat=True)
+        except XdpbrError as exc:
+            if self.healthy or self.healthy is False:
+                log.warning("%s: cannot resync: %s", self.label, exc)
+            self.healthy = None
+            return
+        self.healthy = True
+        self.needs_reconcile = False
+        log.info(
+            "%s: resynced (%d FDB entries, %d written, %d removed)",
+            self.label,
+            len(records),
+            written,
+            deleted,
+        )
+
+    def _netfilter(self):
+        meta = self.session.meta()
+        if meta.netfilter == 1:
+            return False, "bypass"
+        return netfilter.check(self.netns)
+
+    def on_messages(self, msgs):
+        s = self.session
+        if not self.healthy or s.bridge is None:
+            return
+        for msg in msgs:
+            event = msg.get("event")
+            if event in ("RTM_NEWNEIGH", "RTM_DELNEIGH"):
+                rec = fdb.record_from_neigh(msg, s.bridge.ifindex)
+                if not rec:
+                    continue
+                key = (rec.mac, rec.vid)
+                if event == "RTM_NEWNEIGH":
+                    self.kernel_fdb[key] = rec
+                    self.mirror.sync([rec])
+                else:
+                    self.kernel_fdb.pop(key, None)
+                    self.refreshed.pop(key, None)
+                    self.mirror.sync([], removed=[key])
+            elif event in ("RTM_NEWLINK", "RTM_DELLINK"):
+                index = msg.get("index")
+                if index == s.bridge.ifindex or msg.get_attr("IFLA_MASTER") == s.bridge.ifindex:
+                    self.needs_reconcile = True
+                elif index in self._port_indexes():
+                    self.needs_reconcile = True  # a port left the bridge or went away
+
+    def _port_indexes(self):
+        try:
+            return set(self.session.ports())
+        except XdpbrError:
+            return set()
+
+    def reconcile_if_needed(self):
+        if not self.needs_reconcile or not self.healthy:
+            return
+        self.needs_reconcile = False
+        try:
+            with writer_lock():
+                self.session.find_bridge()
+                self.session.write_bridge_state(heartbeat=False)
+                reconcile(self.session, netfilter_state=self.netfilter_state)
+        except XdpbrError as exc:
+            log.warning("%s: cannot apply port changes: %s", self.label, exc)
+            self.healthy = False
+
+    def heartbeat(self):
+        if self.healthy:
+            self.session.write_bridge_state(heartbeat=True)
+
+    def refresh_aging(self):
+        """NTF_USE for entries the fast path used since their last refresh."""
+        if not self.healthy:
+            return
+        for key, entry in self.mirror.entries().items():
+            if not entry.last_seen_ns or entry.last_seen_ns <= self.refreshed.get(key, 0):
+                continue
+            rec = self.kernel_fdb.get(key)
+            if not rec or rec.local or rec.static or rec.ifindex != entry.ifindex:
+                continue  # gone or moved in the kernel: refreshing would resurrect or undo it
+            try:
+                fdb.refresh_kernel_entry(self.session.ipr, rec)
+                self.refreshed[key] = entry.last_seen_ns
+            except Exception as exc:  # noqa: BLE001 - the next event or resync corrects it
+                log.debug("%s: NTF_USE %s failed: %s", self.label, key, exc)
+
+    def check_netfilter(self):
+        if not self.healthy:
+            return
+        state = self._netfilter()
+        if self.netfilter_state is None or state[0] != self.netfilter_state[0]:
+            log.info("%s: netfilter %s", self.label, state[1])
+            self.netfilter_state = state
+            self.needs_reconcile = True
+
+
+class Daemon:
+    def __init__(self):
+        self.events = queue.Queue()
+        self.workers = {}
+        self.listeners = {}
+        self.stopping = False
+
+    def scan(self):
+        """Adopt newly attached bridges, drop detached ones."""
+        present = set(pins.attached_bridges())
+        for key in list(self.workers):
+            if key not in present:
+                log.info("%s: detached, no longer managed", self.workers[key].label)
+                self.workers.pop(key).close()
+        for bridge, netns in present - set(self.workers):
+            if netns and not os.path.exists(f"/run/netns/{netns}"):
+                continue
+            try:
+                if netns not in self.listeners:
+                    listener = Listener(netns, self.events)
+                    listener.start()
+                    listener.ready.wait(5)  # subscribed before the dump: no event falls between
+                    self.listeners[netns] = listener
+                worker = BridgeWorker(bridge, netns)
+            except XdpbrError as exc:
+                log.warning("%s: cannot adopt: %s", bridge, exc)
+                continue
+            self.workers[(bridge, netns)] = worker
+            worker.resync()
+        for netns in list(self.listeners):
+            if not any(n == netns for _, n in self.workers):
+                self.listeners.pop(netns).stop()
+
+    def run(self, once=False):
+        pins.ensure_bpffs()
+        self.scan()
+        if once:
+            return 0
+        timers = {"heartbeat": 0.0, "aging": 0.0, "netfilter": 0.0, "scan": 0.0}
+        while not self.stopping:
+            try:
+                netns, msgs = self.events.get(timeout=0.1)
+            except queue.Empty:
+                netns, msgs = None, ()
+            else:
+                for (_, ns), worker in self.workers.items():
+                    if ns != netns:
+                        continue
+                    if msgs is None:
+                        worker.resync()
+                    else:
+                        worker.on_messages(msgs)
+            now = time.monotonic()
+            for worker in list(self.workers.values()):
+                worker.reconcile_if_needed()
+                if worker.healthy is not True and now >= timers["scan"]:
+                    worker.resync()
+            if now >= timers["heartbeat"]:
+                timers["heartbeat"] = now + HEARTBEAT_S
+                for worker in self.workers.values():
+                    worker.heartbeat()
+            if now >= timers["aging"]:
+                timers["aging"] = now + AGING_REFRESH_S
+                for worker in self.workers.values():
+                    worker.refresh_aging()
+            if now >= timers["netfilter"]:
+                timers["netfilter"] = now + NETFILTER_CHECK_S
+                for worker in self.workers.values():
+                    worker.check_netfilter()
+            if now >= timers["scan"]:
+                timers["scan"] = now + PIN_SCAN_S
+                self.scan()
+        for worker in self.workers.values():
+            worker.close()
+        for listener in self.listeners.values():
+            listener.stop()
+        return 0
+
+
+def main(once=False):
+    daemon = Daemon()
+
+    def stop(signum, frame):
+        daemon.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("started (pid %d)", os.getpid())
+    return daemon.run(once=once)

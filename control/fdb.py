@@ -1,0 +1,123 @@
+"""The FDB mirror: the kernel bridge's FDB copied into the BPF map xdpbr_fdb.
+
+The bridge is the only learner. `FdbMirror.sync()` is the one idempotent operation: given
+kernel records it makes the map say the same, for a full dump (deleting what the kernel no
+longer has) and for each RTM_NEWNEIGH/RTM_DELNEIGH event alike.
+"""
+
+import logging
+import socket
+
+from control.model import FdbRecord
+from loader import bpfsys
+from loader.errors import XdpbrError
+from loader.layouts import FDB_LOCAL, FDB_STATIC, FdbEntry, FdbKey, mac_bytes, mac_text
+
+log = logging.getLogger("xdpbr.fdb")
+
+AF_BRIDGE = socket.AF_BRIDGE
+NUD_REACHABLE = 0x02
+NUD_NOARP = 0x40
+NUD_PERMANENT = 0x80
+NTF_USE = 0x01
+NTF_MASTER = 0x04
+NTF_STICKY = 0x40
+
+
+def record_from_neigh(msg, bridge_ifindex):
+    """FdbRecord of an AF_BRIDGE neighbour message that belongs to the bridge, else None."""
+    if msg.get("family") != AF_BRIDGE:
+        return None
+    master = msg.get_attr("NDA_MASTER")
+    if master != bridge_ifindex and msg["ifindex"] != bridge_ifindex:
+        return None  # an entry of some device's own address list (NTF_SELF), not the bridge's
+    mac = msg.get_attr("NDA_LLADDR")
+    if not mac:
+        return None
+    state = msg.get("state", 0)
+    return FdbRecord(
+        mac=mac.lower(),
+        vid=msg.get_attr("NDA_VLAN") or 0,
+        ifindex=msg["ifindex"],
+        local=bool(state & NUD_PERMANENT) or msg["ifindex"] == bridge_ifindex,
+        static=bool(state & NUD_NOARP) or bool(msg.get("flags", 0) & NTF_STICKY),
+    )
+
+
+def dump(ipr, bridge_ifindex):
+    """Every FDB entry of the bridge, from the kernel."""
+    records = []
+    for msg in ipr.get_neighbours(family=AF_BRIDGE):
+        rec = record_from_neigh(msg, bridge_ifindex)
+        if rec:
+            records.append(rec)
+    return records
+
+
+def _key(mac, vid):
+    key = FdbKey(vid=vid)
+    key.mac[:] = mac_bytes(mac)
+    return key
+
+
+def _flags(rec):
+    return (FDB_LOCAL if rec.local else 0) | (FDB_STATIC if rec.static or rec.local else 0)
+
+
+class FdbMirror:
+    """Writes kernel FDB records into one bridge's pinned xdpbr_fdb map."""
+
+    def __init__(self, fdb_fd):
+        self.fd = fdb_fd
+
+    def entries(self):
+        """{(mac, vid): FdbEntry} as the map holds them now."""
+        out = {}
+        for key in bpfsys.map_keys(self.fd, FdbKey):
+            value = FdbEntry()
+            if bpfsys.map_lookup(self.fd, key, value):
+                out[(mac_text(key.mac), key.vid)] = value
+        return out
+
+    def sync(self, records, *, removed=(), full=False):
+        """Make the map hold `records` (and not `removed`); with full=True, nothing else.
+
+        Returns (written, deleted). An unchanged entry is not rewritten, so its last_seen_ns
+        stamp from the fast path survives.
+        """
+        current = self.entries()
+        written = deleted = 0
+        wanted = {}
+        for rec in records:
+            wanted[(rec.mac, rec.vid)] = rec
+        for (mac, vid), rec in wanted.items():
+            have = current.get((mac, vid))
+            if have and have.ifindex == rec.ifindex and have.flags == _flags(rec):
+                continue
+            entry = FdbEntry(ifindex=rec.ifindex, flags=_flags(rec))
+            try:
+                bpfsys.map_update(self.fd, _key(mac, vid), entry)
+                written += 1
+            except XdpbrError as exc:
+                # A full mirror: this MAC stays on the slow path (unknown_source/destination).
+                log.warning("fdb mirror: cannot add %s vlan %d: %s", mac, vid, exc)
+        gone = set(removed)
+        if full:
+            gone |= set(current) - set(wanted)
+        for mac, vid in gone:
+            if bpfsys.map_delete(self.fd, _key(mac, vid)):
+                deleted += 1
+        return written, deleted
+
+
+def refresh_kernel_entry(ipr, rec):
+    """NTF_USE: tell the bridge the entry is in use, as a frame through it would (aging)."""
+    ipr.neigh(
+        "set",
+        family=AF_BRIDGE,
+        ifindex=rec.ifindex,
+        lladdr=rec.mac,
+        state=NUD_REACHABLE,
+        flags=NTF_MASTER | NTF_USE,
+        **({"vlan": rec.vid} if rec.vid else {}),
+    )

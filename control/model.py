@@ -1,0 +1,92 @@
+"""The bridge and its ports as xdpbr sees them, and the pure decision of each port's mode.
+
+Dataclasses only, no I/O: tests build them without root.
+"""
+
+from dataclasses import dataclass, field
+
+MODES = ("auto", "xdp", "tc", "xdp+tc", "bridge")
+XDP_MODES = ("native", "generic")
+NETFILTER_CHOICES = ("respect", "bypass")
+
+# auto's table by port kind (DESIGN.md "Modes"): veth keeps its offloads with TC (XDP on a veth
+# switches the peer's TSO off); a TAP takes XDP for what the VMM writes and TC for GSO and
+# pending-checksum frames; anything else (physical uplinks) runs native XDP with TC behind it.
+AUTO_MODE_BY_KIND = {"veth": "tc", "tun": "xdp+tc"}
+AUTO_MODE_DEFAULT = "xdp+tc"
+
+BR_STATE_FORWARDING = 3
+
+
+@dataclass
+class BridgeInfo:
+    name: str
+    ifindex: int
+    mac: str
+    vlan_filtering: bool
+    netns: str | None = None
+
+
+@dataclass
+class PortInfo:
+    name: str
+    ifindex: int
+    kind: str  # IFLA_INFO_KIND: veth, tun, ... ("" for physical devices)
+    mtu: int
+    state: int  # BR_STATE_*
+    isolated: bool = False
+    hairpin: bool = False
+    unsupported_flags: tuple = ()  # bridge port features xdpbr does not model (locked, ...)
+    pvid: int = 0
+    vlans: dict = field(default_factory=dict)  # vid -> untagged
+    peer_ifindex: int = 0  # veth peer
+    peer_netnsid: int | None = None  # None: the peer is in the bridge's namespace
+
+    @property
+    def forwarding(self):
+        return self.state == BR_STATE_FORWARDING
+
+
+@dataclass
+class FdbRecord:
+    """One kernel FDB entry of the bridge (RTM_NEWNEIGH, AF_BRIDGE, NTF_MASTER)."""
+
+    mac: str
+    vid: int
+    ifindex: int
+    local: bool
+    static: bool
+
+
+@dataclass
+class PortPlan:
+    """What should run on a port, and why."""
+
+    mode: str  # bridge, xdp, tc, xdp+tc
+    reason: str  # layouts.MODE_REASONS
+    explicit: bool  # the operator asked for this mode: failing to run it is an error
+
+    @property
+    def wants_xdp(self):
+        return self.mode in ("xdp", "xdp+tc")
+
+    @property
+    def wants_tc(self):
+        return self.mode in ("tc", "xdp+tc")
+
+
+def plan_port(port, requested, *, netfilter_blocked):
+    """The mode a port should run before probing: `requested` is 'auto' or a mode."""
+    if netfilter_blocked:
+        return PortPlan("bridge", "netfilter", False)
+    if requested != "auto":
+        return PortPlan(requested, "requested", True)
+    if port.unsupported_flags:
+        return PortPlan("bridge", "unsupported_port", False)
+    return PortPlan(AUTO_MODE_BY_KIND.get(port.kind, AUTO_MODE_DEFAULT), "auto", False)
+
+
+def lower_plan(plan, reason):
+    """auto's fallback when XDP cannot run on the port: TC keeps it accelerated."""
+    mode = "tc" if plan.mode in ("xdp", "xdp+tc") else plan.mode
+    return PortPlan(mode, reason, False)

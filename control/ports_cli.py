@@ -1,0 +1,33 @@
+"""`xdpbr port set`: remember a port's mode in bpffs and apply it now."""
+
+from control.attachment import Journal, Session, reconcile
+from control.lock import writer_lock
+from control.ports import list_ports
+from loader.errors import NotFound, XdpbrError
+
+
+def set_mode(bridge, netns, port_name, mode):
+    with writer_lock(), Session(bridge, netns) as s:
+        s.find_bridge()
+        try:
+            s.open_pins()
+        except NotFound:
+            raise NotFound(f"bridge {bridge} is not attached", fix=f"xdpbr attach {bridge} first") from None
+        ports = {p.name: p for p in list_ports(s.ipr, s.bridge)}
+        if port_name not in ports:
+            if s.ipr.link_lookup(ifname=port_name):
+                raise XdpbrError(
+                    f"{port_name} is not a port of bridge {bridge}",
+                    fix=f"ip link set {port_name} master {bridge}",
+                )
+            raise NotFound(f"interface {port_name} does not exist")
+        previous = s.requested_modes().get(port_name, "auto")
+        journal = Journal()
+        s.set_requested_mode(port_name, mode)
+        try:
+            reconcile(s, journal)
+        except BaseException:
+            journal.rollback()
+            s.set_requested_mode(port_name, previous)
+            reconcile(s)
+            raise

@@ -1,0 +1,159 @@
+"""Read-only views of attached bridges for `show`, `stats` and `fdb show`.
+
+Only pinned maps (bpf(2)) and netlink reads: never the compiler, so these stay fast.
+"""
+
+import os
+import time
+
+from control.attachment import REQUESTABLE, XDP_MODE_CHOICES, Session
+from loader import attach as at
+from loader import bpfsys, pins
+from loader.errors import NotFound
+from loader.layouts import (
+    ATTACH_POINTS,
+    BRIDGE_NETFILTER_BLOCK,
+    FDB_LOCAL,
+    FDB_STATIC,
+    MODE_REASONS,
+    MODES,
+    NR_REASONS,
+    PORT_FORWARDING,
+    PORT_XDP_EGRESS,
+    REASONS,
+    U32,
+    XDP_ATTACH,
+    Counter,
+)
+
+
+def targets(bridge, netns):
+    """(bridge, netns) pairs a read-only command covers: one bridge or every attached one."""
+    if bridge:
+        directory = pins.pin_dir(bridge, netns)
+        if not os.path.isdir(directory):
+            where = f' in network namespace "{netns}"' if netns else ""
+            raise NotFound(f"bridge {bridge} is not attached{where}", fix="attach it with `xdpbr attach`")
+        return [(bridge, netns)]
+    if netns:
+        return [(b, n) for b, n in pins.attached_bridges() if n == netns]
+    return pins.attached_bridges()
+
+
+def _names(s):
+    return {link["index"]: link.get_attr("IFLA_IFNAME") for link in s.ipr.get_links()}
+
+
+def show(bridge=None, netns=None):
+    out = []
+    for name, ns in targets(bridge, netns):
+        with Session(name, ns) as s:
+            s.open_pins()
+            meta, state = s.meta(), s.bridge_state()
+            names = _names(s)
+            heartbeat_age = (time.monotonic_ns() - state.heartbeat_ns) / 1e9
+            ports = []
+            for ifindex, entry in sorted(s.ports().items(), key=lambda kv: kv[1].slot):
+                xdp = at.xdp_state(s.ipr, ifindex) if ifindex in names else {"prog_id": 0}
+                tc = ifindex in names and at.has_xdpbr_filter(s.ipr, ifindex)
+                ports.append(
+                    {
+                        "port": names.get(ifindex, f"if{ifindex}"),
+                        "ifindex": ifindex,
+                        "slot": entry.slot,
+                        "mode": MODES[entry.mode],
+                        "why": MODE_REASONS[entry.mode_reason],
+                        "xdp_mode": XDP_ATTACH[entry.xdp_attach],
+                        "xdp_prog_id": xdp["prog_id"],
+                        "tc_prog_id": s.prog_id("tc") if tc else 0,
+                        "forwarding": bool(entry.flags & PORT_FORWARDING),
+                        "xdp_egress": bool(entry.flags & PORT_XDP_EGRESS),
+                        "peer_gro_set": bool(entry.peer_gro_set),
+                        "mtu": entry.mtu,
+                        "pvid": entry.pvid,
+                    }
+                )
+            out.append(
+                {
+                    "bridge": name,
+                    "netns": ns,
+                    "mode": REQUESTABLE[meta.mode],
+                    "xdp_mode": XDP_MODE_CHOICES[meta.xdp_mode],
+                    "netfilter": "bypass" if meta.netfilter else "respect",
+                    "netfilter_blocked": bool(state.flags & BRIDGE_NETFILTER_BLOCK),
+                    "heartbeat_age_s": round(heartbeat_age, 3),
+                    "grace_s": state.grace_ns / 1e9,
+                    "fast_path_active": heartbeat_age * 1e9 <= state.grace_ns,
+                    "layout_version": meta.layout_version,
+                    "xdp_prog_id": s.prog_id("xdp"),
+                    "tc_prog_id": s.prog_id("tc"),
+                    "ports": ports,
+                }
+            )
+    return out
+
+
+def read_counters(s):
+    """{(slot, attach, reason): (packets, bytes)} with per-CPU slots summed, nonzero only."""
+    ncpu = bpfsys.possible_cpus()
+    total = bpfsys.map_info(s.maps["xdpbr_stats"]).max_entries
+    _, values, count = bpfsys.map_lookup_batch(s.maps["xdpbr_stats"], U32, Counter * ncpu, total)
+    out = {}
+    row = len(ATTACH_POINTS) * NR_REASONS
+    for index in range(count):
+        per_cpu = values[index]
+        packets = sum(c.packets for c in per_cpu)
+        if not packets:
+            continue
+        slot, rest = divmod(index, row)
+        attach, reason = divmod(rest, NR_REASONS)
+        out[(slot, attach, reason)] = (packets, sum(c.bytes for c in per_cpu))
+    return out
+
+
+def stats(bridge=None, netns=None):
+    """Rows {bridge, port, attach, reason, packets, bytes} of nonzero cumulative counters."""
+    rows = []
+    for name, ns in targets(bridge, netns):
+        with Session(name, ns) as s:
+            s.open_pins()
+            names = _names(s)
+            slot_port = {e.slot: names.get(i, f"if{i}") for i, e in s.ports().items()}
+            for (slot, attach, reason), (packets, nbytes) in sorted(read_counters(s).items()):
+                rows.append(
+                    {
+                        "bridge": name,
+                        "port": slot_port.get(slot, "-" if slot == 0 else f"slot{slot}"),
+                        "attach": ATTACH_POINTS[attach],
+                        "reason": REASONS[reason] if reason < len(REASONS) else f"reason{reason}",
+                        "packets": packets,
+                        "bytes": nbytes,
+                    }
+                )
+    return rows
+
+
+def fdb_show(bridge, netns=None):
+    rows = []
+    from control.fdb import FdbMirror
+
+    for name, ns in targets(bridge, netns):
+        with Session(name, ns) as s:
+            s.open_pins()
+            names = _names(s)
+            now = time.monotonic_ns()
+            for (mac, vid), e in sorted(FdbMirror(s.maps["xdpbr_fdb"]).entries().items()):
+                flags = [f for f, bit in (("local", FDB_LOCAL), ("static", FDB_STATIC)) if e.flags & bit]
+                rows.append(
+                    {
+                        "bridge": name,
+                        "mac": mac,
+                        "vlan": vid,
+                        "port": names.get(e.ifindex, f"if{e.ifindex}"),
+                        "flags": flags,
+                        "fast_path_used_s_ago": round((now - e.last_seen_ns) / 1e9, 1)
+                        if e.last_seen_ns
+                        else None,
+                    }
+                )
+    return rows

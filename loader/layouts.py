@@ -1,0 +1,200 @@
+"""ctypes mirrors of the structs, maps and reasons in bpf/xdpbr_maps.h and bpf/xdpbr_reasons.h.
+
+Each class quotes its C struct; tests/test_layouts.py compiles the fast path and checks every
+size and field offset, every map's type/key/value size, and the reason names, so drift fails
+the tests rather than a running host.
+"""
+
+import ctypes
+
+LAYOUT_VERSION = 1  # XDPBR_LAYOUT_VERSION
+MAX_PORTS = 1024  # XDPBR_MAX_PORTS default
+FDB_SIZE = 16384  # XDPBR_FDB_SIZE default
+VLAN_SIZE = 16384  # XDPBR_VLAN_SIZE default
+NR_REASONS = 32  # XDPBR_NR_REASONS: stats row width, room for appended reasons
+ATTACH_POINTS = ("xdp", "tc")  # XDPBR_ATTACH_XDP, XDPBR_ATTACH_TC
+NO_SLOT = 0  # stats row of frames from interfaces that are not known ports
+
+# enum xdpbr_reason, in order: the label is the C name without PASS_, lower case.
+REASONS = (
+    "forward",
+    "malformed",
+    "stale_mirror",
+    "port_not_accelerated",
+    "port_state",
+    "vlan_unsupported",
+    "vlan_mismatch",
+    "unknown_source",
+    "source_moved",
+    "broadcast",
+    "multicast",
+    "local_destination",
+    "unknown_destination",
+    "egress_not_accelerated",
+    "egress_state",
+    "isolated",
+    "hairpin",
+    "vlan_tag_change",
+    "too_long",
+    "checksum_partial",
+    "egress_no_xdp",
+    "redirect_miss",
+    "netfilter",
+    "fdb_full",
+)
+REASON_INDEX = {name: i for i, name in enumerate(REASONS)}
+
+# XDPBR_MODE_*; requested modes store these + 1, 0 meaning auto.
+MODES = ("bridge", "xdp", "tc", "xdp+tc")
+MODE_INDEX = {name: i for i, name in enumerate(MODES)}
+XDP_ATTACH = ("none", "native", "generic")
+
+PORT_FORWARDING = 1 << 0
+PORT_ISOLATED = 1 << 1
+PORT_HAIRPIN = 1 << 2
+PORT_XDP_EGRESS = 1 << 3
+
+# struct xdpbr_port.owned: what xdpbr created on the port and must remove at detach.
+OWN_CLSACT = 1 << 0
+
+VLAN_UNTAGGED = 1 << 0
+FDB_LOCAL = 1 << 0
+FDB_STATIC = 1 << 1
+BRIDGE_NETFILTER_BLOCK = 1 << 0
+
+# Why a port runs its mode: struct xdpbr_port.mode_reason. Stable like REASONS (show -j).
+MODE_REASONS = (
+    "requested",  # the operator asked for this mode
+    "auto",  # auto's table for this port kind
+    "netfilter",  # netfilter rules could see the port's frames (--netfilter respect)
+    "no_native_xdp",  # the driver refused native XDP: auto took tc
+    "xdp_refused",  # XDP attach failed (MTU needs frags, driver limits): auto took tc
+    "foreign_xdp",  # another tool's XDP program is attached: left alone
+    "not_forwarding",  # unused, kept for the ABI
+    "unsupported_port",  # a port kind or flag xdpbr does not model (locked, neigh_suppress)
+    "no_slot",  # more ports than XDPBR_MAX_PORTS
+)
+MODE_REASON_INDEX = {name: i for i, name in enumerate(MODE_REASONS)}
+
+
+class Port(ctypes.Structure):
+    """struct xdpbr_port { __u32 slot; __u32 mtu; __u16 pvid; __u8 mode; __u8 flags;
+    __u8 mode_reason; __u8 xdp_attach; __u8 peer_gro_set; __u8 owned; };"""
+
+    _fields_ = [
+        ("slot", ctypes.c_uint32),
+        ("mtu", ctypes.c_uint32),
+        ("pvid", ctypes.c_uint16),
+        ("mode", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("mode_reason", ctypes.c_uint8),
+        ("xdp_attach", ctypes.c_uint8),
+        ("peer_gro_set", ctypes.c_uint8),
+        ("owned", ctypes.c_uint8),
+    ]
+
+
+class VlanKey(ctypes.Structure):
+    """struct xdpbr_vlan_key { __u32 ifindex; __u16 vid; __u16 pad; };"""
+
+    _fields_ = [("ifindex", ctypes.c_uint32), ("vid", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+
+
+class FdbKey(ctypes.Structure):
+    """struct xdpbr_fdb_key { __u8 mac[6]; __u16 vid; };"""
+
+    _fields_ = [("mac", ctypes.c_uint8 * 6), ("vid", ctypes.c_uint16)]
+
+
+class FdbEntry(ctypes.Structure):
+    """struct xdpbr_fdb_entry { __u32 ifindex; __u16 flags; __u16 pad; __u64 last_seen_ns; };"""
+
+    _fields_ = [
+        ("ifindex", ctypes.c_uint32),
+        ("flags", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+        ("last_seen_ns", ctypes.c_uint64),
+    ]
+
+
+class Bridge(ctypes.Structure):
+    """struct xdpbr_bridge { __u64 heartbeat_ns; __u64 grace_ns; __u32 ifindex; __u8 mac[6];
+    __u8 vlan_filtering; __u8 flags; };"""
+
+    _fields_ = [
+        ("heartbeat_ns", ctypes.c_uint64),
+        ("grace_ns", ctypes.c_uint64),
+        ("ifindex", ctypes.c_uint32),
+        ("mac", ctypes.c_uint8 * 6),
+        ("vlan_filtering", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+    ]
+
+
+class Meta(ctypes.Structure):
+    """struct xdpbr_meta { __u32 layout_version; __u8 mode; __u8 xdp_mode; __u8 netfilter;
+    __u8 pad; char netns[64]; };"""
+
+    _fields_ = [
+        ("layout_version", ctypes.c_uint32),
+        ("mode", ctypes.c_uint8),
+        ("xdp_mode", ctypes.c_uint8),
+        ("netfilter", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("netns", ctypes.c_char * 64),
+    ]
+
+
+class Ifname(ctypes.Structure):
+    """struct xdpbr_ifname { char name[16]; };"""
+
+    _fields_ = [("name", ctypes.c_char * 16)]
+
+
+class Counter(ctypes.Structure):
+    """struct xdpbr_counter { __u64 packets; __u64 bytes; };"""
+
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+U8 = ctypes.c_uint8
+U32 = ctypes.c_uint32
+I32 = ctypes.c_int32
+
+
+class MapSpec:
+    """What a pinned map must look like before xdpbr reuses it."""
+
+    def __init__(self, name, map_type, key, value, max_entries):
+        self.name, self.map_type, self.key, self.value = name, map_type, key, value
+        self.max_entries = max_entries
+
+    def __repr__(self):
+        return f"MapSpec({self.name})"
+
+
+def map_specs(max_ports=MAX_PORTS, fdb_size=FDB_SIZE):
+    """Every pinned map of the fast path, by pin file name."""
+    specs = [
+        MapSpec("xdpbr_ports", "hash", U32, Port, max_ports),
+        MapSpec("xdpbr_vlans", "hash", VlanKey, U8, VLAN_SIZE),
+        MapSpec("xdpbr_fdb", "hash", FdbKey, FdbEntry, fdb_size),
+        MapSpec("xdpbr_bridge", "array", U32, Bridge, 1),
+        MapSpec("xdpbr_meta", "array", U32, Meta, 1),
+        MapSpec("xdpbr_port_modes", "hash", Ifname, U8, max_ports),
+        MapSpec("xdpbr_stats", "percpu_array", U32, Counter, max_ports * len(ATTACH_POINTS) * NR_REASONS),
+        MapSpec("xdpbr_devmap", "devmap", U32, I32, max_ports),
+    ]
+    return {s.name: s for s in specs}
+
+
+def stats_index(slot, attach, reason):
+    return (slot * len(ATTACH_POINTS) + attach) * NR_REASONS + reason
+
+
+def mac_bytes(text):
+    return bytes(int(x, 16) for x in text.split(":"))
+
+
+def mac_text(raw):
+    return ":".join(f"{b:02x}" for b in bytes(raw))

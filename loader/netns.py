@@ -1,0 +1,61 @@
+"""Enter network namespaces with setns(2), never `ip netns exec` (which remounts /sys and hides
+bpffs pins, KERNEL-FACTS). Python 3.11 has no os.setns, so libc's is called through ctypes.
+
+setns changes the calling thread only; xdpbr's CLI and daemon do namespace work on one thread.
+"""
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+
+from loader.errors import NotFound, XdpbrError
+
+CLONE_NEWNET = 0x40000000
+NETNS_RUN_DIR = "/run/netns"
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def netns_path(name):
+    return os.path.join(NETNS_RUN_DIR, name)
+
+
+def check_exists(name):
+    """Raise NotFound for a namespace name `ip netns` does not know."""
+    if name and not os.path.exists(netns_path(name)):
+        raise NotFound(f'network namespace "{name}" does not exist', fix="see `ip netns list` for the names")
+
+
+def _setns(fd):
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise XdpbrError("cannot enter network namespace", errno=err)
+
+
+@contextlib.contextmanager
+def entered(name):
+    """Run the body inside namespace `name` (None or "" = stay where we are)."""
+    if not name:
+        yield
+        return
+    check_exists(name)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(netns_path(name), os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def current_inode():
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def nsenter_prefix(path):
+    """argv prefix that runs a tool inside the namespace at `path` (a /run/netns or /proc file)."""
+    return ["nsenter", f"--net={path}", "--"]

@@ -1,0 +1,119 @@
+"""The bpffs layout of one accelerated bridge and the checks before reusing it.
+
+/sys/fs/bpf/xdpbr/<bridge>           a bridge in the namespace xdpbr runs in
+/sys/fs/bpf/xdpbr/<bridge>@<netns>   a bridge in network namespace <netns> (`-n`)
+
+Interface names cannot contain '/', so the name is a single path component; '@' separates the
+namespace, so two namespaces with a bridge of the same name never share pins.
+"""
+
+import os
+
+from loader import bpfsys
+from loader.errors import NotFound, XdpbrError
+from loader.layouts import LAYOUT_VERSION, U32, Meta, map_specs
+
+BPFFS = "/sys/fs/bpf"
+ROOT = os.path.join(BPFFS, "xdpbr")
+PROG_PINS = {"xdp": "prog_xdp", "tc": "prog_tc"}
+
+
+def ensure_bpffs():
+    """Mount bpffs if the host has not (pins need it)."""
+    if os.path.ismount(BPFFS):
+        return
+    if os.system(f"mount -t bpf bpf {BPFFS} 2>/dev/null") != 0:
+        raise XdpbrError(f"bpffs is not mounted at {BPFFS}", fix=f"mount -t bpf bpf {BPFFS}")
+
+
+def pin_dir(bridge, netns=None):
+    if "@" in bridge:
+        raise XdpbrError(f"bridge name {bridge!r} contains '@', which xdpbr uses in pin paths")
+    return os.path.join(ROOT, f"{bridge}@{netns}" if netns else bridge)
+
+
+def split_pin_name(entry):
+    """'br0@ns1' -> ('br0', 'ns1'); 'br0' -> ('br0', None)."""
+    bridge, _, netns = entry.partition("@")
+    return bridge, netns or None
+
+
+def attached_bridges():
+    """(bridge, netns) of every bridge with pins, sorted."""
+    if not os.path.isdir(ROOT):
+        return []
+    return sorted(split_pin_name(e) for e in os.listdir(ROOT) if os.path.isdir(os.path.join(ROOT, e)))
+
+
+class PinnedMaps:
+    """Open fds of one bridge's pinned maps, layouts checked. Use as a context manager."""
+
+    def __init__(self, directory, specs=None):
+        self.directory = directory
+        self.specs = specs or map_specs()
+        self.fds = {}
+
+    def open(self):
+        if not os.path.isdir(self.directory):
+            raise NotFound(f"no xdpbr state at {self.directory}")
+        try:
+            for name, spec in self.specs.items():
+                fd = bpfsys.obj_get(os.path.join(self.directory, name))
+                self.fds[name] = fd
+                check_layout(fd, spec, os.path.join(self.directory, name))
+            check_version(self.fds["xdpbr_meta"], self.directory)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self):
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __getitem__(self, name):
+        return self.fds[name]
+
+
+def check_layout(fd, spec, path):
+    """A pin is reused only if type, key/value size and capacity match (bcc does not check)."""
+    info = bpfsys.map_info(fd)
+    import ctypes
+
+    found = (
+        bpfsys.MAP_TYPES.get(info.type, str(info.type)),
+        info.key_size,
+        info.value_size,
+        info.max_entries,
+    )
+    want = (spec.map_type, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value), spec.max_entries)
+    if found != want:
+        raise XdpbrError(
+            f"pinned map {path} has layout {found}, this xdpbr expects {want}",
+            fix="detach the bridge with the xdpbr that attached it, or remove the pin directory",
+        )
+
+
+def check_version(meta_fd, directory):
+    meta = Meta()
+    if bpfsys.map_lookup(meta_fd, U32(0), meta) and meta.layout_version not in (0, LAYOUT_VERSION):
+        raise XdpbrError(
+            f"pins in {directory} are layout version {meta.layout_version}, this xdpbr uses {LAYOUT_VERSION}",
+            fix="detach the bridge with the xdpbr that attached it",
+        )
+
+
+def remove_dir(directory):
+    """Unpin everything under a bridge's directory (programs stay while attached)."""
+    if not os.path.isdir(directory):
+        return
+    for entry in os.listdir(directory):
+        os.unlink(os.path.join(directory, entry))
+    os.rmdir(directory)
