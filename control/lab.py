@@ -1,0 +1,153 @@
+"""Throwaway namespace topologies on this host: a bridge, containers (veth) and VMs (TAP).
+
+Used by `make demo`, the tests and the benchmarks. Every namespace name starts with the lab's
+unique prefix; close() deletes them all, stops the VM loops and removes xdpbr pins of bridges
+in them, also after a failure (use it as a context manager).
+"""
+
+import os
+import secrets
+import subprocess
+
+from loader import pins
+from loader.netns import entered
+from loader.tap import TapEndpoint
+from loader.vm import GuestRelay
+
+
+def sh(*argv, check=True, netns=None):
+    cmd = ["ip", "-n", netns, *argv[1:]] if netns and argv[0] == "ip" else list(argv)
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {res.stderr.strip()}")
+    return res.stdout
+
+
+class Host:
+    """A container or VM: a namespace with one interface and an address."""
+
+    def __init__(self, name, netns, ifname, ip, port):
+        self.name, self.netns, self.ifname, self.ip, self.port = name, netns, ifname, ip, port
+
+    @property
+    def mac(self):
+        return sh("ip", "-n", self.netns, "-br", "link", "show", self.ifname).split()[2]
+
+    def run(self, *argv, check=True, timeout=60):
+        res = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+        if check and res.returncode != 0:
+            raise RuntimeError(f"{self.name}: {' '.join(argv)}: {res.stdout}{res.stderr}".strip())
+        return res
+
+    def ping(self, ip, count=3, size=56):
+        res = self.run(
+            "ping", "-c", str(count), "-i", "0.05", "-W", "1", "-s", str(size), "-q", ip, check=False
+        )
+        return res.returncode == 0
+
+    def __repr__(self):
+        return f"Host({self.name}, {self.ip})"
+
+
+class Lab:
+    def __init__(self, prefix="xdpbr-lab"):
+        self.id = f"{prefix}-{secrets.token_hex(3)}"
+        self.namespaces = []
+        self.relays = []
+        self.taps = []
+        self.switch = None
+        self.bridge = None
+        self._next_ip = 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def netns(self, role):
+        name = f"{self.id}-{role}"
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def make_bridge(self, name="br0", nf_call_iptables=False):
+        self.switch = self.netns("sw")
+        self.bridge = name
+        sh("ip", "-n", self.switch, "link", "add", name, "type", "bridge")
+        sh("ip", "-n", self.switch, "link", "set", name, "up")
+        self.set_nf_call(nf_call_iptables)
+        return self.switch
+
+    def set_nf_call(self, on):
+        """br_netfilter's sysctls are per namespace: this changes only the lab's switch."""
+        with entered(self.switch):
+            for name in ("iptables", "ip6tables", "arptables"):
+                path = f"/proc/sys/net/bridge/bridge-nf-call-{name}"
+                if os.path.exists(path):
+                    with open(path, "w") as f:
+                        f.write("1" if on else "0")
+
+    def _ip(self):
+        ip = f"10.200.0.{self._next_ip}"
+        self._next_ip += 1
+        return ip
+
+    def container(self, name, ip=None):
+        """A veth endpoint: its peer is a port of the bridge, named after it."""
+        ns = self.netns(name)
+        ip = ip or self._ip()
+        port = f"v{name}"[:15]
+        sh("ip", "-n", self.switch, "link", "add", port, "type", "veth", "peer", "eth0", "netns", ns)
+        sh("ip", "-n", self.switch, "link", "set", port, "master", self.bridge, "up")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        return Host(name, ns, "eth0", ip, port)
+
+    def vm(self, name, ip=None):
+        """A TAP endpoint in the switch namespace, driven by a guest kernel through a relay."""
+        ns = self.netns(name)
+        ip = ip or self._ip()
+        port = f"t{name}"[:15]
+        sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "nic")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "link", "set", "nic", "up")
+        tap = TapEndpoint(port, self.switch)
+        self.taps.append(tap)
+        sh("ip", "-n", self.switch, "link", "set", port, "master", self.bridge, "up")
+        relay = GuestRelay(tap, ns, "nic").start()
+        self.relays.append(relay)
+        return Host(name, ns, "eth0", ip, port)
+
+    def wait_forwarding(self, timeout=5.0):
+        """Ports come up in STP 'disabled'/'listening' briefly; wait until all forward."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = sh("bridge", "-n", self.switch, "link", "show")
+            states = [line for line in out.splitlines() if f"master {self.bridge}" in line]
+            if states and all("state forwarding" in line for line in states):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"bridge ports not forwarding: {out}")
+
+    def close(self):
+        for relay in self.relays:
+            relay.stop()
+        for tap in self.taps:
+            tap.close()
+        for ns in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        for bridge, netns in pins.attached_bridges():
+            if netns in self.namespaces:
+                pins.remove_dir(pins.pin_dir(bridge, netns))
+        self.relays, self.taps, self.namespaces = [], [], []
