@@ -156,11 +156,11 @@ int xdpbr_xdp(struct xdp_md *ctx)
 	if (l4_checksum_pending(&f))
 		return xdp_done(&f, &d, PASS_CHECKSUM_PARTIAL, XDP_PASS);
 
-	record_egress(d.egress_ifindex);
 	/* XDP_PASS as the fallback: an empty slot passes instead of dropping. */
 	int action = xdpbr_devmap.redirect_map(d.out_slot, XDP_PASS);
 	if (action != XDP_REDIRECT)
 		return xdp_done(&f, &d, PASS_REDIRECT_MISS, XDP_PASS);
+	record_egress(d.egress_ifindex);
 	return xdp_done(&f, &d, FORWARD, action);
 }
 

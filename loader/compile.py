@@ -79,11 +79,11 @@ class CompiledFastpath:
         self.bpf = bpf
         self.pin_dir = pin_dir
         self.compile_seconds = seconds
-        self.xdp = bpf.load_func("xdpbr_xdp", BPF.XDP)
-        self.tc = bpf.load_func("xdpbr_tc", BPF.SCHED_CLS)
+        self.xdp = bpf.load_func(b"xdpbr_xdp", BPF.XDP)
+        self.tc = bpf.load_func(b"xdpbr_tc", BPF.SCHED_CLS)
 
     def map_fd(self, name):
-        return self.bpf[name].map_fd
+        return self.bpf[name.encode()].map_fd
 
     def close(self):
         self.bpf.cleanup()

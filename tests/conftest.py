@@ -1,0 +1,90 @@
+"""Fixtures: real namespaces, a compiled fast path for PROG_TEST_RUN, a running daemon.
+
+Every namespace starts with a unique `xdpbr-t-<hex>` prefix and is deleted in a finaliser,
+with the pins of bridges inside it, also when the test fails.
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root: BPF, netlink and network namespaces")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def lab():
+    from control.lab import Lab
+
+    with Lab(prefix="xdpbr-t") as lab:
+        yield lab
+
+
+@pytest.fixture
+def bridge_lab(lab):
+    """A bridge with two containers and two VMs, every port forwarding."""
+    lab.make_bridge()
+    lab.c1 = lab.container("c1")
+    lab.c2 = lab.container("c2")
+    lab.vm1 = lab.vm("vm1")
+    lab.vm2 = lab.vm("vm2")
+    lab.wait_forwarding()
+    return lab
+
+
+class DaemonProcess:
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "control.cli", "daemon"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def stop(self, sig=None):
+        if self.proc.poll() is None:
+            if sig:
+                self.proc.send_signal(sig)
+            else:
+                self.proc.terminate()
+            self.proc.wait(10)
+        return self.proc.stderr.read()
+
+
+@pytest.fixture
+def daemon():
+    """Starts `xdpbr daemon`; tests attach first or let it adopt bridges attached later."""
+    procs = []
+
+    def start():
+        d = DaemonProcess()
+        procs.append(d)
+        time.sleep(0.3)
+        return d
+
+    yield start
+    for d in procs:
+        d.stop()
+
+
+def wait_for(predicate, timeout=5.0, step=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()

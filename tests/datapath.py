@@ -1,0 +1,153 @@
+"""A compiled fast path (with the test-only egress map) driven through BPF_PROG_TEST_RUN.
+
+Ports are real veth interfaces in a private namespace (the ingress ifindex must exist in the
+caller's namespace), so the test enters that namespace around every run.
+"""
+
+import ctypes
+import secrets
+import subprocess
+import time
+
+from loader import bpfsys, pins
+from loader.compile import compile_fastpath
+from loader.layouts import (
+    ATTACH_POINTS,
+    FDB_LOCAL,
+    FDB_STATIC,
+    MODE_INDEX,
+    PORT_FORWARDING,
+    PORT_XDP_EGRESS,
+    REASON_INDEX,
+    U8,
+    U32,
+    VLAN_UNTAGGED,
+    Bridge,
+    Counter,
+    FdbEntry,
+    FdbKey,
+    Port,
+    VlanKey,
+    mac_bytes,
+    stats_index,
+)
+from loader.netns import entered
+
+XDP_PASS, XDP_REDIRECT = 2, 4
+TC_ACT_OK, TC_ACT_REDIRECT = 0, 7
+BRIDGE_MAC = "02:b0:00:00:00:01"
+
+
+class Datapath:
+    def __init__(self):
+        tag = secrets.token_hex(3)
+        self.netns = f"xdpbr-t-dp-{tag}"
+        self.pin_dir = f"{pins.BPFFS}/xdpbr-test-{tag}"
+        subprocess.run(["ip", "netns", "add", self.netns], check=True)
+        self.ifindex = {}
+        for name in ("p1", "p2", "p3"):
+            subprocess.run(["ip", "-n", self.netns, "link", "add", name, "type", "veth", "peer", f"{name}x"],
+                           check=True)
+            subprocess.run(["ip", "-n", self.netns, "link", "set", name, "up"], check=True)
+            out = subprocess.run(["ip", "-n", self.netns, "-o", "link", "show", name],
+                                 capture_output=True, text=True, check=True).stdout
+            self.ifindex[name] = int(out.split(":")[0])
+        self.compiled = compile_fastpath(self.pin_dir, test=True)
+        self.fd = {name: self.compiled.map_fd(name) for name in (
+            "xdpbr_ports", "xdpbr_fdb", "xdpbr_bridge", "xdpbr_vlans", "xdpbr_stats", "xdpbr_devmap",
+            "xdpbr_test_egress")}
+        self.ncpu = bpfsys.possible_cpus()
+
+    def close(self):
+        self.compiled.close()
+        subprocess.run(["ip", "netns", "del", self.netns], check=False)
+        pins.remove_dir(self.pin_dir)
+
+    # --- state --------------------------------------------------------------------------
+    def reset(self, *, vlan_filtering=False):
+        for name in ("xdpbr_ports", "xdpbr_fdb", "xdpbr_vlans"):
+            key_type = {"xdpbr_ports": U32, "xdpbr_fdb": FdbKey, "xdpbr_vlans": VlanKey}[name]
+            for key in bpfsys.map_keys(self.fd[name], key_type):
+                bpfsys.map_delete(self.fd[name], key)
+        br = Bridge(heartbeat_ns=time.monotonic_ns(), grace_ns=3600 * 10**9, ifindex=999,
+                    vlan_filtering=int(vlan_filtering))
+        br.mac[:] = mac_bytes(BRIDGE_MAC)
+        bpfsys.map_update(self.fd["xdpbr_bridge"], U32(0), br)
+        for slot, name in enumerate(("p1", "p2", "p3"), start=1):
+            self.port(name, slot=slot)
+        self.set_egress(0)
+
+    def bridge(self, **fields):
+        br = Bridge()
+        bpfsys.map_lookup(self.fd["xdpbr_bridge"], U32(0), br)
+        for k, v in fields.items():
+            setattr(br, k, v)
+        bpfsys.map_update(self.fd["xdpbr_bridge"], U32(0), br)
+
+    def port(self, name, *, slot=None, mode="xdp+tc", flags=PORT_FORWARDING | PORT_XDP_EGRESS, mtu=1500,
+             pvid=0, devmap=True):
+        ifindex = self.ifindex[name]
+        old = Port()
+        bpfsys.map_lookup(self.fd["xdpbr_ports"], U32(ifindex), old)
+        slot = slot or old.slot
+        bpfsys.map_update(self.fd["xdpbr_ports"], U32(ifindex),
+                          Port(slot=slot, mtu=mtu, pvid=pvid, mode=MODE_INDEX[mode], flags=flags))
+        with entered(self.netns):
+            if devmap:
+                bpfsys.map_update(self.fd["xdpbr_devmap"], U32(slot), ctypes.c_int32(ifindex))
+            else:
+                bpfsys.map_delete(self.fd["xdpbr_devmap"], U32(slot))
+
+    def remove_port(self, name):
+        bpfsys.map_delete(self.fd["xdpbr_ports"], U32(self.ifindex[name]))
+
+    def vlan(self, name, vid, untagged=False):
+        bpfsys.map_update(self.fd["xdpbr_vlans"], VlanKey(ifindex=self.ifindex[name], vid=vid),
+                          U8(VLAN_UNTAGGED if untagged else 0))
+
+    def fdb(self, mac, port, vid=0, local=False, static=False):
+        key = FdbKey(vid=vid)
+        key.mac[:] = mac_bytes(mac)
+        ifindex = self.ifindex.get(port, port) if isinstance(port, str) else port
+        flags = (FDB_LOCAL if local else 0) | (FDB_STATIC if static else 0)
+        bpfsys.map_update(self.fd["xdpbr_fdb"], key, FdbEntry(ifindex=ifindex, flags=flags))
+
+    def fdb_entry(self, mac, vid=0):
+        key = FdbKey(vid=vid)
+        key.mac[:] = mac_bytes(mac)
+        value = FdbEntry()
+        return value if bpfsys.map_lookup(self.fd["xdpbr_fdb"], key, value) else None
+
+    def set_egress(self, value):
+        bpfsys.map_update(self.fd["xdpbr_test_egress"], U32(0), U32(value))
+
+    def egress(self):
+        value = U32()
+        bpfsys.map_lookup(self.fd["xdpbr_test_egress"], U32(0), value)
+        return value.value
+
+    def counter(self, port, attach, reason):
+        slot = 0
+        if port:
+            p = Port()
+            bpfsys.map_lookup(self.fd["xdpbr_ports"], U32(self.ifindex[port]), p)
+            slot = p.slot
+        values = (Counter * self.ncpu)()
+        idx = stats_index(slot, ATTACH_POINTS.index(attach), REASON_INDEX[reason])
+        bpfsys.map_lookup(self.fd["xdpbr_stats"], U32(idx), values)
+        return sum(c.packets for c in values)
+
+    # --- runs ---------------------------------------------------------------------------
+    def run_xdp(self, frame, ingress="p1"):
+        ctx = bpfsys.XdpMd(data=0, data_end=len(frame), ingress_ifindex=self.ifindex[ingress])
+        with entered(self.netns):
+            retval, out, _ = bpfsys.prog_test_run(self.compiled.xdp.fd, frame, ctx=ctx)
+        return retval, out
+
+    def run_tc(self, frame, ingress="p1", gso_size=0):
+        ctx = bpfsys.SkBuff(ifindex=self.ifindex[ingress], gso_size=gso_size, gso_segs=1 if gso_size else 0)
+        with entered(self.netns):
+            retval, out, _ = bpfsys.prog_test_run(self.compiled.tc.fd, frame, ctx=ctx)
+        return retval, out
+
+

@@ -1,0 +1,117 @@
+"""loader/layouts.py mirrors bpf/xdpbr_maps.h and bpf/xdpbr_reasons.h: sizes, offsets, map
+layouts, constants and reason names are checked against the compiled C, not trusted."""
+
+import ctypes
+import os
+import re
+import secrets
+
+import pytest
+
+from loader import bpfsys, layouts, pins
+from loader.compile import BPF_DIR, compile_fastpath, find_kernel_headers
+
+STRUCTS = {
+    "xdpbr_port": layouts.Port,
+    "xdpbr_vlan_key": layouts.VlanKey,
+    "xdpbr_fdb_key": layouts.FdbKey,
+    "xdpbr_fdb_entry": layouts.FdbEntry,
+    "xdpbr_bridge": layouts.Bridge,
+    "xdpbr_meta": layouts.Meta,
+    "xdpbr_ifname": layouts.Ifname,
+    "xdpbr_counter": layouts.Counter,
+}
+
+
+def _header(name):
+    with open(os.path.join(BPF_DIR, name)) as f:
+        return f.read()
+
+
+def _defines(text):
+    return {m[0]: m[1] for m in re.findall(r"#define (XDPBR_\w+) \(?(?:1 << )?(\d+)\)?", text)}
+
+
+def test_reason_names_match_the_c_enum():
+    text = _header("xdpbr_reasons.h")
+    start = text.index("enum xdpbr_reason {")
+    body = text[start : text.index("XDPBR_NR_REASONS_USED,", start)]
+    pairs = re.findall(r"\b(FORWARD|PASS_\w+) = (\d+),", body)
+    assert [int(v) for _, v in pairs] == list(range(len(pairs))), "reasons must be numbered densely"
+    names = [n.removeprefix("PASS_").lower() for n, _ in pairs]
+    assert tuple(names) == layouts.REASONS
+    assert int(re.search(r"#define XDPBR_NR_REASONS (\d+)", text)[1]) == layouts.NR_REASONS
+    assert len(layouts.REASONS) <= layouts.NR_REASONS
+
+
+def test_constants_match_the_c_defines():
+    d = _defines(_header("xdpbr_maps.h"))
+    assert int(d["XDPBR_LAYOUT_VERSION"]) == layouts.LAYOUT_VERSION
+    assert int(d["XDPBR_MAX_PORTS"]) == layouts.MAX_PORTS
+    assert int(d["XDPBR_FDB_SIZE"]) == layouts.FDB_SIZE
+    for i, mode in enumerate(layouts.MODES):
+        assert int(d[f"XDPBR_MODE_{mode.upper().replace('+', '_')}"]) == i
+    assert 1 << int(d["XDPBR_PORT_FORWARDING"]) == layouts.PORT_FORWARDING
+    assert 1 << int(d["XDPBR_PORT_ISOLATED"]) == layouts.PORT_ISOLATED
+    assert 1 << int(d["XDPBR_PORT_HAIRPIN"]) == layouts.PORT_HAIRPIN
+    assert 1 << int(d["XDPBR_PORT_XDP_EGRESS"]) == layouts.PORT_XDP_EGRESS
+    assert 1 << int(d["XDPBR_FDB_LOCAL"]) == layouts.FDB_LOCAL
+    assert 1 << int(d["XDPBR_FDB_STATIC"]) == layouts.FDB_STATIC
+    assert 1 << int(d["XDPBR_VLAN_UNTAGGED"]) == layouts.VLAN_UNTAGGED
+    assert 1 << int(d["XDPBR_BRIDGE_NETFILTER_BLOCK"]) == layouts.BRIDGE_NETFILTER_BLOCK
+
+
+@pytest.fixture(scope="module")
+def pin_dir():
+    directory = f"{pins.BPFFS}/xdpbr-test-layout-{secrets.token_hex(3)}"
+    yield directory
+    pins.remove_dir(directory)
+
+
+@pytest.mark.root
+def test_every_pinned_map_has_the_mirrored_layout(pin_dir):
+    compiled = compile_fastpath(pin_dir)
+    compiled.close()
+    with pins.PinnedMaps(pin_dir) as maps:  # PinnedMaps.open checks type, key, value, capacity
+        assert set(maps.fds) == set(layouts.map_specs())
+
+
+@pytest.mark.root
+def test_field_offsets_and_sizes_match_the_compiled_structs(pin_dir):
+    from bcc import BPF
+
+    probes = []
+    for cname, cls in STRUCTS.items():
+        probes.append((f"sizeof {cname}", f"sizeof(struct {cname})", ctypes.sizeof(cls)))
+        for field, *_ in cls._fields_:
+            probes.append((f"{cname}.{field}", f"offsetof(struct {cname}, {field})", getattr(cls, field).offset))
+    lines = "\n".join(
+        f"\ti = {i}; v = {expr}; layout_probe.update(&i, &v);" for i, (_, expr, _) in enumerate(probes)
+    )
+    source = f"""
+#include "xdpbr_maps.h"
+BPF_ARRAY(layout_probe, u64, {len(probes)});
+int probe(struct xdp_md *ctx) {{
+	u32 i; u64 v;
+{lines}
+	return XDP_PASS;
+}}
+"""
+    kernel_source, cflags = find_kernel_headers()
+    old = os.environ.get("BCC_KERNEL_SOURCE")
+    if kernel_source:
+        os.environ["BCC_KERNEL_SOURCE"] = kernel_source
+    try:
+        b = BPF(text=source.encode(), cflags=[*cflags, f"-I{BPF_DIR}", f'-DXDPBR_PIN_DIR="{pin_dir}"'])
+    finally:
+        if old is None:
+            os.environ.pop("BCC_KERNEL_SOURCE", None)
+    try:
+        fn = b.load_func(b"probe", BPF.XDP)
+        bpfsys.prog_test_run(fn.fd, bytes(64))
+        table = b[b"layout_probe"]
+        found = {label: table[ctypes.c_int(i)].value for i, (label, _, _) in enumerate(probes)}
+    finally:
+        b.cleanup()
+    want = {label: value for label, _, value in probes}
+    assert found == want
