@@ -415,10 +415,14 @@ def attach(
         s.find_bridge()
         fresh = not os.path.isdir(s.dir)
         if not fresh:
-            pins.PinnedMaps(s.dir).open().close()  # refuse pins of another layout up front
+            with pins.PinnedMaps(s.dir) as old:  # refuses pins of another layout up front
+                previous = Meta()
+                bpfsys.map_lookup(old["xdpbr_meta"], U32(0), previous)
         try:
             if fresh:
                 journal.push(pins.remove_dir, s.dir)
+            else:  # a failed re-attach keeps the options the running attachment had
+                journal.push(lambda: bpfsys.map_update(s.maps["xdpbr_meta"], U32(0), previous))
             compiled = compile_fastpath(s.dir)
             try:
                 s.maps = pins.PinnedMaps(s.dir).open()

@@ -46,16 +46,30 @@ class Datapath:
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
         self.ifindex = {}
         for name in ("p1", "p2", "p3"):
-            subprocess.run(["ip", "-n", self.netns, "link", "add", name, "type", "veth", "peer", f"{name}x"],
-                           check=True)
+            subprocess.run(
+                ["ip", "-n", self.netns, "link", "add", name, "type", "veth", "peer", f"{name}x"], check=True
+            )
             subprocess.run(["ip", "-n", self.netns, "link", "set", name, "up"], check=True)
-            out = subprocess.run(["ip", "-n", self.netns, "-o", "link", "show", name],
-                                 capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                ["ip", "-n", self.netns, "-o", "link", "show", name],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             self.ifindex[name] = int(out.split(":")[0])
         self.compiled = compile_fastpath(self.pin_dir, test=True)
-        self.fd = {name: self.compiled.map_fd(name) for name in (
-            "xdpbr_ports", "xdpbr_fdb", "xdpbr_bridge", "xdpbr_vlans", "xdpbr_stats", "xdpbr_devmap",
-            "xdpbr_test_egress")}
+        self.fd = {
+            name: self.compiled.map_fd(name)
+            for name in (
+                "xdpbr_ports",
+                "xdpbr_fdb",
+                "xdpbr_bridge",
+                "xdpbr_vlans",
+                "xdpbr_stats",
+                "xdpbr_devmap",
+                "xdpbr_test_egress",
+            )
+        }
         self.ncpu = bpfsys.possible_cpus()
 
     def close(self):
@@ -69,8 +83,12 @@ class Datapath:
             key_type = {"xdpbr_ports": U32, "xdpbr_fdb": FdbKey, "xdpbr_vlans": VlanKey}[name]
             for key in bpfsys.map_keys(self.fd[name], key_type):
                 bpfsys.map_delete(self.fd[name], key)
-        br = Bridge(heartbeat_ns=time.monotonic_ns(), grace_ns=3600 * 10**9, ifindex=999,
-                    vlan_filtering=int(vlan_filtering))
+        br = Bridge(
+            heartbeat_ns=time.monotonic_ns(),
+            grace_ns=3600 * 10**9,
+            ifindex=999,
+            vlan_filtering=int(vlan_filtering),
+        )
         br.mac[:] = mac_bytes(BRIDGE_MAC)
         bpfsys.map_update(self.fd["xdpbr_bridge"], U32(0), br)
         for slot, name in enumerate(("p1", "p2", "p3"), start=1):
@@ -84,14 +102,26 @@ class Datapath:
             setattr(br, k, v)
         bpfsys.map_update(self.fd["xdpbr_bridge"], U32(0), br)
 
-    def port(self, name, *, slot=None, mode="xdp+tc", flags=PORT_FORWARDING | PORT_XDP_EGRESS, mtu=1500,
-             pvid=0, devmap=True):
+    def port(
+        self,
+        name,
+        *,
+        slot=None,
+        mode="xdp+tc",
+        flags=PORT_FORWARDING | PORT_XDP_EGRESS,
+        mtu=1500,
+        pvid=0,
+        devmap=True,
+    ):
         ifindex = self.ifindex[name]
         old = Port()
         bpfsys.map_lookup(self.fd["xdpbr_ports"], U32(ifindex), old)
         slot = slot or old.slot
-        bpfsys.map_update(self.fd["xdpbr_ports"], U32(ifindex),
-                          Port(slot=slot, mtu=mtu, pvid=pvid, mode=MODE_INDEX[mode], flags=flags))
+        bpfsys.map_update(
+            self.fd["xdpbr_ports"],
+            U32(ifindex),
+            Port(slot=slot, mtu=mtu, pvid=pvid, mode=MODE_INDEX[mode], flags=flags),
+        )
         with entered(self.netns):
             if devmap:
                 bpfsys.map_update(self.fd["xdpbr_devmap"], U32(slot), ctypes.c_int32(ifindex))
@@ -102,8 +132,11 @@ class Datapath:
         bpfsys.map_delete(self.fd["xdpbr_ports"], U32(self.ifindex[name]))
 
     def vlan(self, name, vid, untagged=False):
-        bpfsys.map_update(self.fd["xdpbr_vlans"], VlanKey(ifindex=self.ifindex[name], vid=vid),
-                          U8(VLAN_UNTAGGED if untagged else 0))
+        bpfsys.map_update(
+            self.fd["xdpbr_vlans"],
+            VlanKey(ifindex=self.ifindex[name], vid=vid),
+            U8(VLAN_UNTAGGED if untagged else 0),
+        )
 
     def fdb(self, mac, port, vid=0, local=False, static=False):
         key = FdbKey(vid=vid)
@@ -149,5 +182,3 @@ class Datapath:
         with entered(self.netns):
             retval, out, _ = bpfsys.prog_test_run(self.compiled.tc.fd, frame, ctx=ctx)
         return retval, out
-
-

@@ -55,8 +55,15 @@ def _l4(proto, src, dst, header, csum_at, payload, csum):
 
 
 def udp4(src, dst, payload=b"x" * 18, csum="full", sport=1000, dport=2000):
-    l4 = _l4(17, socket.inet_aton(src), socket.inet_aton(dst),
-             struct.pack("!HHHH", sport, dport, 8 + len(payload), 0), 6, payload, csum)
+    l4 = _l4(
+        17,
+        socket.inet_aton(src),
+        socket.inet_aton(dst),
+        struct.pack("!HHHH", sport, dport, 8 + len(payload), 0),
+        6,
+        payload,
+        csum,
+    )
     return ipv4(src, dst, 17, l4) + l4
 
 
@@ -67,8 +74,18 @@ def tcp4(src, dst, payload=b"y" * 20, csum="full", sport=1000, dport=2000):
 
 
 def ipv6(src, dst, nexthdr, l4):
-    return struct.pack("!IHBB16s16s", 6 << 28, len(l4), nexthdr, 64,
-                       socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)) + l4
+    return (
+        struct.pack(
+            "!IHBB16s16s",
+            6 << 28,
+            len(l4),
+            nexthdr,
+            64,
+            socket.inet_pton(socket.AF_INET6, src),
+            socket.inet_pton(socket.AF_INET6, dst),
+        )
+        + l4
+    )
 
 
 def tcp6(src, dst, payload=b"z" * 20, csum="full"):

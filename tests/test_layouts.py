@@ -84,7 +84,9 @@ def test_field_offsets_and_sizes_match_the_compiled_structs(pin_dir):
     for cname, cls in STRUCTS.items():
         probes.append((f"sizeof {cname}", f"sizeof(struct {cname})", ctypes.sizeof(cls)))
         for field, *_ in cls._fields_:
-            probes.append((f"{cname}.{field}", f"offsetof(struct {cname}, {field})", getattr(cls, field).offset))
+            probes.append(
+                (f"{cname}.{field}", f"offsetof(struct {cname}, {field})", getattr(cls, field).offset)
+            )
     lines = "\n".join(
         f"\ti = {i}; v = {expr}; layout_probe.update(&i, &v);" for i, (_, expr, _) in enumerate(probes)
     )

@@ -1,0 +1,123 @@
+"""End to end: two VMs (TAP endpoints driven by a guest kernel, NEEDS_CSUM and GSO frames
+through the vnet header) and two containers (veth, default offloads) on one accelerated bridge.
+Ping, UDP and TCP must arrive intact in every mode, and the counters must say which path
+carried them."""
+
+import pytest
+
+from control import attachment, state
+from tests.traffic import tcp_transfer, udp_exchange
+
+pytestmark = pytest.mark.root
+
+
+def counters(lab):
+    """{(port, attach, reason): packets}"""
+    return {(r["port"], r["attach"], r["reason"]): r["packets"] for r in state.stats(lab.bridge, lab.switch)}
+
+
+def delta(before, after, key):
+    return after.get(key, 0) - before.get(key, 0)
+
+
+def pairs(lab):
+    return [(lab.vm1, lab.c1), (lab.c1, lab.vm1), (lab.vm1, lab.vm2), (lab.c1, lab.c2)]
+
+
+def _everything_arrives(lab):
+    for a, b in pairs(lab):
+        assert a.ping(b.ip), f"ping {a.name} -> {b.name}"
+    for a, b in pairs(lab):
+        assert udp_exchange(a, b) == 100, f"UDP {a.name} -> {b.name} lost or corrupted datagrams"
+    for a, b in pairs(lab):
+        assert tcp_transfer(a, b), f"TCP {a.name} -> {b.name} did not arrive intact"
+
+
+def test_xdp_mode_forwards_unicast_and_passes_what_xdp_cannot_deliver(bridge_lab, daemon):
+    lab = bridge_lab
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    daemon()
+    _everything_arrives(lab)
+    c = counters(lab)
+    for host in (lab.vm1, lab.c1):
+        assert c.get((host.port, "xdp", "forward"), 0) > 0, f"{host.port}: no unicast on the XDP fast path"
+    assert (
+        c.get((lab.vm1.port, "xdp", "broadcast"), 0) + c.get((lab.vm1.port, "xdp", "unknown_source"), 0) > 0
+    )
+    # the guest's TSO super-frames and NEEDS_CSUM frames reached XDP and went to the bridge
+    assert c.get((lab.vm1.port, "xdp", "too_long"), 0) > 0
+    assert c.get((lab.vm1.port, "xdp", "checksum_partial"), 0) > 0
+    assert c.get((lab.c1.port, "xdp", "checksum_partial"), 0) > 0
+    assert not any(k[1] == "tc" for k in c), "xdp mode must not run the TC program"
+
+
+def test_tc_mode_forwards_with_offloads_intact(bridge_lab, daemon):
+    lab = bridge_lab
+    attachment.attach(lab.bridge, lab.switch, mode="tc")
+    daemon()
+    _everything_arrives(lab)
+    c = counters(lab)
+    for host in (lab.vm1, lab.vm2, lab.c1, lab.c2):
+        assert c.get((host.port, "tc", "forward"), 0) > 0, f"{host.port}: no unicast on the TC fast path"
+    assert not any(k[1] == "xdp" for k in c), "tc mode must not run the XDP program"
+    assert not any(k[2] == "checksum_partial" for k in c), "TC keeps CHECKSUM_PARTIAL: nothing to pass"
+
+
+def test_xdp_tc_mode_hands_gso_and_partial_checksums_from_xdp_to_tc(bridge_lab, daemon):
+    lab = bridge_lab
+    attachment.attach(lab.bridge, lab.switch, mode="xdp+tc")
+    daemon()
+    before = counters(lab)
+    assert tcp_transfer(lab.vm1, lab.c1)
+    after = counters(lab)
+    port = lab.vm1.port
+    passed = delta(before, after, (port, "xdp", "too_long")) + delta(
+        before, after, (port, "xdp", "checksum_partial")
+    )
+    assert passed > 0
+    assert delta(before, after, (port, "tc", "forward")) >= passed, "TC must forward what XDP passed"
+    _everything_arrives(lab)
+
+
+def test_auto_mode_runs_tc_on_veth_and_xdp_tc_on_tap(bridge_lab, daemon):
+    lab = bridge_lab
+    attachment.attach(lab.bridge, lab.switch)
+    daemon()
+    ports = {p["port"]: p for p in state.show(lab.bridge, lab.switch)[0]["ports"]}
+    assert (ports[lab.c1.port]["mode"], ports[lab.c1.port]["why"]) == ("tc", "auto")
+    assert (ports[lab.vm1.port]["mode"], ports[lab.vm1.port]["why"]) == ("xdp+tc", "auto")
+    assert ports[lab.vm1.port]["xdp_mode"] == "native"
+    # a TAP redirects with XDP into the containers' veths: their peers need NAPI (GRO)
+    assert ports[lab.c1.port]["xdp_egress"] and ports[lab.c1.port]["peer_gro_set"]
+    _everything_arrives(lab)
+    c = counters(lab)
+    assert c.get((lab.vm1.port, "xdp", "forward"), 0) > 0
+    assert c.get((lab.c1.port, "tc", "forward"), 0) > 0
+
+
+def test_container_offloads_are_untouched_in_auto_mode(bridge_lab):
+    lab = bridge_lab
+    before = lab.c1.run("ethtool", "-k", "eth0").stdout
+    attachment.attach(lab.bridge, lab.switch)
+    after = lab.c1.run("ethtool", "-k", "eth0").stdout
+    changed = [
+        (a, b)
+        for a, b in zip(before.splitlines(), after.splitlines(), strict=True)
+        if a != b and not a.startswith("generic-receive-offload")
+    ]
+    assert changed == [], "only GRO may change on a container's interface"
+    attachment.detach(lab.bridge, lab.switch)
+    assert lab.c1.run("ethtool", "-k", "eth0").stdout == before, "detach restores GRO"
+
+
+def test_a_learned_mac_is_fast_pathed_and_broadcast_stays_on_the_bridge(bridge_lab, daemon):
+    lab = bridge_lab
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    daemon()
+    before = counters(lab)
+    assert lab.vm1.ping(lab.vm2.ip, count=5)
+    after = counters(lab)
+    assert delta(before, after, (lab.vm1.port, "xdp", "forward")) >= 4
+    lab.c2.run("ping", "-c1", "-b", "-W", "1", "10.200.0.255", check=False)
+    final = counters(lab)
+    assert delta(after, final, (lab.c2.port, "xdp", "broadcast")) >= 1
