@@ -127,14 +127,18 @@ class Lab:
         self.relays.append(relay)
         return Host(name, ns, "eth0", ip, port)
 
-    def wait_forwarding(self, timeout=5.0):
-        """Ports come up in STP 'disabled'/'listening' briefly; wait until all forward."""
+    def wait_forwarding(self, timeout=5.0, ports=None):
+        """Ports come up in STP 'disabled'/'listening' briefly; wait until they (all) forward."""
         import time
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             out = sh("bridge", "-n", self.switch, "link", "show")
-            states = [line for line in out.splitlines() if f"master {self.bridge}" in line]
+            states = [
+                line
+                for line in out.splitlines()
+                if f"master {self.bridge}" in line and (ports is None or line.split()[1].split("@")[0] in ports)
+            ]
             if states and all("state forwarding" in line for line in states):
                 return
             time.sleep(0.05)

@@ -1,0 +1,217 @@
+"""The daemon keeps the fast path in line with the bridge: FDB events, MAC moves, aging,
+hot-plug, netfilter changes, and the grace period when no daemon runs."""
+
+import json
+import re
+import subprocess
+import time
+
+import pytest
+
+from control import attachment, state
+from control.fdb import FdbMirror
+from control.attachment import Session
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.root
+
+
+def mirrored(lab, mac):
+    with Session(lab.bridge, lab.switch) as s:
+        s.open_pins()
+        return any(m == mac for m, _ in FdbMirror(s.maps["xdpbr_fdb"]).entries())
+
+
+def counter(lab, port, attach, reason):
+    for r in state.stats(lab.bridge, lab.switch):
+        if (r["port"], r["attach"], r["reason"]) == (port, attach, reason):
+            return r["packets"]
+    return 0
+
+
+def ports(lab):
+    return {p["port"]: p for p in state.show(lab.bridge, lab.switch)[0]["ports"]}
+
+
+@pytest.fixture
+def two_containers(lab):
+    lab.make_bridge()
+    lab.c1 = lab.container("c1")
+    lab.c2 = lab.container("c2")
+    lab.wait_forwarding()
+    return lab
+
+
+def test_fdb_entries_follow_kernel_events(two_containers, daemon):
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    daemon()
+    mac = "02:00:00:00:00:51"
+    subprocess.run(["bridge", "-n", lab.switch, "fdb", "add", mac, "dev", lab.c1.port, "master", "static"], check=True)
+    assert wait_for(lambda: mirrored(lab, mac), timeout=2)
+    subprocess.run(["bridge", "-n", lab.switch, "fdb", "del", mac, "dev", lab.c1.port, "master"], check=True)
+    assert wait_for(lambda: not mirrored(lab, mac), timeout=2)
+
+
+def test_a_station_learned_after_attach_gets_the_fast_path(two_containers, daemon):
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    daemon()
+    assert lab.c1.ping(lab.c2.ip, count=2)  # the bridge learns both stations (if it had not yet)
+    assert wait_for(lambda: mirrored(lab, lab.c1.mac) and mirrored(lab, lab.c2.mac), timeout=2)
+    before = counter(lab, lab.c1.port, "xdp", "forward")
+    assert lab.c1.ping(lab.c2.ip, count=3)
+    assert counter(lab, lab.c1.port, "xdp", "forward") >= before + 3
+
+
+def test_a_mac_move_is_never_misdelivered(two_containers, daemon):
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    daemon()
+    assert lab.c1.ping(lab.c2.ip)
+    assert wait_for(lambda: mirrored(lab, lab.c1.mac))
+    moved_mac, moved_ip = lab.c1.mac, lab.c1.ip
+    c3 = lab.container("c3", ip="10.200.0.99")
+    lab.wait_forwarding()
+    # the station moves: c1 goes away, c3 takes over its MAC and address
+    lab.c1.run("ip", "link", "set", "eth0", "down")
+    c3.run("ip", "link", "set", "eth0", "down")
+    c3.run("ip", "link", "set", "eth0", "address", moved_mac)
+    c3.run("ip", "addr", "flush", "dev", "eth0")
+    c3.run("ip", "addr", "add", f"{moved_ip}/24", "dev", "eth0")
+    c3.run("ip", "link", "set", "eth0", "up")
+    lab.wait_forwarding(ports=[c3.port, lab.c2.port])
+    c3.run("ping", "-c1", "-W", "1", lab.c2.ip, check=False)  # frames from the new port
+    assert lab.c2.ping(moved_ip, count=3), "frames to a moved MAC must reach its new port"
+    with Session(lab.bridge, lab.switch) as s:
+        s.open_pins()
+        entries = FdbMirror(s.maps["xdpbr_fdb"]).entries()
+        holders = {e.ifindex for (m, _), e in entries.items() if m == moved_mac}
+    c3_index = int(subprocess.run(["ip", "-n", lab.switch, "-o", "link", "show", c3.port], capture_output=True,
+                                  text=True).stdout.split(":")[0])
+    assert holders <= {c3_index}
+
+
+def test_kernel_aging_stays_true_for_stations_only_the_fast_path_sees(two_containers, daemon):
+    lab = two_containers
+    subprocess.run(["ip", "-n", lab.switch, "link", "set", "br0", "type", "bridge", "ageing_time", "300"], check=True)
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    daemon()
+    assert lab.c1.ping(lab.c2.ip, count=2)
+    assert wait_for(lambda: mirrored(lab, lab.c1.mac) and mirrored(lab, lab.c2.mac))
+    before = counter(lab, lab.c1.port, "xdp", "forward")
+    # 5 s of traffic on the fast path only, longer than the bridge's 3 s ageing time
+    lab.c1.run("ping", "-c", "25", "-i", "0.2", "-q", lab.c2.ip, check=False)
+    assert counter(lab, lab.c1.port, "xdp", "forward") >= before + 20, "the traffic must have taken the fast path"
+    fdb = subprocess.run(["bridge", "-n", lab.switch, "-s", "fdb", "show", "br", "br0"], capture_output=True,
+                         text=True).stdout
+    line = next((ln for ln in fdb.splitlines() if ln.startswith(lab.c1.mac) and "master" in ln), "")
+    assert line, f"{lab.c1.mac} aged out of the kernel FDB although it was in use:\n{fdb}"
+    used, updated = map(int, re.search(r"used (\d+)/(\d+)", line).groups())
+    assert updated <= 2, f"kernel entry not refreshed: {line}"
+
+
+def test_without_a_daemon_the_fast_path_stops_after_the_grace_period(two_containers):
+    lab = two_containers
+    assert lab.c1.ping(lab.c2.ip)  # learned before attach, so the mirror has both
+    attachment.attach(lab.bridge, lab.switch, mode="xdp", grace_s=1.0)
+    assert lab.c1.ping(lab.c2.ip, count=2)
+    assert counter(lab, lab.c1.port, "xdp", "forward") >= 2
+    time.sleep(1.2)
+    stale_before = counter(lab, lab.c1.port, "xdp", "stale_mirror")
+    assert lab.c1.ping(lab.c2.ip, count=2), "the bridge keeps forwarding after the grace period"
+    assert counter(lab, lab.c1.port, "xdp", "stale_mirror") >= stale_before + 2
+    assert not state.show(lab.bridge, lab.switch)[0]["fast_path_active"]
+
+
+def test_a_restarted_daemon_resumes_the_fast_path(two_containers, daemon):
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="xdp", grace_s=1.0)
+    time.sleep(1.2)
+    assert not state.show(lab.bridge, lab.switch)[0]["fast_path_active"]
+    daemon()
+    assert wait_for(lambda: state.show(lab.bridge, lab.switch)[0]["fast_path_active"], timeout=3)
+    assert lab.c1.ping(lab.c2.ip, count=2)
+    before = counter(lab, lab.c1.port, "xdp", "forward")
+    assert lab.c1.ping(lab.c2.ip, count=2)
+    assert counter(lab, lab.c1.port, "xdp", "forward") >= before + 2
+
+
+def test_hot_plugged_ports_join_and_leave(two_containers, daemon):
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch)
+    daemon()
+    c3 = lab.container("c3")
+    assert wait_for(lambda: c3.port in ports(lab), timeout=3)
+    assert (ports(lab)[c3.port]["mode"], ports(lab)[c3.port]["why"]) == ("tc", "auto")
+    vm = lab.vm("vm9")
+    assert wait_for(lambda: vm.port in ports(lab) and ports(lab)[vm.port]["mode"] == "xdp+tc", timeout=3)
+    subprocess.run(["ip", "-n", lab.switch, "link", "del", c3.port], check=True)
+    assert wait_for(lambda: c3.port not in ports(lab), timeout=3)
+
+
+def test_port_state_changes_are_followed(two_containers, daemon):
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    daemon()
+    subprocess.run(["bridge", "-n", lab.switch, "link", "set", "dev", lab.c2.port, "isolated", "on"], check=True)
+    subprocess.run(["bridge", "-n", lab.switch, "link", "set", "dev", lab.c1.port, "isolated", "on"], check=True)
+    assert wait_for(lambda: not lab.c1.ping(lab.c2.ip, count=1), timeout=3), "isolated ports must not talk"
+    subprocess.run(["bridge", "-n", lab.switch, "link", "set", "dev", lab.c1.port, "isolated", "off"], check=True)
+    assert wait_for(lambda: lab.c1.ping(lab.c2.ip, count=1), timeout=3)
+
+
+def nft(lab, *argv):
+    subprocess.run(["nsenter", f"--net=/run/netns/{lab.switch}", "nft", *argv], check=True)
+
+
+def test_a_bridge_netfilter_rule_is_respected_then_bypassed(two_containers):
+    lab = two_containers
+    nft(lab, "add", "table", "bridge", "filter")
+    nft(lab, "add", "chain", "bridge", "filter", "forward", "{ type filter hook forward priority 0; }")
+    nft(lab, "add", "rule", "bridge", "filter", "forward", "ip", "daddr", lab.c2.ip, "icmp", "type", "echo-request",
+         "drop")
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    shown = state.show(lab.bridge, lab.switch)[0]
+    assert {(p["mode"], p["why"]) for p in shown["ports"]} == {("bridge", "netfilter")}
+    assert not lab.c1.ping(lab.c2.ip, count=2), "the netfilter rule must still apply"
+    attachment.attach(lab.bridge, lab.switch, mode="xdp", netfilter_choice="bypass")
+    shown = state.show(lab.bridge, lab.switch)[0]
+    assert shown["netfilter"] == "bypass"
+    assert {p["mode"] for p in shown["ports"]} == {"xdp"}
+    assert lab.c1.ping(lab.c2.ip, count=2), "bypass: the fast path skips the rule"
+
+
+def test_the_daemon_rechecks_netfilter_when_rules_change(two_containers, daemon):
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    daemon()
+    assert {p["mode"] for p in ports(lab).values()} == {"xdp"}
+    nft(lab, "add", "table", "bridge", "filter")
+    nft(lab, "add", "chain", "bridge", "filter", "forward", "{ type filter hook forward priority 0; }")
+    nft(lab, "add", "rule", "bridge", "filter", "forward", "counter")
+    assert wait_for(lambda: {p["why"] for p in ports(lab).values()} == {"netfilter"}, timeout=6)
+    nft(lab, "delete", "table", "bridge", "filter")
+    assert wait_for(lambda: {p["mode"] for p in ports(lab).values()} == {"xdp"}, timeout=6)
+
+
+def test_detach_leaves_the_bridge_exactly_as_before(two_containers):
+    lab = two_containers
+
+    def snapshot():
+        out = {}
+        for cmd in (["ip", "-d", "link", "show"], ["tc", "qdisc", "show"], ["bridge", "link", "show"]):
+            text = subprocess.run([cmd[0], "-n", lab.switch, *cmd[1:]], capture_output=True, text=True).stdout
+            text = re.sub(r"\w+_timer\s+[\d.]+", "", text)  # running timers are not configuration
+            out[cmd[0]] = re.sub(r"\s+", " ", text)
+        for host in (lab.c1, lab.c2):
+            out[host.name] = host.run("ethtool", "-k", "eth0").stdout
+        return out
+
+    before = snapshot()
+    attachment.attach(lab.bridge, lab.switch, mode="xdp+tc")
+    assert snapshot() != before
+    attachment.detach(lab.bridge, lab.switch)
+    assert snapshot() == before
+    assert lab.c1.ping(lab.c2.ip)
+    assert json.dumps(state.show()).count(lab.switch) == 0
