@@ -18,6 +18,7 @@ from loader.netns import entered
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
+TUNSETSNDBUF = 0x400454D4
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
@@ -85,6 +86,10 @@ class TapEndpoint:
         except OSError as exc:
             os.close(self.fd)
             raise XdpbrError(f"cannot set up TAP {ifname}", errno=exc.errno) from None
+
+    def set_sndbuf(self, nbytes):
+        """QEMU's `sndbuf=`: how much the kernel may hold for us before writes say EAGAIN."""
+        fcntl.ioctl(self.fd, TUNSETSNDBUF, struct.pack("i", nbytes))
 
     def fileno(self):
         return self.fd

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from control import attachment, state
-from control.fdb import FdbMirror
 from control.attachment import Session
+from control.fdb import FdbMirror
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.root
@@ -47,7 +47,9 @@ def test_fdb_entries_follow_kernel_events(two_containers, daemon):
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
     daemon()
     mac = "02:00:00:00:00:51"
-    subprocess.run(["bridge", "-n", lab.switch, "fdb", "add", mac, "dev", lab.c1.port, "master", "static"], check=True)
+    subprocess.run(
+        ["bridge", "-n", lab.switch, "fdb", "add", mac, "dev", lab.c1.port, "master", "static"], check=True
+    )
     assert wait_for(lambda: mirrored(lab, mac), timeout=2)
     subprocess.run(["bridge", "-n", lab.switch, "fdb", "del", mac, "dev", lab.c1.port, "master"], check=True)
     assert wait_for(lambda: not mirrored(lab, mac), timeout=2)
@@ -87,14 +89,19 @@ def test_a_mac_move_is_never_misdelivered(two_containers, daemon):
         s.open_pins()
         entries = FdbMirror(s.maps["xdpbr_fdb"]).entries()
         holders = {e.ifindex for (m, _), e in entries.items() if m == moved_mac}
-    c3_index = int(subprocess.run(["ip", "-n", lab.switch, "-o", "link", "show", c3.port], capture_output=True,
-                                  text=True).stdout.split(":")[0])
+    c3_index = int(
+        subprocess.run(
+            ["ip", "-n", lab.switch, "-o", "link", "show", c3.port], capture_output=True, text=True
+        ).stdout.split(":")[0]
+    )
     assert holders <= {c3_index}
 
 
 def test_kernel_aging_stays_true_for_stations_only_the_fast_path_sees(two_containers, daemon):
     lab = two_containers
-    subprocess.run(["ip", "-n", lab.switch, "link", "set", "br0", "type", "bridge", "ageing_time", "300"], check=True)
+    subprocess.run(
+        ["ip", "-n", lab.switch, "link", "set", "br0", "type", "bridge", "ageing_time", "300"], check=True
+    )
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
     daemon()
     assert lab.c1.ping(lab.c2.ip, count=2)
@@ -102,9 +109,12 @@ def test_kernel_aging_stays_true_for_stations_only_the_fast_path_sees(two_contai
     before = counter(lab, lab.c1.port, "xdp", "forward")
     # 5 s of traffic on the fast path only, longer than the bridge's 3 s ageing time
     lab.c1.run("ping", "-c", "25", "-i", "0.2", "-q", lab.c2.ip, check=False)
-    assert counter(lab, lab.c1.port, "xdp", "forward") >= before + 20, "the traffic must have taken the fast path"
-    fdb = subprocess.run(["bridge", "-n", lab.switch, "-s", "fdb", "show", "br", "br0"], capture_output=True,
-                         text=True).stdout
+    assert counter(lab, lab.c1.port, "xdp", "forward") >= before + 20, (
+        "the traffic must have taken the fast path"
+    )
+    fdb = subprocess.run(
+        ["bridge", "-n", lab.switch, "-s", "fdb", "show", "br", "br0"], capture_output=True, text=True
+    ).stdout
     line = next((ln for ln in fdb.splitlines() if ln.startswith(lab.c1.mac) and "master" in ln), "")
     assert line, f"{lab.c1.mac} aged out of the kernel FDB although it was in use:\n{fdb}"
     used, updated = map(int, re.search(r"used (\d+)/(\d+)", line).groups())
@@ -154,10 +164,16 @@ def test_port_state_changes_are_followed(two_containers, daemon):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
     daemon()
-    subprocess.run(["bridge", "-n", lab.switch, "link", "set", "dev", lab.c2.port, "isolated", "on"], check=True)
-    subprocess.run(["bridge", "-n", lab.switch, "link", "set", "dev", lab.c1.port, "isolated", "on"], check=True)
+    subprocess.run(
+        ["bridge", "-n", lab.switch, "link", "set", "dev", lab.c2.port, "isolated", "on"], check=True
+    )
+    subprocess.run(
+        ["bridge", "-n", lab.switch, "link", "set", "dev", lab.c1.port, "isolated", "on"], check=True
+    )
     assert wait_for(lambda: not lab.c1.ping(lab.c2.ip, count=1), timeout=3), "isolated ports must not talk"
-    subprocess.run(["bridge", "-n", lab.switch, "link", "set", "dev", lab.c1.port, "isolated", "off"], check=True)
+    subprocess.run(
+        ["bridge", "-n", lab.switch, "link", "set", "dev", lab.c1.port, "isolated", "off"], check=True
+    )
     assert wait_for(lambda: lab.c1.ping(lab.c2.ip, count=1), timeout=3)
 
 
@@ -169,8 +185,21 @@ def test_a_bridge_netfilter_rule_is_respected_then_bypassed(two_containers):
     lab = two_containers
     nft(lab, "add", "table", "bridge", "filter")
     nft(lab, "add", "chain", "bridge", "filter", "forward", "{ type filter hook forward priority 0; }")
-    nft(lab, "add", "rule", "bridge", "filter", "forward", "ip", "daddr", lab.c2.ip, "icmp", "type", "echo-request",
-         "drop")
+    nft(
+        lab,
+        "add",
+        "rule",
+        "bridge",
+        "filter",
+        "forward",
+        "ip",
+        "daddr",
+        lab.c2.ip,
+        "icmp",
+        "type",
+        "echo-request",
+        "drop",
+    )
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
     shown = state.show(lab.bridge, lab.switch)[0]
     assert {(p["mode"], p["why"]) for p in shown["ports"]} == {("bridge", "netfilter")}
