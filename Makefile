@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 # bcc (python3-bpfcc) needs kernel headers: Debian's linux-headers-amd64 serve when no package
 # matches the running kernel (loader/compile.py finds them).
-APT_PACKAGES := python3-bpfcc python3-venv python3-pip clang llvm libxdp1 libxdp-dev xdp-tools \
+APT_PACKAGES := ca-certificates python3-bpfcc python3-venv python3-pip clang llvm libxdp1 libxdp-dev xdp-tools \
 	bpftool iproute2 iputils-ping linux-headers-amd64 iperf3 ethtool nftables procps
 
 .PHONY: setup demo test lint bench clean
@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES)
 	mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q -e '.[dev]'
+	# pip trusts the system CA store (hosts behind a TLS-inspecting proxy add their CA there)
+	PIP_CERT=$${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt} $(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
 demo: setup
