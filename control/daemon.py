@@ -77,19 +77,37 @@ class Listener(threading.Thread):
                 pass
 
 
+def pin_identity(directory):
+    """Inodes of a bridge's pin directory and pins: they change when pins are made anew."""
+    try:
+        return tuple(
+            os.stat(os.path.join(directory, name)).st_ino
+            for name in ("", "xdpbr_bridge", "xdpbr_fdb", *pins.PROG_PINS.values())
+        )
+    except OSError:
+        return None
+
+
 class BridgeWorker:
     """The daemon's hold on one attached bridge."""
 
     def __init__(self, bridge, netns):
         self.bridge, self.netns = bridge, netns
-        self.session = Session(bridge, netns)
-        self.session.open_pins()
-        self.mirror = fdb.FdbMirror(self.session.maps["xdpbr_fdb"])
+        self.session = None
+        self._open()
         self.kernel_fdb = {}
         self.refreshed = {}
         self.netfilter_state = None
         self.healthy = False
         self.needs_reconcile = False
+
+    def _open(self):
+        if self.session:
+            self.session.close()
+        self.session = Session(self.bridge, self.netns)
+        self.identity = pin_identity(self.session.dir)
+        self.session.open_pins()
+        self.mirror = fdb.FdbMirror(self.session.maps["xdpbr_fdb"])
 
     @property
     def label(self):
@@ -98,11 +116,27 @@ class BridgeWorker:
     def close(self):
         self.session.close()
 
+    def still_attached(self):
+        """Checked under the writer lock before every change. A concurrent `xdpbr detach`
+        removed the pins (reconciling would put programs back on the ports); an attach over
+        the running one pinned new programs or maps (the old fds would undo the upgrade)."""
+        identity = pin_identity(self.session.dir)
+        if identity is None:
+            self.healthy = False
+            return False
+        if identity != self.identity:
+            log.info("%s: re-attached, adopting the new programs and maps", self.label)
+            self._open()
+            self.healthy = False
+        return True
+
     def resync(self):
         """Full dump and diff of the FDB, then the ports; marks the bridge healthy."""
-        s = self.session
         try:
             with writer_lock():
+                if not self.still_attached():
+                    return
+                s = self.session
                 s.find_bridge()
                 records = fdb.dump(s.ipr, s.bridge.ifindex)
                 written, deleted = self.mirror.sync(records, full=True)
@@ -168,6 +202,11 @@ class BridgeWorker:
         self.needs_reconcile = False
         try:
             with writer_lock():
+                if not self.still_attached():
+                    return
+                if not self.healthy:  # re-attached meanwhile: a full resync, not a patch
+                    self.needs_reconcile = True
+                    return
                 self.session.find_bridge()
                 self.session.write_bridge_state(heartbeat=False)
                 reconcile(self.session, netfilter_state=self.netfilter_state)
@@ -219,6 +258,8 @@ class Daemon:
             if key not in present:
                 log.info("%s: detached, no longer managed", self.workers[key].label)
                 self.workers.pop(key).close()
+            elif pin_identity(self.workers[key].session.dir) != self.workers[key].identity:
+                self.workers[key].resync()  # detached and attached again, or upgraded
         for bridge, netns in present - set(self.workers):
             if netns and not os.path.exists(f"/run/netns/{netns}"):
                 continue

@@ -244,3 +244,28 @@ def test_detach_leaves_the_bridge_exactly_as_before(two_containers):
     assert snapshot() == before
     assert lab.c1.ping(lab.c2.ip)
     assert json.dumps(state.show()).count(lab.switch) == 0
+
+
+def test_detach_while_the_daemon_runs_stays_detached(two_containers, daemon):
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    daemon()
+    assert lab.c1.ping(lab.c2.ip)
+    attachment.detach(lab.bridge, lab.switch)
+    lab.container("c3")  # a port event that would make a confused daemon reconcile
+    time.sleep(1.5)
+    links = subprocess.run(["ip", "-n", lab.switch, "link", "show"], capture_output=True, text=True).stdout
+    assert "prog/xdp" not in links
+
+
+def test_the_daemon_follows_an_upgrade_in_place(two_containers, daemon):
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    daemon()
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")  # new programs, same maps
+    new_id = state.show(lab.bridge, lab.switch)[0]["xdp_prog_id"]
+    c3 = lab.container("c3")
+    assert wait_for(lambda: ports(lab).get(c3.port, {}).get("xdp_prog_id") == new_id, timeout=3)
+    time.sleep(1.0)
+    assert {p["xdp_prog_id"] for p in ports(lab).values()} == {new_id}, "the daemon must not restore old programs"
+    assert state.show(lab.bridge, lab.switch)[0]["fast_path_active"]
