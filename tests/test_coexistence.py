@@ -60,7 +60,25 @@ def test_another_tools_tc_filter_and_qdisc_survive_detach(small_lab):
     sw = ["tc", "-n", lab.switch]
     subprocess.run([*sw, "qdisc", "add", "dev", lab.c1.port, "clsact"], check=True)
     subprocess.run(
-        [*sw, "filter", "add", "dev", lab.c1.port, "ingress", "pref", "10", "matchall", "action", "pass"],
+        [
+            *sw,
+            "filter",
+            "add",
+            "dev",
+            lab.c1.port,
+            "ingress",
+            "pref",
+            "10",
+            "protocol",
+            "all",
+            "u32",
+            "match",
+            "u32",
+            "0",
+            "0",
+            "classid",
+            "1:1",
+        ],
         check=True,
     )
     attachment.attach(lab.bridge, lab.switch, mode="tc")
@@ -69,7 +87,7 @@ def test_another_tools_tc_filter_and_qdisc_survive_detach(small_lab):
     filters = subprocess.run(
         [*sw, "filter", "show", "dev", lab.c1.port, "ingress"], capture_output=True, text=True
     ).stdout
-    assert "matchall" in filters and "xdpbr" not in filters
+    assert "u32" in filters and "xdpbr" not in filters
     qdiscs = subprocess.run([*sw, "qdisc", "show", "dev", lab.c1.port], capture_output=True, text=True).stdout
     assert "clsact" in qdiscs, "a qdisc xdpbr did not create stays"
     qdiscs = subprocess.run([*sw, "qdisc", "show", "dev", lab.c2.port], capture_output=True, text=True).stdout
@@ -90,7 +108,7 @@ def test_reattach_replaces_the_programs_while_traffic_flows(small_lab):
         capture_output=True,
         text=True,
     ).stdout
-    assert tc.count("xdpbr") == 1 and f"id {second['tc_prog_id']} " in tc
+    assert tc.count(" xdpbr direct-action") == 1 and f"id {second['tc_prog_id']} " in tc
     assert lab.c1.ping(lab.c2.ip)
 
 

@@ -267,5 +267,7 @@ def test_the_daemon_follows_an_upgrade_in_place(two_containers, daemon):
     c3 = lab.container("c3")
     assert wait_for(lambda: ports(lab).get(c3.port, {}).get("xdp_prog_id") == new_id, timeout=3)
     time.sleep(1.0)
-    assert {p["xdp_prog_id"] for p in ports(lab).values()} == {new_id}, "the daemon must not restore old programs"
+    assert {p["xdp_prog_id"] for p in ports(lab).values()} == {new_id}, (
+        "the daemon must not restore old programs"
+    )
     assert state.show(lab.bridge, lab.switch)[0]["fast_path_active"]
