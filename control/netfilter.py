@@ -8,7 +8,6 @@ FORWARD chains of the matching families.
 """
 
 import json
-import os
 import subprocess
 
 from loader.netns import entered, netns_path, nsenter_prefix
@@ -81,7 +80,3 @@ def _legacy_ip_tables():
             return bool(f.read().strip())
     except OSError:
         return False
-
-
-def namespace_exists(netns):
-    return not netns or os.path.exists(netns_path(netns))

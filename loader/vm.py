@@ -11,7 +11,6 @@ TAP delivers back to the guest, waiting for POLLOUT when the TAP says EAGAIN (ta
 import os
 import select
 import socket
-import struct
 import threading
 
 from loader.errors import XdpbrError
@@ -104,7 +103,3 @@ class _RawHdr:
 
     def pack(self):
         return self.raw
-
-
-def vnet_header_fields(raw):
-    return struct.unpack_from("<BBHHHH", raw)

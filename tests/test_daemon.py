@@ -75,6 +75,8 @@ def test_a_mac_move_is_never_misdelivered(two_containers, daemon):
     moved_mac, moved_ip = lab.c1.mac, lab.c1.ip
     c3 = lab.container("c3", ip="10.200.0.99")
     lab.wait_forwarding()
+    # a move between two accelerated ports: wait until the daemon has taken the new one in
+    assert wait_for(lambda: ports(lab).get(c3.port, {}).get("xdp_egress"), timeout=5)
     # the station moves: c1 goes away, c3 takes over its MAC and address
     lab.c1.run("ip", "link", "set", "eth0", "down")
     c3.run("ip", "link", "set", "eth0", "down")
