@@ -41,7 +41,8 @@ static __always_inline int fdb_check_source(struct frame *f, struct ethhdr *eth,
 
 /* Find the egress port of a unicast destination. */
 static __always_inline int fdb_lookup_destination(struct frame *f, struct ethhdr *eth,
-						  struct xdpbr_bridge *br, __u32 *egress_ifindex)
+						  struct xdpbr_bridge *br, __u32 *egress_ifindex,
+						  __u32 *egress_slot)
 {
 	if (is_broadcast(eth->h_dest))
 		return PASS_BROADCAST;
@@ -55,6 +56,7 @@ static __always_inline int fdb_lookup_destination(struct frame *f, struct ethhdr
 	if ((e->flags & XDPBR_FDB_LOCAL) || e->ifindex == br->ifindex)
 		return PASS_LOCAL_DESTINATION;
 	*egress_ifindex = e->ifindex;
+	*egress_slot = e->slot;
 	return 0;
 }
 

@@ -42,10 +42,11 @@
 #define XDPBR_PORT_HAIRPIN (1 << 2)
 #define XDPBR_PORT_XDP_EGRESS (1 << 3) /* may be an XDP redirect target (ndo_xdp_xmit, peer NAPI) */
 
-/* Ingress and egress configuration of one bridge port, keyed by ifindex.
- * Written by the control plane (attach, daemon); read by the fast path. */
+/* Ingress and egress configuration of one bridge port, indexed by its slot (an ARRAY: the
+ * verifier inlines the lookup, so the egress check costs no hash lookup). Slot 0 is never a
+ * port. Written by the control plane (attach, daemon); read by the fast path. */
 struct xdpbr_port {
-	__u32 slot;        /* index into xdpbr_devmap and the stats rows */
+	__u32 ifindex;     /* 0: the slot is free */
 	__u32 mtu;         /* egress MTU, without the Ethernet header */
 	__u16 pvid;        /* untagged ingress VLAN when vlan_filtering; 0 = none */
 	__u8 mode;         /* XDPBR_MODE_*: what runs on this port */
@@ -72,19 +73,20 @@ struct xdpbr_fdb_key {
 
 #define XDPBR_FDB_LOCAL (1 << 0)  /* to the host (bridge or port address): never forwarded */
 #define XDPBR_FDB_STATIC (1 << 1) /* static/permanent: the bridge never moves it */
-/* FDB mirror value. Written by the control plane from the kernel FDB; the fast path only
- * stamps last_seen_ns (at most once a second) so the daemon can refresh kernel aging. */
+/* FDB mirror value. Written by the control plane from the kernel FDB (with the port's slot,
+ * so the egress needs no second hash lookup); the fast path only stamps last_seen_ns (at most
+ * once a second) so the daemon can refresh kernel aging. */
 struct xdpbr_fdb_entry {
 	__u32 ifindex;
 	__u16 flags;        /* XDPBR_FDB_* */
-	__u16 pad;
-	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last fast-path frame from this MAC */
+	__u16 slot;         /* the port's slot, 0 if it has none (yet) */
+	__u64 last_seen_ns; /* CLOCK_MONOTONIC_COARSE of the last fast-path frame from this MAC */
 };
 
 /* Bridge-wide state, one entry. */
 #define XDPBR_BRIDGE_NETFILTER_BLOCK (1 << 0) /* netfilter could see frames: pass everything */
 struct xdpbr_bridge {
-	__u64 heartbeat_ns; /* CLOCK_MONOTONIC of the last resync/heartbeat by a control plane */
+	__u64 heartbeat_ns; /* CLOCK_MONOTONIC_COARSE of the last resync/heartbeat of a control plane */
 	__u64 grace_ns;     /* fast path runs this long after the last heartbeat */
 	__u32 ifindex;
 	__u8 mac[6];
@@ -115,7 +117,10 @@ struct xdpbr_counter {
 };
 #define XDPBR_STATS_SIZE (XDPBR_MAX_PORTS * XDPBR_NR_ATTACH * XDPBR_NR_REASONS)
 
-BPF_TABLE_PINNED("hash", __u32, struct xdpbr_port, xdpbr_ports, XDPBR_MAX_PORTS,
+/* ifindex -> slot, for the ingress port. */
+BPF_TABLE_PINNED("hash", __u32, __u32, xdpbr_port_index, XDPBR_MAX_PORTS,
+		 XDPBR_PIN_DIR "/xdpbr_port_index");
+BPF_TABLE_PINNED("array", __u32, struct xdpbr_port, xdpbr_ports, XDPBR_MAX_PORTS,
 		 XDPBR_PIN_DIR "/xdpbr_ports");
 BPF_TABLE_PINNED("hash", struct xdpbr_vlan_key, __u8, xdpbr_vlans, XDPBR_VLAN_SIZE,
 		 XDPBR_PIN_DIR "/xdpbr_vlans");

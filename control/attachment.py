@@ -125,7 +125,7 @@ class Session:
     def write_bridge_state(self, *, heartbeat=True, grace_s=None, netfilter_block=None):
         state = self.bridge_state()
         if heartbeat:
-            state.heartbeat_ns = time.monotonic_ns()
+            state.heartbeat_ns = coarse_now_ns()
         if grace_s is not None:
             state.grace_ns = int(grace_s * 1e9)
         if self.bridge:
@@ -139,14 +139,19 @@ class Session:
         bpfsys.map_update(self.maps["xdpbr_bridge"], U32(0), state)
 
     def ports(self):
-        """{ifindex: Port} from xdpbr_ports."""
-        out = {}
+        """{ifindex: Port} of the used slots of xdpbr_ports; each Port carries `.slot`."""
         fd = self.maps["xdpbr_ports"]
-        for key in bpfsys.map_keys(fd, U32):
-            value = Port()
-            if bpfsys.map_lookup(fd, key, value):
-                out[key.value] = value
+        keys, values, count = bpfsys.map_lookup_batch(fd, U32, Port, MAX_PORTS)
+        out = {}
+        for i in range(count):
+            if values[i].ifindex:
+                entry = Port.from_buffer_copy(values[i])
+                entry.slot = keys[i]
+                out[entry.ifindex] = entry
         return out
+
+    def port_slots(self):
+        return {ifindex: entry.slot for ifindex, entry in self.ports().items()}
 
     def requested_modes(self):
         """{ifname: mode} set with `xdpbr port set`."""
@@ -282,7 +287,8 @@ def _vlans_of(s, ifindex):
 
 def _remove_port(s, ifindex, entry, still_exists):
     """A port left the bridge (or the bridge is detached): undo everything xdpbr did there."""
-    bpfsys.map_delete(s.maps["xdpbr_ports"], U32(ifindex))
+    bpfsys.map_delete(s.maps["xdpbr_port_index"], U32(ifindex))
+    bpfsys.map_update(s.maps["xdpbr_ports"], U32(entry.slot), Port())
     with entered(s.netns):
         bpfsys.map_delete(s.maps["xdpbr_devmap"], U32(entry.slot))
     for vid in _vlans_of(s, ifindex):
@@ -291,6 +297,20 @@ def _remove_port(s, ifindex, entry, still_exists):
         port = _PortRef(ifindex)
         _detach_xdp_program(s, port)
         _detach_tc_program(s, ifindex, entry.owned)
+
+
+def _new_entry(ifindex):
+    entry = Port(ifindex=ifindex)
+    entry.slot = 0
+    return entry
+
+
+CLOCK_MONOTONIC_COARSE = 6  # linux/time.h; Python's time module does not name it
+
+
+def coarse_now_ns():
+    """The fast path's clock: bpf_ktime_get_coarse_ns() is CLOCK_MONOTONIC_COARSE."""
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
 
 
 class _PortRef:
@@ -327,7 +347,7 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
     used = {e.slot for i, e in current.items() if i in kernel_index}
     results = []
     for port in kernel_ports:
-        entry = current.get(port.ifindex) or Port()
+        entry = current.get(port.ifindex) or _new_entry(port.ifindex)
         plan = plan_port(port, requested.get(port.name, default_mode), netfilter_blocked=blocked)
         if not entry.slot:
             slot = _free_slot(used)
@@ -368,7 +388,9 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
         if entry.slot:
             with entered(s.netns):  # DEVMAP ifindexes resolve in the writer's namespace
                 bpfsys.map_update(s.maps["xdpbr_devmap"], U32(entry.slot), ctypes.c_int32(port.ifindex))
-        bpfsys.map_update(s.maps["xdpbr_ports"], U32(port.ifindex), entry)
+            # the entry first, then the index that makes the fast path see it
+            bpfsys.map_update(s.maps["xdpbr_ports"], U32(entry.slot), entry)
+            bpfsys.map_update(s.maps["xdpbr_port_index"], U32(port.ifindex), U32(entry.slot))
     return [(port, plan) for port, plan, _ in results], nf_why
 
 
@@ -437,9 +459,9 @@ def attach(
                 )
                 bpfsys.map_update(s.maps["xdpbr_meta"], U32(0), meta)
                 s.write_bridge_state(heartbeat=True, grace_s=grace_s)
-                mirror = fdb.FdbMirror(s.maps["xdpbr_fdb"])
-                mirror.sync(fdb.dump(s.ipr, s.bridge.ifindex), full=True)
                 results, _ = reconcile(s, journal, replace_programs=True)
+                mirror = fdb.FdbMirror(s.maps["xdpbr_fdb"])
+                mirror.sync(fdb.dump(s.ipr, s.bridge.ifindex), s.port_slots(), full=True)
                 _repin_programs(s)
             finally:
                 compiled.close()

@@ -100,6 +100,7 @@ class BridgeWorker:
         self.netfilter_state = None
         self.healthy = False
         self.needs_reconcile = False
+        self.slots = {}
 
     def _open(self):
         if self.session:
@@ -139,10 +140,11 @@ class BridgeWorker:
                 s = self.session
                 s.find_bridge()
                 records = fdb.dump(s.ipr, s.bridge.ifindex)
-                written, deleted = self.mirror.sync(records, full=True)
                 self.kernel_fdb = {(r.mac, r.vid): r for r in records}
                 self.netfilter_state = self._netfilter()
                 reconcile(s, netfilter_state=self.netfilter_state)
+                self.slots = s.port_slots()
+                written, deleted = self.mirror.sync(records, self.slots, full=True)
                 s.write_bridge_state(heartbeat=True)
         except XdpbrError as exc:
             if self.healthy or self.healthy is False:
@@ -178,11 +180,11 @@ class BridgeWorker:
                 key = (rec.mac, rec.vid)
                 if event == "RTM_NEWNEIGH":
                     self.kernel_fdb[key] = rec
-                    self.mirror.sync([rec])
+                    self.mirror.sync([rec], self.slots)
                 else:
                     self.kernel_fdb.pop(key, None)
                     self.refreshed.pop(key, None)
-                    self.mirror.sync([], removed=[key])
+                    self.mirror.sync([], self.slots, removed=[key])
             elif event in ("RTM_NEWLINK", "RTM_DELLINK"):
                 index = msg.get("index")
                 if index == s.bridge.ifindex or msg.get_attr("IFLA_MASTER") == s.bridge.ifindex:
@@ -210,6 +212,10 @@ class BridgeWorker:
                 self.session.find_bridge()
                 self.session.write_bridge_state(heartbeat=False)
                 reconcile(self.session, netfilter_state=self.netfilter_state)
+                slots = self.session.port_slots()
+                if slots != self.slots:  # a port came or went: entries carry egress slots
+                    self.slots = slots
+                    self.mirror.sync(self.kernel_fdb.values(), slots)
         except XdpbrError as exc:
             log.warning("%s: cannot apply port changes: %s", self.label, exc)
             self.healthy = False

@@ -79,11 +79,13 @@ class FdbMirror:
                 out[(mac_text(key.mac), key.vid)] = value
         return out
 
-    def sync(self, records, *, removed=(), full=False):
+    def sync(self, records, slots, *, removed=(), full=False):
         """Make the map hold `records` (and not `removed`); with full=True, nothing else.
 
-        Returns (written, deleted). An unchanged entry is not rewritten, so its last_seen_ns
-        stamp from the fast path survives.
+        `slots` maps port ifindex to slot: the entry carries the egress slot, so a port that
+        gets its slot later is re-synced (records of ports without a slot get slot 0 and take
+        the slow path). Returns (written, deleted). An unchanged entry is not rewritten, so its
+        last_seen_ns stamp from the fast path survives.
         """
         current = self.entries()
         written = deleted = 0
@@ -92,9 +94,10 @@ class FdbMirror:
             wanted[(rec.mac, rec.vid)] = rec
         for (mac, vid), rec in wanted.items():
             have = current.get((mac, vid))
-            if have and have.ifindex == rec.ifindex and have.flags == _flags(rec):
+            slot = slots.get(rec.ifindex, 0)
+            if have and (have.ifindex, have.flags, have.slot) == (rec.ifindex, _flags(rec), slot):
                 continue
-            entry = FdbEntry(ifindex=rec.ifindex, flags=_flags(rec))
+            entry = FdbEntry(ifindex=rec.ifindex, flags=_flags(rec), slot=slot)
             try:
                 bpfsys.map_update(self.fd, _key(mac, vid), entry)
                 written += 1

@@ -4,9 +4,8 @@ Only pinned maps (bpf(2)) and netlink reads: never the compiler, so these stay f
 """
 
 import os
-import time
 
-from control.attachment import REQUESTABLE, XDP_MODE_CHOICES, Session
+from control.attachment import REQUESTABLE, XDP_MODE_CHOICES, Session, coarse_now_ns
 from loader import attach as at
 from loader import bpfsys, pins
 from loader.errors import NotFound
@@ -51,7 +50,7 @@ def show(bridge=None, netns=None):
             s.open_pins()
             meta, state = s.meta(), s.bridge_state()
             names = _names(s)
-            heartbeat_age = (time.monotonic_ns() - state.heartbeat_ns) / 1e9
+            heartbeat_age = (coarse_now_ns() - state.heartbeat_ns) / 1e9
             ports = []
             for ifindex, entry in sorted(s.ports().items(), key=lambda kv: kv[1].slot):
                 xdp = at.xdp_state(s.ipr, ifindex) if ifindex in names else {"prog_id": 0}
@@ -141,7 +140,7 @@ def fdb_show(bridge, netns=None):
         with Session(name, ns) as s:
             s.open_pins()
             names = _names(s)
-            now = time.monotonic_ns()
+            now = coarse_now_ns()
             for (mac, vid), e in sorted(FdbMirror(s.maps["xdpbr_fdb"]).entries().items()):
                 flags = [f for f, bit in (("local", FDB_LOCAL), ("static", FDB_STATIC)) if e.flags & bit]
                 rows.append(

@@ -78,11 +78,13 @@ MODE_REASON_INDEX = {name: i for i, name in enumerate(MODE_REASONS)}
 
 
 class Port(ctypes.Structure):
-    """struct xdpbr_port { __u32 slot; __u32 mtu; __u16 pvid; __u8 mode; __u8 flags;
-    __u8 mode_reason; __u8 xdp_attach; __u8 peer_gro_set; __u8 owned; };"""
+    """struct xdpbr_port { __u32 ifindex; __u32 mtu; __u16 pvid; __u8 mode; __u8 flags;
+    __u8 mode_reason; __u8 xdp_attach; __u8 peer_gro_set; __u8 owned; };
+
+    Stored at its slot in the xdpbr_ports array; Python code keeps the slot as `.slot`."""
 
     _fields_ = [
-        ("slot", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
         ("mtu", ctypes.c_uint32),
         ("pvid", ctypes.c_uint16),
         ("mode", ctypes.c_uint8),
@@ -107,12 +109,12 @@ class FdbKey(ctypes.Structure):
 
 
 class FdbEntry(ctypes.Structure):
-    """struct xdpbr_fdb_entry { __u32 ifindex; __u16 flags; __u16 pad; __u64 last_seen_ns; };"""
+    """struct xdpbr_fdb_entry { __u32 ifindex; __u16 flags; __u16 slot; __u64 last_seen_ns; };"""
 
     _fields_ = [
         ("ifindex", ctypes.c_uint32),
         ("flags", ctypes.c_uint16),
-        ("pad", ctypes.c_uint16),
+        ("slot", ctypes.c_uint16),
         ("last_seen_ns", ctypes.c_uint64),
     ]
 
@@ -176,7 +178,8 @@ class MapSpec:
 def map_specs(max_ports=MAX_PORTS, fdb_size=FDB_SIZE):
     """Every pinned map of the fast path, by pin file name."""
     specs = [
-        MapSpec("xdpbr_ports", "hash", U32, Port, max_ports),
+        MapSpec("xdpbr_port_index", "hash", U32, U32, max_ports),
+        MapSpec("xdpbr_ports", "array", U32, Port, max_ports),
         MapSpec("xdpbr_vlans", "hash", VlanKey, U8, VLAN_SIZE),
         MapSpec("xdpbr_fdb", "hash", FdbKey, FdbEntry, fdb_size),
         MapSpec("xdpbr_bridge", "array", U32, Bridge, 1),

@@ -7,8 +7,8 @@ caller's namespace), so the test enters that namespace around every run.
 import ctypes
 import secrets
 import subprocess
-import time
 
+from control.attachment import coarse_now_ns
 from loader import bpfsys, pins
 from loader.compile import compile_fastpath
 from loader.layouts import (
@@ -62,6 +62,7 @@ class Datapath:
             name: self.compiled.map_fd(name)
             for name in (
                 "xdpbr_ports",
+                "xdpbr_port_index",
                 "xdpbr_fdb",
                 "xdpbr_bridge",
                 "xdpbr_vlans",
@@ -79,18 +80,18 @@ class Datapath:
 
     # --- state --------------------------------------------------------------------------
     def reset(self, *, vlan_filtering=False):
-        for name in ("xdpbr_ports", "xdpbr_fdb", "xdpbr_vlans"):
-            key_type = {"xdpbr_ports": U32, "xdpbr_fdb": FdbKey, "xdpbr_vlans": VlanKey}[name]
+        for name, key_type in (("xdpbr_port_index", U32), ("xdpbr_fdb", FdbKey), ("xdpbr_vlans", VlanKey)):
             for key in bpfsys.map_keys(self.fd[name], key_type):
                 bpfsys.map_delete(self.fd[name], key)
         br = Bridge(
-            heartbeat_ns=time.monotonic_ns(),
+            heartbeat_ns=coarse_now_ns(),
             grace_ns=3600 * 10**9,
             ifindex=999,
             vlan_filtering=int(vlan_filtering),
         )
         br.mac[:] = mac_bytes(BRIDGE_MAC)
         bpfsys.map_update(self.fd["xdpbr_bridge"], U32(0), br)
+        self.slots = {}
         for slot, name in enumerate(("p1", "p2", "p3"), start=1):
             self.port(name, slot=slot)
         self.set_egress(0)
@@ -114,14 +115,11 @@ class Datapath:
         devmap=True,
     ):
         ifindex = self.ifindex[name]
-        old = Port()
-        bpfsys.map_lookup(self.fd["xdpbr_ports"], U32(ifindex), old)
-        slot = slot or old.slot
-        bpfsys.map_update(
-            self.fd["xdpbr_ports"],
-            U32(ifindex),
-            Port(slot=slot, mtu=mtu, pvid=pvid, mode=MODE_INDEX[mode], flags=flags),
-        )
+        slot = slot or self.slots[name]
+        self.slots[name] = slot
+        entry = Port(ifindex=ifindex, mtu=mtu, pvid=pvid, mode=MODE_INDEX[mode], flags=flags)
+        bpfsys.map_update(self.fd["xdpbr_ports"], U32(slot), entry)
+        bpfsys.map_update(self.fd["xdpbr_port_index"], U32(ifindex), U32(slot))
         with entered(self.netns):
             if devmap:
                 bpfsys.map_update(self.fd["xdpbr_devmap"], U32(slot), ctypes.c_int32(ifindex))
@@ -129,7 +127,8 @@ class Datapath:
                 bpfsys.map_delete(self.fd["xdpbr_devmap"], U32(slot))
 
     def remove_port(self, name):
-        bpfsys.map_delete(self.fd["xdpbr_ports"], U32(self.ifindex[name]))
+        bpfsys.map_delete(self.fd["xdpbr_port_index"], U32(self.ifindex[name]))
+        bpfsys.map_update(self.fd["xdpbr_ports"], U32(self.slots[name]), Port())
 
     def vlan(self, name, vid, untagged=False):
         bpfsys.map_update(
@@ -142,8 +141,9 @@ class Datapath:
         key = FdbKey(vid=vid)
         key.mac[:] = mac_bytes(mac)
         ifindex = self.ifindex.get(port, port) if isinstance(port, str) else port
+        slot = self.slots.get(port, 0) if isinstance(port, str) else 0
         flags = (FDB_LOCAL if local else 0) | (FDB_STATIC if static else 0)
-        bpfsys.map_update(self.fd["xdpbr_fdb"], key, FdbEntry(ifindex=ifindex, flags=flags))
+        bpfsys.map_update(self.fd["xdpbr_fdb"], key, FdbEntry(ifindex=ifindex, flags=flags, slot=slot))
 
     def fdb_entry(self, mac, vid=0):
         key = FdbKey(vid=vid)
@@ -160,11 +160,7 @@ class Datapath:
         return value.value
 
     def counter(self, port, attach, reason):
-        slot = 0
-        if port:
-            p = Port()
-            bpfsys.map_lookup(self.fd["xdpbr_ports"], U32(self.ifindex[port]), p)
-            slot = p.slot
+        slot = self.slots[port] if port else 0
         values = (Counter * self.ncpu)()
         idx = stats_index(slot, ATTACH_POINTS.index(attach), REASON_INDEX[reason])
         bpfsys.map_lookup(self.fd["xdpbr_stats"], U32(idx), values)
