@@ -213,5 +213,7 @@ int xdpbr_tc(struct __sk_buff *skb)
 			return tc_done(&f, &d, PASS_VLAN_TAG_CHANGE, TC_ACT_OK);
 	}
 	record_egress(d.egress_ifindex);
+	if (d.out_flags & XDPBR_PORT_PEER_REDIRECT)
+		return tc_done(&f, &d, FORWARD, bpf_redirect_peer(d.egress_ifindex, 0));
 	return tc_done(&f, &d, FORWARD, bpf_redirect(d.egress_ifindex, 0));
 }

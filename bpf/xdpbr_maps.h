@@ -41,6 +41,9 @@
 #define XDPBR_PORT_ISOLATED (1 << 1)
 #define XDPBR_PORT_HAIRPIN (1 << 2)
 #define XDPBR_PORT_XDP_EGRESS (1 << 3) /* may be an XDP redirect target (ndo_xdp_xmit, peer NAPI) */
+/* A veth whose peer is in another namespace and whose egress has no qdisc or filter to honour:
+ * TC may deliver straight to the peer's ingress (bpf_redirect_peer), skipping a backlog pass. */
+#define XDPBR_PORT_PEER_REDIRECT (1 << 4)
 
 /* Ingress and egress configuration of one bridge port, indexed by its slot (an ARRAY: the
  * verifier inlines the lookup, so the egress check costs no hash lookup). Slot 0 is never a

@@ -32,6 +32,7 @@ from loader.layouts import (
     PORT_FORWARDING,
     PORT_HAIRPIN,
     PORT_ISOLATED,
+    PORT_PEER_REDIRECT,
     PORT_XDP_EGRESS,
     U8,
     U32,
@@ -383,6 +384,7 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
             | (PORT_ISOLATED if port.isolated else 0)
             | (PORT_HAIRPIN if port.hairpin else 0)
             | (PORT_XDP_EGRESS if egress_ok else 0)
+            | (PORT_PEER_REDIRECT if _peer_redirect_ok(s, port) else 0)
         )
         _write_vlans(s, port, _vlans_of(s, port.ifindex))
         if entry.slot:
@@ -392,6 +394,12 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
             bpfsys.map_update(s.maps["xdpbr_ports"], U32(entry.slot), entry)
             bpfsys.map_update(s.maps["xdpbr_port_index"], U32(port.ifindex), U32(entry.slot))
     return [(port, plan) for port, plan, _ in results], nf_why
+
+
+def _peer_redirect_ok(s, port):
+    """bpf_redirect_peer needs a veth whose peer is in another namespace; it skips the port's
+    egress qdisc and filters, so only where there are none (veth's default is noqueue)."""
+    return port.kind == "veth" and port.peer_netnsid is not None and at.egress_is_plain(s.ipr, port.ifindex)
 
 
 def _xdp_egress_ready(s, port, plan, entry, any_xdp, journal):

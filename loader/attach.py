@@ -20,6 +20,7 @@ XDP_FLAGS_REPLACE = 1 << 4
 XDP_MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 
 TC_INGRESS_PARENT = 0xFFFFFFF2
+TC_EGRESS_PARENT = 0xFFFFFFF3
 TC_FILTER_NAME = "xdpbr"
 TC_FILTER_PRIO = 0xC0DE  # our own priority: another tool's filters keep theirs
 ETH_P_ALL = 0x0003
@@ -82,6 +83,21 @@ def detach_xdp(ipr, ifindex, mode):
     except NetlinkError as exc:
         if exc.code != errno.ENODEV:
             raise XdpbrError(f"cannot detach XDP from ifindex {ifindex}", errno=exc.code) from None
+
+
+def egress_is_plain(ipr, ifindex):
+    """No qdisc beyond noqueue and no egress filter: nothing a bridge transmit would honour."""
+    for q in ipr.get_qdiscs(index=ifindex):
+        kind = q.get_attr("TCA_KIND")
+        if kind == "clsact":
+            try:
+                if ipr.get_filters(index=ifindex, parent=TC_EGRESS_PARENT):
+                    return False
+            except NetlinkError:
+                return False
+        elif kind != "noqueue":
+            return False
+    return True
 
 
 def has_clsact(ipr, ifindex):

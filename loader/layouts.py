@@ -53,6 +53,7 @@ PORT_FORWARDING = 1 << 0
 PORT_ISOLATED = 1 << 1
 PORT_HAIRPIN = 1 << 2
 PORT_XDP_EGRESS = 1 << 3
+PORT_PEER_REDIRECT = 1 << 4
 
 # struct xdpbr_port.owned: what xdpbr created on the port and must remove at detach.
 OWN_CLSACT = 1 << 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from loader.layouts import PORT_FORWARDING, PORT_HAIRPIN, PORT_ISOLATED, PORT_XDP_EGRESS
+from loader.layouts import PORT_FORWARDING, PORT_HAIRPIN, PORT_ISOLATED, PORT_PEER_REDIRECT, PORT_XDP_EGRESS
 from tests import frames as F
 from tests.datapath import BRIDGE_MAC, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, XDP_REDIRECT, Datapath
 
@@ -283,6 +283,13 @@ CASES = [
         (XDP_PASS, "redirect_miss", None),
         (TC_ACT_REDIRECT, "forward", "p2"),
         lambda dp: (known(dp), dp.port("p2", devmap=False)),
+    ),
+    Case(
+        "TC delivers straight to a veth peer when the egress allows it",
+        udp(),
+        (XDP_REDIRECT, "forward", "p2"),
+        (TC_ACT_REDIRECT, "forward", "p2"),
+        lambda dp: (known(dp), dp.port("p2", flags=OK | PORT_PEER_REDIRECT)),
     ),
     # VLANs (vlan_filtering on): PVID/untagged access ports and tagged trunks.
     Case(

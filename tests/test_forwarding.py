@@ -3,6 +3,9 @@ through the vnet header) and two containers (veth, default offloads) on one acce
 Ping, UDP and TCP must arrive intact in every mode, and the counters must say which path
 carried them."""
 
+import subprocess
+import time
+
 import pytest
 
 from control import attachment, state
@@ -121,3 +124,37 @@ def test_a_learned_mac_is_fast_pathed_and_broadcast_stays_on_the_bridge(bridge_l
     lab.c2.run("ping", "-c1", "-b", "-W", "1", "10.200.0.255", check=False)
     final = counters(lab)
     assert delta(after, final, (lab.c2.port, "xdp", "broadcast")) >= 1
+
+
+def test_an_egress_qdisc_is_honoured_by_the_tc_fast_path(bridge_lab, daemon):
+    lab = bridge_lab
+    subprocess.run(
+        [
+            "tc",
+            "-n",
+            lab.switch,
+            "qdisc",
+            "add",
+            "dev",
+            lab.c2.port,
+            "root",
+            "tbf",
+            "rate",
+            "20mbit",
+            "burst",
+            "32kb",
+            "latency",
+            "50ms",
+        ],
+        check=True,
+    )
+    attachment.attach(lab.bridge, lab.switch, mode="tc")
+    daemon()
+    ports = {p["port"]: p for p in state.show(lab.bridge, lab.switch)[0]["ports"]}
+    assert ports[lab.c1.port]["peer_redirect"] and not ports[lab.c2.port]["peer_redirect"]
+    assert lab.c1.ping(lab.c2.ip)
+    start = time.monotonic()
+    assert tcp_transfer(lab.c1, lab.c2, nbytes=4 << 20)
+    elapsed = time.monotonic() - start
+    assert elapsed > 1.0, f"4 MB through a 20 Mbit/s qdisc took {elapsed:.2f} s: the qdisc was bypassed"
+    assert counters(lab).get((lab.c1.port, "tc", "forward"), 0) > 0

@@ -55,6 +55,7 @@ def test_constants_match_the_c_defines():
     assert 1 << int(d["XDPBR_PORT_ISOLATED"]) == layouts.PORT_ISOLATED
     assert 1 << int(d["XDPBR_PORT_HAIRPIN"]) == layouts.PORT_HAIRPIN
     assert 1 << int(d["XDPBR_PORT_XDP_EGRESS"]) == layouts.PORT_XDP_EGRESS
+    assert 1 << int(d["XDPBR_PORT_PEER_REDIRECT"]) == layouts.PORT_PEER_REDIRECT
     assert 1 << int(d["XDPBR_FDB_LOCAL"]) == layouts.FDB_LOCAL
     assert 1 << int(d["XDPBR_FDB_STATIC"]) == layouts.FDB_STATIC
     assert 1 << int(d["XDPBR_VLAN_UNTAGGED"]) == layouts.VLAN_UNTAGGED
