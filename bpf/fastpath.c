@@ -63,8 +63,9 @@ static __always_inline void count(__u32 slot, __u32 attach, __u32 reason, __u32 
 static __always_inline int decide(struct frame *f, struct decision *d)
 {
 	__u32 zero = 0;
-	__u32 *slot = xdpbr_port_index.lookup(&f->ifindex);
-	if (!slot)
+	__u32 *slot = f->ifindex < XDPBR_DIRECT_IFINDEX ? xdpbr_port_direct.lookup(&f->ifindex)
+							: xdpbr_port_index.lookup(&f->ifindex);
+	if (!slot || !*slot)
 		return PASS_PORT_NOT_ACCELERATED;
 	d->in_slot = *slot;
 	struct xdpbr_port *in = xdpbr_ports.lookup(slot);

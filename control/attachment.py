@@ -44,6 +44,7 @@ from loader.layouts import (
     Port,
     VlanKey,
     mac_bytes,
+    port_index_map,
     stats_index,
 )
 from loader.netns import entered
@@ -288,7 +289,7 @@ def _vlans_of(s, ifindex):
 
 def _remove_port(s, ifindex, entry, still_exists):
     """A port left the bridge (or the bridge is detached): undo everything xdpbr did there."""
-    bpfsys.map_delete(s.maps["xdpbr_port_index"], U32(ifindex))
+    _write_port_index(s, ifindex, 0)
     bpfsys.map_update(s.maps["xdpbr_ports"], U32(entry.slot), Port())
     with entered(s.netns):
         bpfsys.map_delete(s.maps["xdpbr_devmap"], U32(entry.slot))
@@ -298,6 +299,17 @@ def _remove_port(s, ifindex, entry, still_exists):
         port = _PortRef(ifindex)
         _detach_xdp_program(s, port)
         _detach_tc_program(s, ifindex, entry.owned)
+
+
+def _write_port_index(s, ifindex, slot):
+    """Where the fast path finds the ingress slot of ifindex; slot 0 removes it."""
+    fd = s.maps[port_index_map(ifindex)]
+    if port_index_map(ifindex) == "xdpbr_port_direct":
+        bpfsys.map_update(fd, U32(ifindex), U32(slot))
+    elif slot:
+        bpfsys.map_update(fd, U32(ifindex), U32(slot))
+    else:
+        bpfsys.map_delete(fd, U32(ifindex))
 
 
 def _new_entry(ifindex):
@@ -392,7 +404,7 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
                 bpfsys.map_update(s.maps["xdpbr_devmap"], U32(entry.slot), ctypes.c_int32(port.ifindex))
             # the entry first, then the index that makes the fast path see it
             bpfsys.map_update(s.maps["xdpbr_ports"], U32(entry.slot), entry)
-            bpfsys.map_update(s.maps["xdpbr_port_index"], U32(port.ifindex), U32(entry.slot))
+            _write_port_index(s, port.ifindex, entry.slot)
     return [(port, plan) for port, plan, _ in results], nf_why
 
 

@@ -11,6 +11,7 @@ LAYOUT_VERSION = 1  # XDPBR_LAYOUT_VERSION
 MAX_PORTS = 1024  # XDPBR_MAX_PORTS default
 FDB_SIZE = 16384  # XDPBR_FDB_SIZE default
 VLAN_SIZE = 16384  # XDPBR_VLAN_SIZE default
+DIRECT_IFINDEX = 65536  # XDPBR_DIRECT_IFINDEX: ingress slot by array below, by hash above
 NR_REASONS = 32  # XDPBR_NR_REASONS: stats row width, room for appended reasons
 ATTACH_POINTS = ("xdp", "tc")  # XDPBR_ATTACH_XDP, XDPBR_ATTACH_TC
 NO_SLOT = 0  # stats row of frames from interfaces that are not known ports
@@ -179,6 +180,7 @@ class MapSpec:
 def map_specs(max_ports=MAX_PORTS, fdb_size=FDB_SIZE):
     """Every pinned map of the fast path, by pin file name."""
     specs = [
+        MapSpec("xdpbr_port_direct", "array", U32, U32, DIRECT_IFINDEX),
         MapSpec("xdpbr_port_index", "hash", U32, U32, max_ports),
         MapSpec("xdpbr_ports", "array", U32, Port, max_ports),
         MapSpec("xdpbr_vlans", "hash", VlanKey, U8, VLAN_SIZE),
@@ -190,6 +192,11 @@ def map_specs(max_ports=MAX_PORTS, fdb_size=FDB_SIZE):
         MapSpec("xdpbr_devmap", "devmap", U32, I32, max_ports),
     ]
     return {s.name: s for s in specs}
+
+
+def port_index_map(ifindex):
+    """Which map holds the ingress slot of `ifindex` (see XDPBR_DIRECT_IFINDEX)."""
+    return "xdpbr_port_direct" if ifindex < DIRECT_IFINDEX else "xdpbr_port_index"
 
 
 def stats_index(slot, attach, reason):

@@ -29,6 +29,7 @@ from loader.layouts import (
     Port,
     VlanKey,
     mac_bytes,
+    port_index_map,
     stats_index,
 )
 from loader.netns import entered
@@ -45,16 +46,16 @@ class Datapath:
         self.pin_dir = f"{pins.BPFFS}/xdpbr-test-{tag}"
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
         self.ifindex = {}
-        for name in ("p1", "p2", "p3"):
+        # p4's ifindex is above XDPBR_DIRECT_IFINDEX: its slot is found through the hash
+        for name, index in (("p1", None), ("p2", None), ("p3", None), ("p4", 70000)):
+            extra = ["index", str(index)] if index else []
             subprocess.run(
-                ["ip", "-n", self.netns, "link", "add", name, "type", "veth", "peer", f"{name}x"], check=True
+                ["ip", "-n", self.netns, "link", "add", name, *extra, "type", "veth", "peer", f"{name}x"],
+                check=True,
             )
             subprocess.run(["ip", "-n", self.netns, "link", "set", name, "up"], check=True)
             out = subprocess.run(
-                ["ip", "-n", self.netns, "-o", "link", "show", name],
-                capture_output=True,
-                text=True,
-                check=True,
+                ["ip", "-n", self.netns, "-o", "link", "show", name], capture_output=True, text=True, check=True
             ).stdout
             self.ifindex[name] = int(out.split(":")[0])
         self.compiled = compile_fastpath(self.pin_dir, test=True)
@@ -63,6 +64,7 @@ class Datapath:
             for name in (
                 "xdpbr_ports",
                 "xdpbr_port_index",
+                "xdpbr_port_direct",
                 "xdpbr_fdb",
                 "xdpbr_bridge",
                 "xdpbr_vlans",
@@ -80,7 +82,7 @@ class Datapath:
 
     # --- state --------------------------------------------------------------------------
     def reset(self, *, vlan_filtering=False):
-        for name, key_type in (("xdpbr_port_index", U32), ("xdpbr_fdb", FdbKey), ("xdpbr_vlans", VlanKey)):
+        for name, key_type in (("xdpbr_fdb", FdbKey), ("xdpbr_vlans", VlanKey)):
             for key in bpfsys.map_keys(self.fd[name], key_type):
                 bpfsys.map_delete(self.fd[name], key)
         br = Bridge(
@@ -92,7 +94,7 @@ class Datapath:
         br.mac[:] = mac_bytes(BRIDGE_MAC)
         bpfsys.map_update(self.fd["xdpbr_bridge"], U32(0), br)
         self.slots = {}
-        for slot, name in enumerate(("p1", "p2", "p3"), start=1):
+        for slot, name in enumerate(("p1", "p2", "p3", "p4"), start=1):
             self.port(name, slot=slot)
         self.set_egress(0)
 
@@ -119,7 +121,7 @@ class Datapath:
         self.slots[name] = slot
         entry = Port(ifindex=ifindex, mtu=mtu, pvid=pvid, mode=MODE_INDEX[mode], flags=flags)
         bpfsys.map_update(self.fd["xdpbr_ports"], U32(slot), entry)
-        bpfsys.map_update(self.fd["xdpbr_port_index"], U32(ifindex), U32(slot))
+        bpfsys.map_update(self.fd[port_index_map(ifindex)], U32(ifindex), U32(slot))
         with entered(self.netns):
             if devmap:
                 bpfsys.map_update(self.fd["xdpbr_devmap"], U32(slot), ctypes.c_int32(ifindex))
@@ -127,7 +129,7 @@ class Datapath:
                 bpfsys.map_delete(self.fd["xdpbr_devmap"], U32(slot))
 
     def remove_port(self, name):
-        bpfsys.map_delete(self.fd["xdpbr_port_index"], U32(self.ifindex[name]))
+        bpfsys.map_update(self.fd[port_index_map(self.ifindex[name])], U32(self.ifindex[name]), U32(0))
         bpfsys.map_update(self.fd["xdpbr_ports"], U32(self.slots[name]), Port())
 
     def vlan(self, name, vid, untagged=False):

@@ -64,6 +64,14 @@ CASES = [
         known,
     ),
     Case(
+        "a port with a large ifindex is found through the hash",
+        udp(),
+        (XDP_REDIRECT, "forward", "p2"),
+        (TC_ACT_REDIRECT, "forward", "p2"),
+        lambda dp: (dp.fdb(A, "p4"), dp.fdb(B, "p2")),
+        ingress="p4",
+    ),
+    Case(
         "frame cut inside its VLAN tag is passed as malformed",
         bytes.fromhex("02000000000b02000000000a8100"),
         (XDP_PASS, "malformed", None),
@@ -395,9 +403,8 @@ def _check(dp, case, attach, run):
     if case.setup:
         case.setup(dp)
     verdict, reason, egress = getattr(case, attach)
-    counter_port = (
-        None if reason == "port_not_accelerated" and case.name.startswith("unknown ingress") else "p1"
-    )
+    # frames of an interface that is no port are counted in slot 0
+    counter_port = None if case.name.startswith("unknown ingress") else case.ingress
     before = dp.counter(counter_port, attach, reason)
     got, _ = run(case.frame, case.ingress)
     assert got == verdict, f"{case.name}: {attach} verdict {got}, want {verdict}"
