@@ -25,6 +25,22 @@ static __always_inline struct xdpbr_fdb_entry *fdb_get(struct xdpbr_fdb_key *key
 static __always_inline void fdb_forget(struct xdpbr_fdb_key *key)
 {
 	xdpbr_fdb.delete(key);
+	/* cached decisions may send frames to the forgotten MAC's old port */
+	__u32 gen = XDPBR_GEN_FASTPATH;
+	__u32 *count = xdpbr_generation.lookup(&gen);
+	if (count)
+		__sync_fetch_and_add(count, 1);
+}
+
+static __always_inline __u32 generation(__u32 which)
+{
+	__u32 *count = xdpbr_generation.lookup(&which);
+	return count ? *count : 0;
+}
+
+static __always_inline struct xdpbr_flow *flow_entry(__u32 index)
+{
+	return xdpbr_flow_cache.lookup(&index);
 }
 
 static __always_inline __u8 *vlan_get(struct xdpbr_vlan_key *key)
@@ -33,6 +49,7 @@ static __always_inline __u8 *vlan_get(struct xdpbr_vlan_key *key)
 }
 
 #include "fdb.h"
+#include "flow.h"
 #include "vlan.h"
 #include "egress.h"
 
@@ -99,11 +116,8 @@ static __always_inline int decide(struct frame *f, struct decision *d)
 	struct ethhdr *eth = f->data;
 	if ((void *)(eth + 1) > f->data_end)
 		return PASS_MALFORMED;
-	r = fdb_check_source(f, eth, now);
-	if (r)
-		return r;
 	__u32 out_slot = 0;
-	r = fdb_lookup_destination(f, eth, br, &d->egress_ifindex, &out_slot);
+	r = fdb_decide(f, eth, br, now, &d->egress_ifindex, &out_slot);
 	if (r)
 		return r;
 

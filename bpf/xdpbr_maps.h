@@ -28,6 +28,10 @@
 #ifndef XDPBR_DIRECT_IFINDEX
 #define XDPBR_DIRECT_IFINDEX 65536
 #endif
+/* Per-CPU flow cache entries (a power of two). */
+#ifndef XDPBR_FLOW_CACHE_SIZE
+#define XDPBR_FLOW_CACHE_SIZE 256
+#endif
 #ifndef XDPBR_VLAN_SIZE
 #define XDPBR_VLAN_SIZE 16384
 #endif
@@ -118,6 +122,25 @@ struct xdpbr_ifname {
 	char name[16];
 };
 
+/* Generations that invalidate the flow cache. Element XDPBR_GEN_CONTROL is bumped by the
+ * control plane after every change to the FDB mirror, XDPBR_GEN_FASTPATH by the fast path when
+ * it forgets a moved MAC: two elements, so neither writer overwrites the other's count. */
+#define XDPBR_GEN_CONTROL 0
+#define XDPBR_GEN_FASTPATH 1
+
+/* A recent forwarding decision of steps 4-5 (the source is mirrored on this port, the
+ * destination lives behind out_slot), so a busy flow skips both FDB hash lookups. Valid while
+ * both generations match; port state, egress checks, MTU and checksums are still checked per
+ * frame. Per CPU, so entries are never torn; not pinned (a new program starts empty). */
+struct xdpbr_flow {
+	__u32 addrs[3];     /* destination and source MAC, as the frame carries them */
+	__u32 ifindex;      /* ingress */
+	__u32 egress_ifindex;
+	__u32 out_slot;
+	__u32 gen[2];       /* xdpbr_generation when the decision was made */
+	__u64 stamped_ns;   /* when the source's last_seen_ns was last stamped through this entry */
+};
+
 /* Per-CPU counters, index ((slot * XDPBR_NR_ATTACH) + attach) * XDPBR_NR_REASONS + reason. */
 struct xdpbr_counter {
 	__u64 packets;
@@ -142,6 +165,8 @@ BPF_TABLE_PINNED("array", __u32, struct xdpbr_bridge, xdpbr_bridge, 1,
 BPF_TABLE_PINNED("array", __u32, struct xdpbr_meta, xdpbr_meta, 1, XDPBR_PIN_DIR "/xdpbr_meta");
 BPF_TABLE_PINNED("hash", struct xdpbr_ifname, __u8, xdpbr_port_modes, XDPBR_MAX_PORTS,
 		 XDPBR_PIN_DIR "/xdpbr_port_modes");
+BPF_TABLE_PINNED("array", __u32, __u32, xdpbr_generation, 2, XDPBR_PIN_DIR "/xdpbr_generation");
+BPF_PERCPU_ARRAY(xdpbr_flow_cache, struct xdpbr_flow, XDPBR_FLOW_CACHE_SIZE);
 BPF_TABLE_PINNED("percpu_array", __u32, struct xdpbr_counter, xdpbr_stats, XDPBR_STATS_SIZE,
 		 XDPBR_PIN_DIR "/xdpbr_stats");
 /* Egress devices for XDP redirects, indexed by slot. bcc has no pinned DEVMAP macro; the

@@ -480,7 +480,7 @@ def attach(
                 bpfsys.map_update(s.maps["xdpbr_meta"], U32(0), meta)
                 s.write_bridge_state(heartbeat=True, grace_s=grace_s)
                 results, _ = reconcile(s, journal, replace_programs=True)
-                mirror = fdb.FdbMirror(s.maps["xdpbr_fdb"])
+                mirror = fdb.FdbMirror(s.maps)
                 mirror.sync(fdb.dump(s.ipr, s.bridge.ifindex), s.port_slots(), full=True)
                 _repin_programs(s)
             finally:

@@ -108,7 +108,7 @@ class BridgeWorker:
         self.session = Session(self.bridge, self.netns)
         self.identity = pin_identity(self.session.dir)
         self.session.open_pins()
-        self.mirror = fdb.FdbMirror(self.session.maps["xdpbr_fdb"])
+        self.mirror = fdb.FdbMirror(self.session.maps)
 
     @property
     def label(self):

@@ -11,7 +11,7 @@ import socket
 from control.model import FdbRecord
 from loader import bpfsys
 from loader.errors import XdpbrError
-from loader.layouts import FDB_LOCAL, FDB_STATIC, FdbEntry, FdbKey, mac_bytes, mac_text
+from loader.layouts import FDB_LOCAL, FDB_STATIC, GEN_CONTROL, U32, FdbEntry, FdbKey, mac_bytes, mac_text
 
 log = logging.getLogger("xdpbr.fdb")
 
@@ -67,8 +67,15 @@ def _flags(rec):
 class FdbMirror:
     """Writes kernel FDB records into one bridge's pinned xdpbr_fdb map."""
 
-    def __init__(self, fdb_fd):
-        self.fd = fdb_fd
+    def __init__(self, maps):
+        self.fd = maps["xdpbr_fdb"]
+        self.generation_fd = maps["xdpbr_generation"]
+
+    def bump_generation(self):
+        """After the map changed: the fast path's cached decisions (flow.h) are now stale."""
+        count = U32()
+        bpfsys.map_lookup(self.generation_fd, U32(GEN_CONTROL), count)
+        bpfsys.map_update(self.generation_fd, U32(GEN_CONTROL), U32((count.value + 1) & 0xFFFFFFFF))
 
     def entries(self):
         """{(mac, vid): FdbEntry} as the map holds them now."""
@@ -110,6 +117,8 @@ class FdbMirror:
         for mac, vid in gone:
             if bpfsys.map_delete(self.fd, _key(mac, vid)):
                 deleted += 1
+        if written or deleted:
+            self.bump_generation()
         return written, deleted
 
 

@@ -143,7 +143,7 @@ def fdb_show(bridge, netns=None):
             s.open_pins()
             names = _names(s)
             now = coarse_now_ns()
-            for (mac, vid), e in sorted(FdbMirror(s.maps["xdpbr_fdb"]).entries().items()):
+            for (mac, vid), e in sorted(FdbMirror(s.maps).entries().items()):
                 flags = [f for f, bit in (("local", FDB_LOCAL), ("static", FDB_STATIC)) if e.flags & bit]
                 rows.append(
                     {

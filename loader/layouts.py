@@ -59,6 +59,7 @@ PORT_PEER_REDIRECT = 1 << 4
 # struct xdpbr_port.owned: what xdpbr created on the port and must remove at detach.
 OWN_CLSACT = 1 << 0
 
+GEN_CONTROL = 0  # XDPBR_GEN_CONTROL: the control plane's element of xdpbr_generation
 VLAN_UNTAGGED = 1 << 0
 FDB_LOCAL = 1 << 0
 FDB_STATIC = 1 << 1
@@ -188,6 +189,7 @@ def map_specs(max_ports=MAX_PORTS, fdb_size=FDB_SIZE):
         MapSpec("xdpbr_bridge", "array", U32, Bridge, 1),
         MapSpec("xdpbr_meta", "array", U32, Meta, 1),
         MapSpec("xdpbr_port_modes", "hash", Ifname, U8, max_ports),
+        MapSpec("xdpbr_generation", "array", U32, U32, 2),
         MapSpec("xdpbr_stats", "percpu_array", U32, Counter, max_ports * len(ATTACH_POINTS) * NR_REASONS),
         MapSpec("xdpbr_devmap", "devmap", U32, I32, max_ports),
     ]

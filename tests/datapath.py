@@ -55,7 +55,10 @@ class Datapath:
             )
             subprocess.run(["ip", "-n", self.netns, "link", "set", name, "up"], check=True)
             out = subprocess.run(
-                ["ip", "-n", self.netns, "-o", "link", "show", name], capture_output=True, text=True, check=True
+                ["ip", "-n", self.netns, "-o", "link", "show", name],
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout
             self.ifindex[name] = int(out.split(":")[0])
         self.compiled = compile_fastpath(self.pin_dir, test=True)
@@ -71,6 +74,7 @@ class Datapath:
                 "xdpbr_stats",
                 "xdpbr_devmap",
                 "xdpbr_test_egress",
+                "xdpbr_generation",
             )
         }
         self.ncpu = bpfsys.possible_cpus()
@@ -85,6 +89,7 @@ class Datapath:
         for name, key_type in (("xdpbr_fdb", FdbKey), ("xdpbr_vlans", VlanKey)):
             for key in bpfsys.map_keys(self.fd[name], key_type):
                 bpfsys.map_delete(self.fd[name], key)
+        self.bump_generation()
         br = Bridge(
             heartbeat_ns=coarse_now_ns(),
             grace_ns=3600 * 10**9,
@@ -146,6 +151,13 @@ class Datapath:
         slot = self.slots.get(port, 0) if isinstance(port, str) else 0
         flags = (FDB_LOCAL if local else 0) | (FDB_STATIC if static else 0)
         bpfsys.map_update(self.fd["xdpbr_fdb"], key, FdbEntry(ifindex=ifindex, flags=flags, slot=slot))
+        self.bump_generation()
+
+    def bump_generation(self):
+        """What the control plane does after changing the FDB mirror (FdbMirror.sync)."""
+        count = U32()
+        bpfsys.map_lookup(self.fd["xdpbr_generation"], U32(0), count)
+        bpfsys.map_update(self.fd["xdpbr_generation"], U32(0), U32(count.value + 1))
 
     def fdb_entry(self, mac, vid=0):
         key = FdbKey(vid=vid)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.root
 def mirrored(lab, mac):
     with Session(lab.bridge, lab.switch) as s:
         s.open_pins()
-        return any(m == mac for m, _ in FdbMirror(s.maps["xdpbr_fdb"]).entries())
+        return any(m == mac for m, _ in FdbMirror(s.maps).entries())
 
 
 def counter(lab, port, attach, reason):
@@ -89,7 +89,7 @@ def test_a_mac_move_is_never_misdelivered(two_containers, daemon):
     assert lab.c2.ping(moved_ip, count=3), "frames to a moved MAC must reach its new port"
     with Session(lab.bridge, lab.switch) as s:
         s.open_pins()
-        entries = FdbMirror(s.maps["xdpbr_fdb"]).entries()
+        entries = FdbMirror(s.maps).entries()
         holders = {e.ifindex for (m, _), e in entries.items() if m == moved_mac}
     c3_index = int(
         subprocess.run(

@@ -4,11 +4,20 @@ Each case gives the map state, a frame, and for each attach point the verdict, t
 counter that must move by one, and the egress (recorded by the test-only map).
 """
 
+import os
 from dataclasses import dataclass, field
 
 import pytest
 
-from loader.layouts import PORT_FORWARDING, PORT_HAIRPIN, PORT_ISOLATED, PORT_PEER_REDIRECT, PORT_XDP_EGRESS
+from loader import bpfsys
+from loader.layouts import (
+    PORT_FORWARDING,
+    PORT_HAIRPIN,
+    PORT_ISOLATED,
+    PORT_PEER_REDIRECT,
+    PORT_XDP_EGRESS,
+    U32,
+)
 from tests import frames as F
 from tests.datapath import BRIDGE_MAC, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, XDP_REDIRECT, Datapath
 
@@ -485,3 +494,55 @@ def test_tc_pops_the_tag_for_an_access_egress(dp):
     got, out = dp.run_tc(udp(vlan=10))
     assert got == TC_ACT_REDIRECT
     assert out == udp(), "the egress frame must be untagged"
+
+
+@pytest.fixture
+def one_cpu():
+    """The flow cache is per CPU: keep the test runs on one."""
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(saved)})
+    yield
+    os.sched_setaffinity(0, saved)
+
+
+def test_the_flow_cache_serves_repeated_frames(dp, one_cpu):
+    dp.reset()
+    known(dp)
+    assert dp.run_xdp(udp())[0] == XDP_REDIRECT
+    # an FDB write without a generation bump is invisible to a cached decision: this is what
+    # makes the bump in FdbMirror.sync necessary, and shows the cache is in use
+    count = U32()
+    bpfsys.map_lookup(dp.fd["xdpbr_generation"], U32(0), count)
+    dp.fdb(B, "p3")
+    bpfsys.map_update(dp.fd["xdpbr_generation"], U32(0), count)
+    dp.set_egress(0)
+    assert dp.run_xdp(udp())[0] == XDP_REDIRECT
+    assert dp.egress() == dp.ifindex["p2"], "a cache hit keeps the decision it cached"
+
+
+@pytest.mark.parametrize("attach", ["xdp", "tc"])
+def test_a_cached_flow_follows_the_control_planes_fdb_changes(dp, one_cpu, attach):
+    run = dp.run_xdp if attach == "xdp" else dp.run_tc
+    dp.reset()
+    known(dp)
+    run(udp())
+    run(udp())
+    assert dp.egress() == dp.ifindex["p2"]
+    dp.fdb(B, "p3")  # with the generation bump, as FdbMirror.sync does
+    dp.set_egress(0)
+    run(udp())
+    assert dp.egress() == dp.ifindex["p3"], "a stale cached decision was used"
+
+
+def test_a_move_the_fast_path_sees_invalidates_cached_flows(dp, one_cpu):
+    dp.reset()
+    known(dp)
+    dp.run_xdp(udp())  # A -> B cached: B is behind p2
+    assert dp.egress() == dp.ifindex["p2"]
+    # B shows up behind p3: the fast path forgets it and bumps its own generation
+    assert dp.run_xdp(udp(dst=A, src=B), ingress="p3")[0] == XDP_PASS
+    before = dp.counter("p1", "xdp", "unknown_destination")
+    dp.set_egress(0)
+    assert dp.run_xdp(udp())[0] == XDP_PASS, "frames to a moved MAC must not go to its old port"
+    assert dp.egress() == 0
+    assert dp.counter("p1", "xdp", "unknown_destination") == before + 1

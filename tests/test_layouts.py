@@ -50,6 +50,7 @@ def test_constants_match_the_c_defines():
     assert int(d["XDPBR_MAX_PORTS"]) == layouts.MAX_PORTS
     assert int(d["XDPBR_FDB_SIZE"]) == layouts.FDB_SIZE
     assert int(d["XDPBR_DIRECT_IFINDEX"]) == layouts.DIRECT_IFINDEX
+    assert int(d["XDPBR_GEN_CONTROL"]) == layouts.GEN_CONTROL
     for i, mode in enumerate(layouts.MODES):
         assert int(d[f"XDPBR_MODE_{mode.upper().replace('+', '_')}"]) == i
     assert 1 << int(d["XDPBR_PORT_FORWARDING"]) == layouts.PORT_FORWARDING

@@ -1,0 +1,66 @@
+/* Steps 4-5 (source check, destination lookup) through the per-CPU flow cache.
+ *
+ * A hit needs the same MACs, the same ingress port and both generations unchanged since the
+ * decision was cached; the control plane bumps its generation after every FDB mirror change,
+ * the fast path its own when it forgets a moved MAC. The generations are read before the FDB
+ * lookups, so a decision cached from an FDB that changed meanwhile is already stale. Without
+ * vlan_filtering only: VLAN classification stays on the full path.
+ */
+#ifndef XDPBR_FLOW_H
+#define XDPBR_FLOW_H
+
+static __always_inline __u32 flow_index(const __u32 *addrs, __u32 ifindex)
+{
+	__u32 h = addrs[0] ^ addrs[1] ^ addrs[2] ^ ifindex;
+	h ^= h >> 16;
+	h ^= h >> 8;
+	return h & (XDPBR_FLOW_CACHE_SIZE - 1);
+}
+
+static __always_inline int fdb_decide(struct frame *f, struct ethhdr *eth, struct xdpbr_bridge *br,
+				      __u64 now, __u32 *egress_ifindex, __u32 *out_slot)
+{
+	__u32 gen_control = generation(XDPBR_GEN_CONTROL);
+	__u32 gen_fastpath = generation(XDPBR_GEN_FASTPATH);
+	__u32 *addrs = (__u32 *)eth; /* 12 bytes of MACs: the verifier checked eth + 1 */
+	struct xdpbr_flow *flow = NULL;
+	int r;
+
+	if (!br->vlan_filtering) {
+		flow = flow_entry(flow_index(addrs, f->ifindex));
+		if (flow && flow->addrs[0] == addrs[0] && flow->addrs[1] == addrs[1] &&
+		    flow->addrs[2] == addrs[2] && flow->ifindex == f->ifindex &&
+		    flow->gen[0] == gen_control && flow->gen[1] == gen_fastpath) {
+			if (now - flow->stamped_ns > XDPBR_LAST_SEEN_STEP_NS) {
+				/* the daemon's aging refresh needs a stamp now and then */
+				r = fdb_check_source(f, eth, now);
+				if (r)
+					return r;
+				flow->stamped_ns = now;
+			}
+			*egress_ifindex = flow->egress_ifindex;
+			*out_slot = flow->out_slot;
+			return 0;
+		}
+	}
+	r = fdb_check_source(f, eth, now);
+	if (r)
+		return r;
+	r = fdb_lookup_destination(f, eth, br, egress_ifindex, out_slot);
+	if (r)
+		return r;
+	if (flow) {
+		flow->addrs[0] = addrs[0];
+		flow->addrs[1] = addrs[1];
+		flow->addrs[2] = addrs[2];
+		flow->ifindex = f->ifindex;
+		flow->egress_ifindex = *egress_ifindex;
+		flow->out_slot = *out_slot;
+		flow->gen[0] = gen_control;
+		flow->gen[1] = gen_fastpath;
+		flow->stamped_ns = now;
+	}
+	return 0;
+}
+
+#endif
