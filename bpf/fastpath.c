@@ -32,6 +32,19 @@ static __always_inline void fdb_forget(struct xdpbr_fdb_key *key)
 		__sync_fetch_and_add(count, 1);
 }
 
+/* The ingress port's slot, 0 if none. Two separate lookups: a lookup whose map is chosen at run
+ * time is not inlined by the verifier, which cost more than the hash fallback saves. */
+static __always_inline __u32 port_slot(__u32 ifindex)
+{
+	__u32 *slot;
+	if (ifindex < XDPBR_DIRECT_IFINDEX) {
+		slot = xdpbr_port_direct.lookup(&ifindex);
+		return slot ? *slot : 0;
+	}
+	slot = xdpbr_port_index.lookup(&ifindex);
+	return slot ? *slot : 0;
+}
+
 static __always_inline __u32 generation(__u32 which)
 {
 	__u32 *count = xdpbr_generation.lookup(&which);
@@ -80,12 +93,11 @@ static __always_inline void count(__u32 slot, __u32 attach, __u32 reason, __u32 
 static __always_inline int decide(struct frame *f, struct decision *d)
 {
 	__u32 zero = 0;
-	__u32 *slot = f->ifindex < XDPBR_DIRECT_IFINDEX ? xdpbr_port_direct.lookup(&f->ifindex)
-							: xdpbr_port_index.lookup(&f->ifindex);
-	if (!slot || !*slot)
+	__u32 slot = port_slot(f->ifindex);
+	if (!slot)
 		return PASS_PORT_NOT_ACCELERATED;
-	d->in_slot = *slot;
-	struct xdpbr_port *in = xdpbr_ports.lookup(slot);
+	d->in_slot = slot;
+	struct xdpbr_port *in = xdpbr_ports.lookup(&slot);
 	if (!in || in->ifindex != f->ifindex)
 		return PASS_PORT_NOT_ACCELERATED;
 
