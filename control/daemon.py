@@ -290,39 +290,36 @@ class Daemon:
         self.scan()
         if once:
             return 0
-        timers = {"heartbeat": 0.0, "aging": 0.0, "netfilter": 0.0, "scan": 0.0}
+        # periodic work per bridge: (seconds, BridgeWorker method)
+        periodic = [
+            (HEARTBEAT_S, BridgeWorker.heartbeat),
+            (AGING_REFRESH_S, BridgeWorker.refresh_aging),
+            (NETFILTER_CHECK_S, BridgeWorker.check_netfilter),
+        ]
+        due = [0.0] * len(periodic)
+        next_scan = 0.0
         while not self.stopping:
             try:
                 netns, msgs = self.events.get(timeout=0.1)
             except queue.Empty:
-                netns, msgs = None, ()
+                pass
             else:
                 for (_, ns), worker in self.workers.items():
-                    if ns != netns:
-                        continue
-                    if msgs is None:
-                        worker.resync()
-                    else:
-                        worker.on_messages(msgs)
+                    if ns == netns:
+                        worker.resync() if msgs is None else worker.on_messages(msgs)
             now = time.monotonic()
             for worker in list(self.workers.values()):
                 worker.reconcile_if_needed()
-                if worker.healthy is not True and now >= timers["scan"]:
-                    worker.resync()
-            if now >= timers["heartbeat"]:
-                timers["heartbeat"] = now + HEARTBEAT_S
-                for worker in self.workers.values():
-                    worker.heartbeat()
-            if now >= timers["aging"]:
-                timers["aging"] = now + AGING_REFRESH_S
-                for worker in self.workers.values():
-                    worker.refresh_aging()
-            if now >= timers["netfilter"]:
-                timers["netfilter"] = now + NETFILTER_CHECK_S
-                for worker in self.workers.values():
-                    worker.check_netfilter()
-            if now >= timers["scan"]:
-                timers["scan"] = now + PIN_SCAN_S
+            for i, (interval, method) in enumerate(periodic):
+                if now >= due[i]:
+                    due[i] = now + interval
+                    for worker in self.workers.values():
+                        method(worker)
+            if now >= next_scan:
+                next_scan = now + PIN_SCAN_S
+                for worker in list(self.workers.values()):
+                    if worker.healthy is not True:
+                        worker.resync()  # retry a bridge that failed or was re-attached
                 self.scan()
         for worker in self.workers.values():
             worker.close()

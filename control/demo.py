@@ -78,6 +78,8 @@ def path_totals(rows, modes):
     passes; in xdp mode it gets XDP's."""
     totals = {}
     for row in rows:
+        if row["port"] not in modes:
+            continue  # frames of an interface that was not (yet) a port: slot 0
         counts = totals.setdefault(row["port"], [0, 0])
         last = "tc" if modes.get(row["port"]) in ("tc", "xdp+tc") else "xdp"
         if row["reason"] == "forward":

@@ -95,6 +95,10 @@ class Lab:
                     with open(path, "w") as f:
                         f.write("1" if on else "0")
 
+    def in_switch(self, tool, *argv):
+        """Run ip, tc or bridge against the switch namespace (`tool -n SWITCH ...`)."""
+        return sh(tool, "-n", self.switch, *argv)
+
     def _ip(self):
         ip = f"10.200.0.{self._next_ip}"
         self._next_ip += 1

@@ -33,6 +33,16 @@ def lab():
 
 
 @pytest.fixture
+def two_containers(lab):
+    """A bridge with two containers, every port forwarding."""
+    lab.make_bridge()
+    lab.c1 = lab.container("c1")
+    lab.c2 = lab.container("c2")
+    lab.wait_forwarding()
+    return lab
+
+
+@pytest.fixture
 def bridge_lab(lab):
     """A bridge with two containers and two VMs, every port forwarding."""
     lab.make_bridge()

@@ -39,17 +39,8 @@ def host_state(lab):
 NOTHING = {"xdp": False, "clsact": False, "pins": False}
 
 
-@pytest.fixture
-def small_lab(lab):
-    lab.make_bridge()
-    lab.c1 = lab.container("c1")
-    lab.c2 = lab.container("c2")
-    lab.wait_forwarding()
-    return lab
-
-
-def test_attach_show_detach_round_trip_in_json(small_lab):
-    lab = small_lab
+def test_attach_show_detach_round_trip_in_json(two_containers):
+    lab = two_containers
     res = xdpbr("-j", "-n", lab.switch, "attach", "br0", "--mode", "tc")
     assert res.returncode == 0, res.stderr
     [shown] = json.loads(res.stdout)
@@ -77,17 +68,17 @@ def test_attach_show_detach_round_trip_in_json(small_lab):
     assert json.loads(xdpbr("-j", "-n", lab.switch, "show").stdout) == []
 
 
-def test_missing_bridge_is_one_line_and_exit_1(small_lab):
-    res = xdpbr("-n", small_lab.switch, "attach", "nope0")
+def test_missing_bridge_is_one_line_and_exit_1(two_containers):
+    res = xdpbr("-n", two_containers.switch, "attach", "nope0")
     assert res.returncode == 1
     assert res.stderr == (
-        f'xdpbr: bridge nope0 does not exist in network namespace "{small_lab.switch}"; '
+        f'xdpbr: bridge nope0 does not exist in network namespace "{two_containers.switch}"; '
         "see `ip link show type bridge`\n"
     )
 
 
-def test_a_port_is_not_a_bridge(small_lab):
-    lab = small_lab
+def test_a_port_is_not_a_bridge(two_containers):
+    lab = two_containers
     res = xdpbr("-n", lab.switch, "attach", lab.c1.port)
     assert res.returncode == 1
     assert res.stderr.startswith(f"xdpbr: {lab.c1.port} is not a bridge (it is a veth device)")
@@ -118,8 +109,8 @@ def test_not_root_is_refused_with_the_fix():
     )
 
 
-def test_explicit_mode_a_port_cannot_run_is_an_error_and_rolls_back(small_lab):
-    lab = small_lab
+def test_explicit_mode_a_port_cannot_run_is_an_error_and_rolls_back(two_containers):
+    lab = two_containers
     # a veth whose peer has a jumbo MTU cannot run native XDP without frags support
     lab.c2.run("ip", "link", "set", "eth0", "mtu", "9000")
     res = xdpbr("-n", lab.switch, "attach", "br0", "--mode", "xdp", "--xdp-mode", "native")
@@ -161,21 +152,21 @@ def test_auto_falls_back_to_tc_when_a_driver_has_no_native_xdp_and_says_why(lab)
     assert res.stderr.startswith("xdpbr: cannot attach native XDP to vx0")
 
 
-def test_missing_kernel_headers_name_the_package_and_leave_nothing(small_lab, monkeypatch):
+def test_missing_kernel_headers_name_the_package_and_leave_nothing(two_containers, monkeypatch):
     from loader import compile as comp
     from loader.errors import XdpbrError
 
     monkeypatch.setattr(comp, "_release_build_dir", lambda: None)
     monkeypatch.setattr(comp.glob, "glob", lambda pattern: [])
     with pytest.raises(XdpbrError) as err:
-        attachment.attach("br0", small_lab.switch)
+        attachment.attach("br0", two_containers.switch)
     assert "no kernel headers found" in str(err.value)
     assert str(err.value).endswith("apt-get install linux-headers-amd64 (or run make setup)")
-    assert host_state(small_lab) == NOTHING
+    assert host_state(two_containers) == NOTHING
 
 
-def test_port_set_is_remembered_and_checked(small_lab):
-    lab = small_lab
+def test_port_set_is_remembered_and_checked(two_containers):
+    lab = two_containers
     assert xdpbr("-n", lab.switch, "attach", "br0").returncode == 0
     res = xdpbr("-j", "-n", lab.switch, "port", "set", "br0", lab.c1.port, "mode", "bridge")
     assert res.returncode == 0, res.stderr
@@ -194,16 +185,17 @@ def test_port_set_is_remembered_and_checked(small_lab):
     assert (res.returncode, res.stderr) == (1, "xdpbr: interface nope does not exist\n")
 
 
-def test_detach_of_a_bridge_that_is_not_attached(small_lab):
-    res = xdpbr("-n", small_lab.switch, "detach", "br0")
+def test_detach_of_a_bridge_that_is_not_attached(two_containers):
+    res = xdpbr("-n", two_containers.switch, "detach", "br0")
     assert (res.returncode, res.stderr) == (
         1,
-        f'xdpbr: bridge br0 is not attached in network namespace "{small_lab.switch}"; see `xdpbr show`\n',
+        f'xdpbr: bridge br0 is not attached in network namespace "{two_containers.switch}"; '
+        "see `xdpbr show`\n",
     )
 
 
-def test_fdb_show_and_stats_watch_in_json(small_lab):
-    lab = small_lab
+def test_fdb_show_and_stats_watch_in_json(two_containers):
+    lab = two_containers
     subprocess.run(
         [
             "bridge",
@@ -237,16 +229,16 @@ def test_fdb_show_and_stats_watch_in_json(small_lab):
     assert set(docs[1][0]) == {"bridge", "port", "attach", "reason", "packets", "bytes"}
 
 
-def test_two_namespaces_with_a_bridge_of_the_same_name_do_not_share_pins(small_lab):
+def test_two_namespaces_with_a_bridge_of_the_same_name_do_not_share_pins(two_containers):
     from control.lab import Lab
 
     with Lab(prefix="xdpbr-t") as other:
         other.make_bridge()
         other.container("c9")
         other.wait_forwarding()
-        assert xdpbr("-n", small_lab.switch, "attach", "br0").returncode == 0
+        assert xdpbr("-n", two_containers.switch, "attach", "br0").returncode == 0
         assert xdpbr("-n", other.switch, "attach", "br0").returncode == 0
         shown = json.loads(xdpbr("-j", "show").stdout)
         mine = {(b["bridge"], b["netns"]) for b in shown}
-        assert {("br0", small_lab.switch), ("br0", other.switch)} <= mine
-        assert pins.pin_dir("br0", small_lab.switch) != pins.pin_dir("br0", other.switch)
+        assert {("br0", two_containers.switch), ("br0", other.switch)} <= mine
+        assert pins.pin_dir("br0", two_containers.switch) != pins.pin_dir("br0", other.switch)

@@ -20,15 +20,6 @@ def foreign():
     programs.close()
 
 
-@pytest.fixture
-def small_lab(lab):
-    lab.make_bridge()
-    lab.c1 = lab.container("c1")
-    lab.c2 = lab.container("c2")
-    lab.wait_forwarding()
-    return lab
-
-
 def xdp_prog_name(lab, port):
     out = subprocess.run(
         ["ip", "-n", lab.switch, "link", "show", port], capture_output=True, text=True
@@ -36,8 +27,8 @@ def xdp_prog_name(lab, port):
     return out.split(" name ")[1].split()[0] if " name " in out else None
 
 
-def test_another_tools_xdp_program_is_left_alone(small_lab, foreign):
-    lab = small_lab
+def test_another_tools_xdp_program_is_left_alone(two_containers, foreign):
+    lab = two_containers
     detach_foreign = attach_program(lab.switch, lab.c1.port, foreign.sink.fd)
     try:
         with pytest.raises(XdpbrError, match=f"{lab.c1.port} already runs another XDP program"):
@@ -55,8 +46,8 @@ def test_another_tools_xdp_program_is_left_alone(small_lab, foreign):
         detach_foreign()
 
 
-def test_another_tools_tc_filter_and_qdisc_survive_detach(small_lab):
-    lab = small_lab
+def test_another_tools_tc_filter_and_qdisc_survive_detach(two_containers):
+    lab = two_containers
     sw = ["tc", "-n", lab.switch]
     subprocess.run([*sw, "qdisc", "add", "dev", lab.c1.port, "clsact"], check=True)
     subprocess.run(
@@ -94,8 +85,8 @@ def test_another_tools_tc_filter_and_qdisc_survive_detach(small_lab):
     assert "clsact" not in qdiscs, "the qdisc xdpbr created goes"
 
 
-def test_reattach_replaces_the_programs_while_traffic_flows(small_lab):
-    lab = small_lab
+def test_reattach_replaces_the_programs_while_traffic_flows(two_containers):
+    lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp+tc")
     first = state.show(lab.bridge, lab.switch)[0]
     attachment.attach(lab.bridge, lab.switch, mode="xdp+tc")

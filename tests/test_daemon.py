@@ -33,15 +33,6 @@ def ports(lab):
     return {p["port"]: p for p in state.show(lab.bridge, lab.switch)[0]["ports"]}
 
 
-@pytest.fixture
-def two_containers(lab):
-    lab.make_bridge()
-    lab.c1 = lab.container("c1")
-    lab.c2 = lab.container("c2")
-    lab.wait_forwarding()
-    return lab
-
-
 def test_fdb_entries_follow_kernel_events(two_containers, daemon):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp")

@@ -3,7 +3,6 @@ through the vnet header) and two containers (veth, default offloads) on one acce
 Ping, UDP and TCP must arrive intact in every mode, and the counters must say which path
 carried them."""
 
-import subprocess
 import time
 
 import pytest
@@ -128,25 +127,20 @@ def test_a_learned_mac_is_fast_pathed_and_broadcast_stays_on_the_bridge(bridge_l
 
 def test_an_egress_qdisc_is_honoured_by_the_tc_fast_path(bridge_lab, daemon):
     lab = bridge_lab
-    subprocess.run(
-        [
-            "tc",
-            "-n",
-            lab.switch,
-            "qdisc",
-            "add",
-            "dev",
-            lab.c2.port,
-            "root",
-            "tbf",
-            "rate",
-            "20mbit",
-            "burst",
-            "32kb",
-            "latency",
-            "50ms",
-        ],
-        check=True,
+    lab.in_switch(
+        "tc",
+        "qdisc",
+        "add",
+        "dev",
+        lab.c2.port,
+        "root",
+        "tbf",
+        "rate",
+        "20mbit",
+        "burst",
+        "32kb",
+        "latency",
+        "50ms",
     )
     attachment.attach(lab.bridge, lab.switch, mode="tc")
     daemon()

@@ -29,17 +29,12 @@ def tap_lab(lab):
     lab.c1 = lab.container("c1")
     lab.tap = TapEndpoint("tapx", lab.switch)
     lab.taps.append(lab.tap)
-    subprocess.run(["ip", "-n", lab.switch, "link", "set", "tapx", "master", "br0", "up"], check=True)
+    lab.in_switch("ip", "link", "set", "tapx", "master", "br0", "up")
     lab.wait_forwarding()
     # the container knows the "guest" without ARP, and the bridge knows where both live
     lab.c1.run("ip", "neigh", "add", TAP_IP, "lladdr", TAP_MAC, "dev", "eth0")
-    subprocess.run(
-        ["bridge", "-n", lab.switch, "fdb", "replace", TAP_MAC, "dev", "tapx", "master", "static"], check=True
-    )
-    subprocess.run(
-        ["bridge", "-n", lab.switch, "fdb", "replace", lab.c1.mac, "dev", lab.c1.port, "master", "static"],
-        check=True,
-    )
+    lab.in_switch("bridge", "fdb", "replace", TAP_MAC, "dev", "tapx", "master", "static")
+    lab.in_switch("bridge", "fdb", "replace", lab.c1.mac, "dev", lab.c1.port, "master", "static")
     return lab
 
 
@@ -141,25 +136,20 @@ def test_eagain_queues_frames_until_the_tap_is_writable(tap_lab):
     rx = udp_socket(lab, 6002)
     # A slow egress holds written frames (and the TAP's send buffer) like a busy host does:
     # with QEMU's sndbuf= small, the next write says EAGAIN until the kernel lets go.
-    subprocess.run(
-        [
-            "tc",
-            "-n",
-            lab.switch,
-            "qdisc",
-            "add",
-            "dev",
-            lab.c1.port,
-            "root",
-            "tbf",
-            "rate",
-            "8kbit",
-            "burst",
-            "100",
-            "latency",
-            "10s",
-        ],
-        check=True,
+    lab.in_switch(
+        "tc",
+        "qdisc",
+        "add",
+        "dev",
+        lab.c1.port,
+        "root",
+        "tbf",
+        "rate",
+        "8kbit",
+        "burst",
+        "100",
+        "latency",
+        "10s",
     )
     lab.tap.set_sndbuf(2048)  # room for a couple of frames in flight
     bodies = [f"frame-{i}".encode() for i in range(8)]
