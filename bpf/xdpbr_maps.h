@@ -116,6 +116,20 @@ struct xdpbr_meta {
 	char netns[64];       /* network namespace name ("" = the namespace of the attach) */
 };
 
+/* Control-plane counters for metrics, in bpffs so `xdpbr metrics` and a restarted daemon see
+ * them. Element XDPBR_CONTROL_ATTACH is written by `xdpbr attach`, XDPBR_CONTROL_DAEMON by the
+ * daemon: one writer each. Never read by the fast path. */
+#define XDPBR_CONTROL_ATTACH 0
+#define XDPBR_CONTROL_DAEMON 1
+struct xdpbr_control {
+	__u64 compile_ns;      /* attach: the last compile */
+	__u64 attach_ns;       /* attach: the last attach, compile included */
+	__u64 fdb_events;      /* daemon: FDB events applied to the mirror */
+	__u64 sync_lag_ns_sum; /* daemon: netlink event received -> mirror written, summed */
+	__u64 resyncs;         /* daemon: full dump-and-diff resyncs */
+	__u64 errors;          /* daemon: failed resyncs, reconciles and refreshes */
+};
+
 /* Per-port mode requested by `xdpbr port set`, keyed by interface name so it survives
  * a port being re-created. Value: 0 auto, else XDPBR_MODE_* + 1. */
 struct xdpbr_ifname {
@@ -166,6 +180,7 @@ BPF_TABLE_PINNED("array", __u32, struct xdpbr_meta, xdpbr_meta, 1, XDPBR_PIN_DIR
 BPF_TABLE_PINNED("hash", struct xdpbr_ifname, __u8, xdpbr_port_modes, XDPBR_MAX_PORTS,
 		 XDPBR_PIN_DIR "/xdpbr_port_modes");
 BPF_TABLE_PINNED("array", __u32, __u32, xdpbr_generation, 2, XDPBR_PIN_DIR "/xdpbr_generation");
+BPF_TABLE_PINNED("array", __u32, struct xdpbr_control, xdpbr_control, 2, XDPBR_PIN_DIR "/xdpbr_control");
 BPF_PERCPU_ARRAY(xdpbr_flow_cache, struct xdpbr_flow, XDPBR_FLOW_CACHE_SIZE);
 BPF_TABLE_PINNED("percpu_array", __u32, struct xdpbr_counter, xdpbr_stats, XDPBR_STATS_SIZE,
 		 XDPBR_PIN_DIR "/xdpbr_stats");

@@ -21,6 +21,7 @@ from loader.errors import NotFound, Unsupported, XdpbrError
 from loader.layouts import (
     ATTACH_POINTS,
     BRIDGE_NETFILTER_BLOCK,
+    CONTROL_ATTACH,
     LAYOUT_VERSION,
     MAX_PORTS,
     MODE_INDEX,
@@ -38,6 +39,7 @@ from loader.layouts import (
     U32,
     VLAN_UNTAGGED,
     Bridge,
+    Control,
     Counter,
     Ifname,
     Meta,
@@ -453,6 +455,7 @@ def attach(
 
     pins.ensure_bpffs()
     journal = Journal()
+    started = time.monotonic_ns()
     with writer_lock(), Session(bridge, netns) as s:
         s.find_bridge()
         fresh = not os.path.isdir(s.dir)
@@ -483,6 +486,10 @@ def attach(
                 mirror = fdb.FdbMirror(s.maps)
                 mirror.sync(fdb.dump(s.ipr, s.bridge.ifindex), s.port_slots(), full=True)
                 _repin_programs(s)
+                record = Control(
+                    compile_ns=int(compiled.compile_seconds * 1e9), attach_ns=time.monotonic_ns() - started
+                )
+                bpfsys.map_update(s.maps["xdpbr_control"], U32(CONTROL_ATTACH), record)
             finally:
                 compiled.close()
         except BaseException:

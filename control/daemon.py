@@ -24,8 +24,9 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_NEIGH
 from control import fdb, netfilter
 from control.attachment import Session, reconcile
 from control.lock import writer_lock
-from loader import pins
+from loader import bpfsys, pins
 from loader.errors import XdpbrError
+from loader.layouts import CONTROL_DAEMON, U32, Control
 
 log = logging.getLogger("xdpbr.daemon")
 
@@ -61,12 +62,12 @@ class Listener(threading.Thread):
                 msgs = self.sock.get()
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
-                    self.events.put((self.netns, None))  # overrun: resync everything
+                    self.events.put((self.netns, None, 0))  # overrun: resync everything
                     continue
                 if self.alive:
                     log.warning("netlink listener for %s stopped: %s", self.netns or "default namespace", exc)
                 return
-            self.events.put((self.netns, msgs))
+            self.events.put((self.netns, msgs, time.monotonic_ns()))
 
     def stop(self):
         self.alive = False
@@ -109,6 +110,9 @@ class BridgeWorker:
         self.identity = pin_identity(self.session.dir)
         self.session.open_pins()
         self.mirror = fdb.FdbMirror(self.session.maps)
+        # counters continue where the previous daemon left them: Prometheus counters never drop
+        self.counters = Control()
+        bpfsys.map_lookup(self.session.maps["xdpbr_control"], U32(CONTROL_DAEMON), self.counters)
 
     @property
     def label(self):
@@ -150,6 +154,7 @@ class BridgeWorker:
             if self.healthy or self.healthy is False:
                 log.warning("%s: cannot resync: %s", self.label, exc)
             self.healthy = None
+            self.counters.errors += 1
             return
         self.healthy = True
         self.needs_reconcile = False
@@ -167,7 +172,7 @@ class BridgeWorker:
             return False, "bypass"
         return netfilter.check(self.netns)
 
-    def on_messages(self, msgs):
+    def on_messages(self, msgs, received_ns):
         s = self.session
         if not self.healthy or s.bridge is None:
             return
@@ -185,6 +190,8 @@ class BridgeWorker:
                     self.kernel_fdb.pop(key, None)
                     self.refreshed.pop(key, None)
                     self.mirror.sync([], self.slots, removed=[key])
+                self.counters.fdb_events += 1
+                self.counters.sync_lag_ns_sum += time.monotonic_ns() - received_ns
             elif event in ("RTM_NEWLINK", "RTM_DELLINK"):
                 index = msg.get("index")
                 if index == s.bridge.ifindex or msg.get_attr("IFLA_MASTER") == s.bridge.ifindex:
@@ -219,10 +226,12 @@ class BridgeWorker:
         except XdpbrError as exc:
             log.warning("%s: cannot apply port changes: %s", self.label, exc)
             self.healthy = False
+            self.counters.errors += 1
 
     def heartbeat(self):
         if self.healthy:
             self.session.write_bridge_state(heartbeat=True)
+        bpfsys.map_update(self.session.maps["xdpbr_control"], U32(CONTROL_DAEMON), self.counters)
 
     def refresh_aging(self):
         """NTF_USE for entries the fast path used since their last refresh."""
@@ -239,6 +248,7 @@ class BridgeWorker:
                 self.refreshed[key] = entry.last_seen_ns
             except Exception as exc:  # noqa: BLE001 - the next event or resync corrects it
                 log.debug("%s: NTF_USE %s failed: %s", self.label, key, exc)
+                self.counters.errors += 1
 
     def check_netfilter(self):
         if not self.healthy:
@@ -300,13 +310,13 @@ class Daemon:
         next_scan = 0.0
         while not self.stopping:
             try:
-                netns, msgs = self.events.get(timeout=0.1)
+                netns, msgs, received_ns = self.events.get(timeout=0.1)
             except queue.Empty:
                 pass
             else:
                 for (_, ns), worker in self.workers.items():
                     if ns == netns:
-                        worker.resync() if msgs is None else worker.on_messages(msgs)
+                        worker.resync() if msgs is None else worker.on_messages(msgs, received_ns)
             now = time.monotonic()
             for worker in list(self.workers.values()):
                 worker.reconcile_if_needed()

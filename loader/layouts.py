@@ -150,6 +150,24 @@ class Meta(ctypes.Structure):
     ]
 
 
+class Control(ctypes.Structure):
+    """struct xdpbr_control { __u64 compile_ns; __u64 attach_ns; __u64 fdb_events;
+    __u64 sync_lag_ns_sum; __u64 resyncs; __u64 errors; };"""
+
+    _fields_ = [
+        ("compile_ns", ctypes.c_uint64),
+        ("attach_ns", ctypes.c_uint64),
+        ("fdb_events", ctypes.c_uint64),
+        ("sync_lag_ns_sum", ctypes.c_uint64),
+        ("resyncs", ctypes.c_uint64),
+        ("errors", ctypes.c_uint64),
+    ]
+
+
+CONTROL_ATTACH = 0  # XDPBR_CONTROL_ATTACH
+CONTROL_DAEMON = 1  # XDPBR_CONTROL_DAEMON
+
+
 class Ifname(ctypes.Structure):
     """struct xdpbr_ifname { char name[16]; };"""
 
@@ -190,6 +208,7 @@ def map_specs(max_ports=MAX_PORTS, fdb_size=FDB_SIZE):
         MapSpec("xdpbr_meta", "array", U32, Meta, 1),
         MapSpec("xdpbr_port_modes", "hash", Ifname, U8, max_ports),
         MapSpec("xdpbr_generation", "array", U32, U32, 2),
+        MapSpec("xdpbr_control", "array", U32, Control, 2),
         MapSpec("xdpbr_stats", "percpu_array", U32, Counter, max_ports * len(ATTACH_POINTS) * NR_REASONS),
         MapSpec("xdpbr_devmap", "devmap", U32, I32, max_ports),
     ]

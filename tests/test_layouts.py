@@ -19,6 +19,7 @@ STRUCTS = {
     "xdpbr_bridge": layouts.Bridge,
     "xdpbr_meta": layouts.Meta,
     "xdpbr_ifname": layouts.Ifname,
+    "xdpbr_control": layouts.Control,
     "xdpbr_counter": layouts.Counter,
 }
 
@@ -51,6 +52,8 @@ def test_constants_match_the_c_defines():
     assert int(d["XDPBR_FDB_SIZE"]) == layouts.FDB_SIZE
     assert int(d["XDPBR_DIRECT_IFINDEX"]) == layouts.DIRECT_IFINDEX
     assert int(d["XDPBR_GEN_CONTROL"]) == layouts.GEN_CONTROL
+    assert int(d["XDPBR_CONTROL_ATTACH"]) == layouts.CONTROL_ATTACH
+    assert int(d["XDPBR_CONTROL_DAEMON"]) == layouts.CONTROL_DAEMON
     for i, mode in enumerate(layouts.MODES):
         assert int(d[f"XDPBR_MODE_{mode.upper().replace('+', '_')}"]) == i
     assert 1 << int(d["XDPBR_PORT_FORWARDING"]) == layouts.PORT_FORWARDING
