@@ -80,6 +80,12 @@ def build_parser():
 
     dm = sub.add_parser("daemon", help="mirror FDB and port changes into the fast path (foreground)")
     dm.add_argument("--once", action="store_true", help="resync every attached bridge once and exit")
+    dm.add_argument(
+        "--metrics", metavar="[ADDR:]PORT", help="serve Prometheus metrics (a bare port: loopback)"
+    )
+
+    me = sub.add_parser("metrics", help="print the Prometheus metrics once")
+    me.add_argument("bridge", nargs="?")
     return p
 
 
@@ -133,7 +139,11 @@ def run(args):
     elif args.command == "daemon":
         from control import daemon
 
-        return daemon.main(once=args.once)
+        return daemon.main(once=args.once, metrics=args.metrics)
+    elif args.command == "metrics":
+        from control import metrics
+
+        sys.stdout.write(metrics.exposition(args.bridge, args.netns))
     return 0
 
 

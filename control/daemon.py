@@ -338,8 +338,13 @@ class Daemon:
         return 0
 
 
-def main(once=False):
+def main(once=False, metrics=None):
     daemon = Daemon()
+    if metrics:
+        from control import metrics as exporter
+
+        addr, port = exporter.serve(metrics)
+        log.info("serving metrics on http://%s:%d/metrics", addr, port)
 
     def stop(signum, frame):
         daemon.stopping = True

@@ -247,6 +247,31 @@ def map_lookup_batch(fd, key_type, value_type, count):
     return keys, values, attr.count
 
 
+def map_count(fd, key_type, value_type, chunk=4096):
+    """Number of entries of a hash map, in a few BPF_MAP_LOOKUP_BATCH calls."""
+    keys = (key_type * chunk)()
+    values = (value_type * chunk)()
+    token_in = ctypes.c_uint32()
+    token_out = ctypes.c_uint32()
+    total, first = 0, True
+    while True:
+        attr = _BatchAttr(
+            in_batch=0 if first else _addr(token_in),
+            out_batch=_addr(token_out),
+            keys=_addr(keys),
+            values=_addr(values),
+            count=chunk,
+            map_fd=fd,
+        )
+        ret = _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+        if ret < 0 and ret != -2:
+            raise XdpbrError("BPF map batch lookup failed", errno=-ret)
+        total += attr.count
+        if ret == -2:  # ENOENT: no more buckets
+            return total
+        token_in.value, first = token_out.value, False
+
+
 def possible_cpus():
     """Number of possible CPUs: the number of slots in a per-CPU map value."""
     with open("/sys/devices/system/cpu/possible") as f:

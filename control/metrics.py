@@ -1,0 +1,292 @@
+"""Prometheus metrics, read from the pinned maps at scrape time.
+
+A custom collector (no polling thread): each scrape opens every attached bridge's pins, sums
+the per-CPU counters and reads the control-plane counters the attach and the daemon leave in
+bpffs, so it keeps working while the daemon restarts and bridges come and go. A bridge that
+cannot be read is skipped and counted in xdpbr_scrape_errors_total; the scrape goes on.
+
+Labels: bridge (`br0`, or `br0@NETNS` for a bridge in another namespace), port, attach,
+reason; info metrics add mode, xdp_mode, prog_id. Never a MAC address, never a CPU.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from loader.errors import XdpbrError
+from loader.layouts import (
+    ATTACH_POINTS,
+    CONTROL_ATTACH,
+    CONTROL_DAEMON,
+    MODE_REASONS,
+    MODES,
+    REASONS,
+    U32,
+    XDP_ATTACH,
+    Control,
+    FdbEntry,
+    FdbKey,
+)
+
+
+@dataclass
+class BridgeReading:
+    """Everything one scrape reports about one bridge."""
+
+    label: str
+    fdb_entries: int
+    fdb_capacity: int
+    fast_path_active: bool
+    heartbeat_age_s: float
+    attach: Control
+    daemon: Control
+    counters: dict = field(default_factory=dict)  # (port, attach, reason) -> (packets, bytes)
+    ports: list = field(default_factory=list)  # dicts: port, mode, why, xdp_mode, prog ids
+
+
+def bridge_label(bridge, netns):
+    return f"{bridge}@{netns}" if netns else bridge
+
+
+class PinnedMapReader:
+    """Reads attached bridges from bpffs (bpf(2)) and their port names from netlink."""
+
+    def __init__(self, bridge=None, netns=None):
+        self.bridge, self.netns = bridge, netns
+
+    def bridges(self):
+        """Yields a BridgeReading, or an XdpbrError, per attached bridge."""
+        from control import state
+
+        for name, ns in state.targets(self.bridge, self.netns):
+            try:
+                yield self._read(name, ns)
+            except (XdpbrError, OSError) as exc:
+                yield exc
+
+    def _read(self, name, ns):
+        from control import state
+        from control.attachment import Session, coarse_now_ns
+        from loader import bpfsys
+
+        with Session(name, ns) as s:
+            s.open_pins()
+            links = {link["index"]: link for link in s.ipr.get_links()}
+            names = {i: link.get_attr("IFLA_IFNAME") for i, link in links.items()}
+            bridge_state = s.bridge_state()
+            age = (coarse_now_ns() - bridge_state.heartbeat_ns) / 1e9
+            controls = []
+            for element in (CONTROL_ATTACH, CONTROL_DAEMON):
+                value = Control()
+                bpfsys.map_lookup(s.maps["xdpbr_control"], U32(element), value)
+                controls.append(value)
+            fdb_fd = s.maps["xdpbr_fdb"]
+            reading = BridgeReading(
+                label=bridge_label(name, ns),
+                fdb_entries=bpfsys.map_count(fdb_fd, FdbKey, FdbEntry),
+                fdb_capacity=bpfsys.map_info(fdb_fd).max_entries,
+                fast_path_active=age * 1e9 <= bridge_state.grace_ns,
+                heartbeat_age_s=age,
+                attach=controls[0],
+                daemon=controls[1],
+            )
+            tc_id = s.prog_id("tc")
+            slot_port = {}
+            for ifindex, entry in s.ports().items():
+                port = names.get(ifindex, f"if{ifindex}")
+                slot_port[entry.slot] = port
+                mode = MODES[entry.mode]
+                reading.ports.append(
+                    {
+                        "port": port,
+                        "mode": mode,
+                        "why": MODE_REASONS[entry.mode_reason],
+                        "xdp_mode": XDP_ATTACH[entry.xdp_attach],
+                        "xdp_prog_id": _xdp_prog_id(links.get(ifindex)),
+                        "tc_prog_id": tc_id if mode in ("tc", "xdp+tc") else 0,
+                    }
+                )
+            for (slot, attach, reason), value in state.read_counters(s).items():
+                port = slot_port.get(slot, "" if slot == 0 else f"slot{slot}")
+                key = (port, ATTACH_POINTS[attach], REASONS[reason] if reason < len(REASONS) else str(reason))
+                reading.counters[key] = value
+            return reading
+
+
+def _xdp_prog_id(link):
+    xdp = link.get_attr("IFLA_XDP") if link else None
+    return (xdp.get_attr("IFLA_XDP_PROG_ID") or 0) if xdp else 0
+
+
+class XdpbrCollector(Collector):
+    def __init__(self, reader=None):
+        self.reader = reader or PinnedMapReader()
+        self.scrape_errors = 0
+
+    def describe(self):
+        return []  # families depend on what is attached: collected at scrape time only
+
+    def collect(self):
+        start = time.perf_counter()
+        fast = {
+            unit: CounterMetricFamily(
+                f"xdpbr_fast_path_{unit}",
+                f"{unit.capitalize()} forwarded port to port by the fast path.",
+                labels=["bridge", "port", "attach"],
+            )
+            for unit in ("packets", "bytes")
+        }
+        passed = {
+            unit: CounterMetricFamily(
+                f"xdpbr_passed_{unit}",
+                f"{unit.capitalize()} handed to the bridge (or, in xdp+tc, from XDP on to TC), by reason.",
+                labels=["bridge", "port", "attach", "reason"],
+            )
+            for unit in ("packets", "bytes")
+        }
+        received = {
+            unit: CounterMetricFamily(
+                f"xdpbr_received_{unit}",
+                f"{unit.capitalize()} that entered the fast path on a port (its first attach point).",
+                labels=["bridge", "port"],
+            )
+            for unit in ("packets", "bytes")
+        }
+        port_info = InfoMetricFamily(
+            "xdpbr_port", "Mode of each bridge port and why.", labels=["bridge", "port"]
+        )
+        prog_info = InfoMetricFamily(
+            "xdpbr_program", "xdpbr program attached to a port.", labels=["bridge", "port", "attach"]
+        )
+        fdb_entries = GaugeMetricFamily("xdpbr_fdb_entries", "Entries in the FDB mirror.", labels=["bridge"])
+        fdb_capacity = GaugeMetricFamily(
+            "xdpbr_fdb_capacity_entries", "Capacity of the FDB mirror.", labels=["bridge"]
+        )
+        fdb_events = CounterMetricFamily(
+            "xdpbr_fdb_events", "FDB events the daemon applied to the mirror.", labels=["bridge"]
+        )
+        sync_lag = SummaryMetricFamily(
+            "xdpbr_fdb_sync_lag_seconds",
+            "Time from the daemon receiving an FDB event to the fast path having it.",
+            labels=["bridge"],
+        )
+        active = GaugeMetricFamily(
+            "xdpbr_fast_path_active",
+            "1 while the daemon heartbeat is within the grace period.",
+            labels=["bridge"],
+        )
+        heartbeat_age = GaugeMetricFamily(
+            "xdpbr_heartbeat_age_seconds",
+            "Seconds since the last control-plane heartbeat.",
+            labels=["bridge"],
+        )
+        compile_s = GaugeMetricFamily(
+            "xdpbr_compile_seconds", "Duration of the last compile of the fast path.", labels=["bridge"]
+        )
+        attach_s = GaugeMetricFamily(
+            "xdpbr_attach_seconds", "Duration of the last attach, compile included.", labels=["bridge"]
+        )
+        resyncs = CounterMetricFamily(
+            "xdpbr_resyncs", "Full FDB and port resyncs by the daemon.", labels=["bridge"]
+        )
+        errors = CounterMetricFamily(
+            "xdpbr_control_errors",
+            "Failed daemon resyncs, reconciles and aging refreshes.",
+            labels=["bridge"],
+        )
+        for reading in self.reader.bridges():
+            if isinstance(reading, Exception):
+                self.scrape_errors += 1
+                continue
+            b = reading.label
+            for (port, attach, reason), (packets, nbytes) in sorted(reading.counters.items()):
+                if reason == "forward":
+                    fast["packets"].add_metric([b, port, attach], packets)
+                    fast["bytes"].add_metric([b, port, attach], nbytes)
+                else:
+                    passed["packets"].add_metric([b, port, attach, reason], packets)
+                    passed["bytes"].add_metric([b, port, attach, reason], nbytes)
+            for p in reading.ports:
+                # every frame meets the port's first attach point once (xdp+tc: XDP)
+                first = "xdp" if p["mode"] in ("xdp", "xdp+tc") else "tc"
+                totals = [
+                    sum(
+                        v[i]
+                        for (port, attach, _), v in reading.counters.items()
+                        if (port, attach) == (p["port"], first)
+                    )
+                    for i in (0, 1)
+                ]
+                if p["mode"] != "bridge":
+                    received["packets"].add_metric([b, p["port"]], totals[0])
+                    received["bytes"].add_metric([b, p["port"]], totals[1])
+                port_info.add_metric(
+                    [b, p["port"]], {"mode": p["mode"], "xdp_mode": p["xdp_mode"], "reason": p["why"]}
+                )
+                for attach in ATTACH_POINTS:
+                    if p[f"{attach}_prog_id"]:
+                        prog_info.add_metric([b, p["port"], attach], {"prog_id": str(p[f"{attach}_prog_id"])})
+            fdb_entries.add_metric([b], reading.fdb_entries)
+            fdb_capacity.add_metric([b], reading.fdb_capacity)
+            fdb_events.add_metric([b], reading.daemon.fdb_events)
+            sync_lag.add_metric([b], reading.daemon.fdb_events, reading.daemon.sync_lag_ns_sum / 1e9)
+            active.add_metric([b], int(reading.fast_path_active))
+            heartbeat_age.add_metric([b], reading.heartbeat_age_s)
+            compile_s.add_metric([b], reading.attach.compile_ns / 1e9)
+            attach_s.add_metric([b], reading.attach.attach_ns / 1e9)
+            resyncs.add_metric([b], reading.daemon.resyncs)
+            errors.add_metric([b], reading.daemon.errors)
+        yield from fast.values()
+        yield from passed.values()
+        yield from received.values()
+        yield from (port_info, prog_info, fdb_entries, fdb_capacity, fdb_events, sync_lag, active)
+        yield from (heartbeat_age, compile_s, attach_s, resyncs, errors)
+        yield CounterMetricFamily(
+            "xdpbr_scrape_errors", "Bridges that could not be read during a scrape.", value=self.scrape_errors
+        )
+        yield GaugeMetricFamily(
+            "xdpbr_scrape_duration_seconds", "Time this scrape took.", value=time.perf_counter() - start
+        )
+
+
+def registry(reader=None, with_process=False):
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    reg = CollectorRegistry()
+    reg.register(XdpbrCollector(reader))
+    if with_process:
+        ProcessCollector(registry=reg)
+    return reg
+
+
+def exposition(bridge=None, netns=None):
+    """The text exposition once (`xdpbr metrics`)."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry(PinnedMapReader(bridge, netns))).decode()
+
+
+def parse_listen(spec):
+    """'[ADDR:]PORT' -> (addr, port); a bare port binds loopback only."""
+    addr, _, port = spec.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise XdpbrError(f"--metrics {spec!r}: expected [ADDR:]PORT", fix="for example --metrics 9435")
+    return (addr.strip("[]") or "127.0.0.1"), int(port)
+
+
+def serve(spec):
+    from prometheus_client import start_http_server
+
+    addr, port = parse_listen(spec)
+    try:
+        start_http_server(port, addr=addr, registry=registry(with_process=True))
+    except OSError as exc:
+        raise XdpbrError(f"cannot serve metrics on {addr}:{port}", errno=exc.errno) from None
+    return addr, port
