@@ -213,17 +213,15 @@ class XdpbrCollector(Collector):
                 else:
                     passed["packets"].add_metric([b, port, attach, reason], packets)
                     passed["bytes"].add_metric([b, port, attach, reason], nbytes)
+            per_attach = {}
+            for (port, attach, _), (packets, nbytes) in reading.counters.items():
+                sums = per_attach.setdefault((port, attach), [0, 0])
+                sums[0] += packets
+                sums[1] += nbytes
             for p in reading.ports:
                 # every frame meets the port's first attach point once (xdp+tc: XDP)
                 first = "xdp" if p["mode"] in ("xdp", "xdp+tc") else "tc"
-                totals = [
-                    sum(
-                        v[i]
-                        for (port, attach, _), v in reading.counters.items()
-                        if (port, attach) == (p["port"], first)
-                    )
-                    for i in (0, 1)
-                ]
+                totals = per_attach.get((p["port"], first), (0, 0))
                 if p["mode"] != "bridge":
                     received["packets"].add_metric([b, p["port"]], totals[0])
                     received["bytes"].add_metric([b, p["port"]], totals[1])
