@@ -9,6 +9,7 @@ Labels: bridge (`br0`, or `br0@NETNS` for a bridge in another namespace), port, 
 reason; info metrics add mode, xdp_mode, prog_id. Never a MAC address, never a CPU.
 """
 
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ from loader.layouts import (
     FdbEntry,
     FdbKey,
 )
+from loader.netns import entered
 
 
 @dataclass
@@ -78,8 +80,9 @@ class PinnedMapReader:
 
         with Session(name, ns) as s:
             s.open_pins()
-            links = {link["index"]: link for link in s.ipr.get_links()}
-            names = {i: link.get_attr("IFLA_IFNAME") for i, link in links.items()}
+            ports = s.ports()
+            with entered(ns):  # names by ioctl: a netlink dump of 1,000 links costs ~1 s to decode
+                names = {i: _ifname(i) for i in ports}
             bridge_state = s.bridge_state()
             age = (coarse_now_ns() - bridge_state.heartbeat_ns) / 1e9
             controls = []
@@ -97,9 +100,9 @@ class PinnedMapReader:
                 attach=controls[0],
                 daemon=controls[1],
             )
-            tc_id = s.prog_id("tc")
+            xdp_id, tc_id = s.prog_id("xdp"), s.prog_id("tc")
             slot_port = {}
-            for ifindex, entry in s.ports().items():
+            for ifindex, entry in ports.items():
                 port = names.get(ifindex, f"if{ifindex}")
                 slot_port[entry.slot] = port
                 mode = MODES[entry.mode]
@@ -109,20 +112,22 @@ class PinnedMapReader:
                         "mode": mode,
                         "why": MODE_REASONS[entry.mode_reason],
                         "xdp_mode": XDP_ATTACH[entry.xdp_attach],
-                        "xdp_prog_id": _xdp_prog_id(links.get(ifindex)),
+                        "xdp_prog_id": xdp_id if entry.xdp_attach else 0,
                         "tc_prog_id": tc_id if mode in ("tc", "xdp+tc") else 0,
                     }
                 )
-            for (slot, attach, reason), value in state.read_counters(s).items():
+            for (slot, attach, reason), value in state.read_counters(s, slot_port).items():
                 port = slot_port.get(slot, "" if slot == 0 else f"slot{slot}")
                 key = (port, ATTACH_POINTS[attach], REASONS[reason] if reason < len(REASONS) else str(reason))
                 reading.counters[key] = value
             return reading
 
 
-def _xdp_prog_id(link):
-    xdp = link.get_attr("IFLA_XDP") if link else None
-    return (xdp.get_attr("IFLA_XDP_PROG_ID") or 0) if xdp else 0
+def _ifname(ifindex):
+    try:
+        return socket.if_indextoname(ifindex)
+    except OSError:
+        return f"if{ifindex}"
 
 
 class XdpbrCollector(Collector):
