@@ -84,10 +84,17 @@ class Session:
     def __init__(self, bridge_name, netns=None):
         self.bridge_name, self.netns = bridge_name, netns
         self.dir = pins.pin_dir(bridge_name, netns)
-        self.ipr = at.open_netlink(netns)
+        self._ipr = None
         self.bridge = None
         self.maps = None
         self.prog_fds = {}
+
+    @property
+    def ipr(self):
+        """Netlink in the bridge's namespace, opened on first use (metrics need none)."""
+        if self._ipr is None:
+            self._ipr = at.open_netlink(self.netns)
+        return self._ipr
 
     def find_bridge(self):
         self.bridge = find_bridge(self.ipr, self.bridge_name, self.netns)
@@ -107,7 +114,8 @@ class Session:
         for fd in self.prog_fds.values():
             os.close(fd)
         self.prog_fds.clear()
-        self.ipr.close()
+        if self._ipr is not None:
+            self._ipr.close()
 
     def __enter__(self):
         return self
