@@ -106,13 +106,13 @@ static __always_inline int decide(struct frame *f, struct decision *d)
 		return r;
 
 	/* Without a control plane nobody mirrors port, VLAN or FDB changes: after the grace
-	 * period everything goes to the bridge, which always has the truth. The coarse clock
-	 * (tick resolution) costs a memory read; the precise one measurably cost frame rate. */
+	 * period everything goes to the bridge, which always has the truth. */
 	struct xdpbr_bridge *br = xdpbr_bridge.lookup(&zero);
-	if (!br)
+	__u64 *heartbeat = xdpbr_clock.lookup(&zero); /* XDPBR_CLOCK_HEARTBEAT */
+	if (!br || !heartbeat)
 		return PASS_STALE_MIRROR;
-	__u64 now = bpf_ktime_get_coarse_ns();
-	if (now - br->heartbeat_ns > br->grace_ns)
+	__u64 now = bpf_jiffies64();
+	if (now - *heartbeat > br->grace_jiffies)
 		return PASS_STALE_MIRROR;
 	if (br->flags & XDPBR_BRIDGE_NETFILTER_BLOCK)
 		return PASS_NETFILTER;
@@ -243,4 +243,17 @@ int xdpbr_tc(struct __sk_buff *skb)
 	if (d.out_flags & XDPBR_PORT_PEER_REDIRECT)
 		return tc_done(&f, &d, FORWARD, bpf_redirect_peer(d.egress_ifindex, 0));
 	return tc_done(&f, &d, FORWARD, bpf_redirect(d.egress_ifindex, 0));
+}
+
+/* The control plane's clock (see xdpbr_clock in xdpbr_maps.h), run through BPF_PROG_TEST_RUN:
+ * the first byte of the test frame says which element gets the kernel's jiffies. */
+int xdpbr_tick(struct xdp_md *ctx)
+{
+	__u8 *which = (void *)(long)ctx->data;
+	if ((void *)(which + 1) > (void *)(long)ctx->data_end)
+		return XDP_ABORTED;
+	__u32 key = *which ? XDPBR_CLOCK_NOW : XDPBR_CLOCK_HEARTBEAT;
+	__u64 now = bpf_jiffies64();
+	xdpbr_clock.update(&key, &now);
+	return XDP_PASS;
 }

@@ -4,8 +4,6 @@
 #ifndef XDPBR_FDB_H
 #define XDPBR_FDB_H
 
-#define XDPBR_LAST_SEEN_STEP_NS 1000000000ULL /* stamp at most once a second per MAC */
-
 static __always_inline int is_multicast(const __u8 *mac)
 {
 	return mac[0] & 1;
@@ -17,7 +15,8 @@ static __always_inline int is_broadcast(const __u8 *mac)
 }
 
 /* The source must be mirrored on the ingress port, else the bridge has to learn it. */
-static __always_inline int fdb_check_source(struct frame *f, struct ethhdr *eth, __u64 now)
+/* `step` is a second in jiffies: the source entry is stamped at most once a second. */
+static __always_inline int fdb_check_source(struct frame *f, struct ethhdr *eth, __u64 now, __u64 step)
 {
 	struct xdpbr_fdb_key key = {.vid = f->vid};
 	__builtin_memcpy(key.mac, eth->h_source, 6);
@@ -34,8 +33,8 @@ static __always_inline int fdb_check_source(struct frame *f, struct ethhdr *eth,
 			fdb_forget(&key);
 		return PASS_SOURCE_MOVED;
 	}
-	if (now - e->last_seen_ns > XDPBR_LAST_SEEN_STEP_NS)
-		e->last_seen_ns = now;
+	if (now - e->last_seen > step)
+		e->last_seen = now;
 	return 0;
 }
 

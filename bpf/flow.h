@@ -31,19 +31,19 @@ static __always_inline int fdb_decide(struct frame *f, struct ethhdr *eth, struc
 		if (flow && flow->addrs[0] == addrs[0] && flow->addrs[1] == addrs[1] &&
 		    flow->addrs[2] == addrs[2] && flow->ifindex == f->ifindex &&
 		    flow->gen[0] == gen_control && flow->gen[1] == gen_fastpath) {
-			if (now - flow->stamped_ns > XDPBR_LAST_SEEN_STEP_NS) {
+			if (now - flow->stamped > br->hz) {
 				/* the daemon's aging refresh needs a stamp now and then */
-				r = fdb_check_source(f, eth, now);
+				r = fdb_check_source(f, eth, now, br->hz);
 				if (r)
 					return r;
-				flow->stamped_ns = now;
+				flow->stamped = now;
 			}
 			*egress_ifindex = flow->egress_ifindex;
 			*out_slot = flow->out_slot;
 			return 0;
 		}
 	}
-	r = fdb_check_source(f, eth, now);
+	r = fdb_check_source(f, eth, now, br->hz);
 	if (r)
 		return r;
 	r = fdb_lookup_destination(f, eth, br, egress_ifindex, out_slot);
@@ -58,7 +58,7 @@ static __always_inline int fdb_decide(struct frame *f, struct ethhdr *eth, struc
 		flow->out_slot = *out_slot;
 		flow->gen[0] = gen_control;
 		flow->gen[1] = gen_fastpath;
-		flow->stamped_ns = now;
+		flow->stamped = now;
 	}
 	return 0;
 }

@@ -86,25 +86,32 @@ struct xdpbr_fdb_key {
 #define XDPBR_FDB_LOCAL (1 << 0)  /* to the host (bridge or port address): never forwarded */
 #define XDPBR_FDB_STATIC (1 << 1) /* static/permanent: the bridge never moves it */
 /* FDB mirror value. Written by the control plane from the kernel FDB (with the port's slot,
- * so the egress needs no second hash lookup); the fast path only stamps last_seen_ns (at most
+ * so the egress needs no second hash lookup); the fast path only stamps last_seen (at most
  * once a second) so the daemon can refresh kernel aging. */
 struct xdpbr_fdb_entry {
 	__u32 ifindex;
 	__u16 flags;        /* XDPBR_FDB_* */
 	__u16 slot;         /* the port's slot, 0 if it has none (yet) */
-	__u64 last_seen_ns; /* CLOCK_MONOTONIC_COARSE of the last fast-path frame from this MAC */
+	__u64 last_seen;    /* jiffies of the last fast-path frame from this MAC */
 };
 
 /* Bridge-wide state, one entry. */
 #define XDPBR_BRIDGE_NETFILTER_BLOCK (1 << 0) /* netfilter could see frames: pass everything */
 struct xdpbr_bridge {
-	__u64 heartbeat_ns; /* CLOCK_MONOTONIC_COARSE of the last resync/heartbeat of a control plane */
-	__u64 grace_ns;     /* fast path runs this long after the last heartbeat */
+	__u64 hz;            /* jiffies per second of the running kernel, measured at attach */
+	__u64 grace_jiffies; /* fast path runs this long after the last heartbeat */
 	__u32 ifindex;
 	__u8 mac[6];
 	__u8 vlan_filtering;
 	__u8 flags;         /* XDPBR_BRIDGE_* */
 };
+
+/* The fast path's clock is jiffies (bpf_jiffies64() is a plain load; the precise clock cost ~8%
+ * of the frame rate). Userspace cannot read jiffies, so the control plane runs xdpbr_tick with
+ * BPF_PROG_TEST_RUN: it stores the kernel's jiffies at XDPBR_CLOCK_HEARTBEAT (the heartbeat)
+ * or at XDPBR_CLOCK_NOW (for readers computing ages). Only xdpbr_tick writes this map. */
+#define XDPBR_CLOCK_HEARTBEAT 0
+#define XDPBR_CLOCK_NOW 1
 
 /* Control-plane record of how the bridge was attached; never read by the fast path. */
 struct xdpbr_meta {
@@ -152,7 +159,7 @@ struct xdpbr_flow {
 	__u32 egress_ifindex;
 	__u32 out_slot;
 	__u32 gen[2];       /* xdpbr_generation when the decision was made */
-	__u64 stamped_ns;   /* when the source's last_seen_ns was last stamped through this entry */
+	__u64 stamped;      /* jiffies when the source's last_seen was last stamped through this entry */
 };
 
 /* Per-CPU counters, index ((slot * XDPBR_NR_ATTACH) + attach) * XDPBR_NR_REASONS + reason. */
@@ -180,6 +187,7 @@ BPF_TABLE_PINNED("array", __u32, struct xdpbr_meta, xdpbr_meta, 1, XDPBR_PIN_DIR
 BPF_TABLE_PINNED("hash", struct xdpbr_ifname, __u8, xdpbr_port_modes, XDPBR_MAX_PORTS,
 		 XDPBR_PIN_DIR "/xdpbr_port_modes");
 BPF_TABLE_PINNED("array", __u32, __u32, xdpbr_generation, 2, XDPBR_PIN_DIR "/xdpbr_generation");
+BPF_TABLE_PINNED("array", __u32, __u64, xdpbr_clock, 2, XDPBR_PIN_DIR "/xdpbr_clock");
 BPF_TABLE_PINNED("array", __u32, struct xdpbr_control, xdpbr_control, 2, XDPBR_PIN_DIR "/xdpbr_control");
 BPF_PERCPU_ARRAY(xdpbr_flow_cache, struct xdpbr_flow, XDPBR_FLOW_CACHE_SIZE);
 BPF_TABLE_PINNED("percpu_array", __u32, struct xdpbr_counter, xdpbr_stats, XDPBR_STATS_SIZE,

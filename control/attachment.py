@@ -21,6 +21,8 @@ from loader.errors import NotFound, Unsupported, XdpbrError
 from loader.layouts import (
     ATTACH_POINTS,
     BRIDGE_NETFILTER_BLOCK,
+    CLOCK_HEARTBEAT,
+    CLOCK_NOW,
     CONTROL_ATTACH,
     LAYOUT_VERSION,
     MAX_PORTS,
@@ -37,6 +39,7 @@ from loader.layouts import (
     PORT_XDP_EGRESS,
     U8,
     U32,
+    U64,
     VLAN_UNTAGGED,
     Bridge,
     Control,
@@ -136,10 +139,9 @@ class Session:
 
     def write_bridge_state(self, *, heartbeat=True, grace_s=None, netfilter_block=None):
         state = self.bridge_state()
-        if heartbeat:
-            state.heartbeat_ns = coarse_now_ns()
         if grace_s is not None:
-            state.grace_ns = int(grace_s * 1e9)
+            state.hz = state.hz or measure_hz(self)
+            state.grace_jiffies = int(grace_s * state.hz)
         if self.bridge:
             state.ifindex = self.bridge.ifindex
             state.mac[:] = mac_bytes(self.bridge.mac)
@@ -149,6 +151,27 @@ class Session:
                 BRIDGE_NETFILTER_BLOCK if netfilter_block else 0
             )
         bpfsys.map_update(self.maps["xdpbr_bridge"], U32(0), state)
+        if heartbeat:
+            self.tick(CLOCK_HEARTBEAT)
+
+    def tick(self, element):
+        """Have the kernel write its jiffies into xdpbr_clock[element] (xdpbr_tick)."""
+        bpfsys.prog_test_run(self.prog_fds["clock"], bytes([element]) + bytes(13))
+
+    def jiffies(self):
+        """The kernel's jiffies now, through the clock program."""
+        self.tick(CLOCK_NOW)
+        value = U64()
+        bpfsys.map_lookup(self.maps["xdpbr_clock"], U32(CLOCK_NOW), value)
+        return value.value
+
+    def heartbeat_age(self):
+        """(seconds since the last heartbeat, still within the grace period)."""
+        state = self.bridge_state()
+        beat = U64()
+        bpfsys.map_lookup(self.maps["xdpbr_clock"], U32(CLOCK_HEARTBEAT), beat)
+        elapsed = self.jiffies() - beat.value
+        return elapsed / max(state.hz, 1), elapsed <= state.grace_jiffies
 
     def ports(self):
         """{ifindex: Port} of the used slots of xdpbr_ports; each Port carries `.slot`."""
@@ -328,12 +351,17 @@ def _new_entry(ifindex):
     return entry
 
 
-CLOCK_MONOTONIC_COARSE = 6  # linux/time.h; Python's time module does not name it
+KNOWN_HZ = (100, 250, 300, 1000)
 
 
-def coarse_now_ns():
-    """The fast path's clock: bpf_ktime_get_coarse_ns() is CLOCK_MONOTONIC_COARSE."""
-    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+def measure_hz(s, interval=0.1):
+    """The kernel's HZ (the fast path counts jiffies): two clock readings `interval` apart,
+    snapped to the nearest CONFIG_HZ choice."""
+    j0, t0 = s.jiffies(), time.monotonic()
+    time.sleep(interval)
+    j1, t1 = s.jiffies(), time.monotonic()
+    rate = (j1 - j0) / (t1 - t0)
+    return min(KNOWN_HZ, key=lambda hz: abs(hz - rate))
 
 
 class _PortRef:
@@ -479,7 +507,7 @@ def attach(
             compiled = compile_fastpath(s.dir)
             try:
                 s.maps = pins.PinnedMaps(s.dir).open()
-                for point, prog in (("xdp", compiled.xdp), ("tc", compiled.tc)):
+                for point, prog in (("xdp", compiled.xdp), ("tc", compiled.tc), ("clock", compiled.clock)):
                     s.prog_fds[point] = os.dup(prog.fd)
                 meta = Meta(
                     layout_version=LAYOUT_VERSION,

@@ -2,7 +2,7 @@
 
 - FDB: RTM_NEWNEIGH/RTM_DELNEIGH (AF_BRIDGE) go into the mirror as they arrive; a netlink
   overrun (ENOBUFS) or a restart triggers a full dump and diff.
-- Aging: entries the fast path used (last_seen_ns) are refreshed in the kernel with NTF_USE, at
+- Aging: entries the fast path used (last_seen) are refreshed in the kernel with NTF_USE, at
   most once a second, and only while the kernel still has them on the same port.
 - Ports: RTM_NEWLINK/RTM_DELLINK of the bridge or its ports reconcile the ports (hot-plug,
   STP state, isolation, MTU); netfilter rules are re-checked every few seconds.
@@ -238,14 +238,14 @@ class BridgeWorker:
         if not self.healthy:
             return
         for key, entry in self.mirror.entries().items():
-            if not entry.last_seen_ns or entry.last_seen_ns <= self.refreshed.get(key, 0):
+            if not entry.last_seen or entry.last_seen <= self.refreshed.get(key, 0):
                 continue
             rec = self.kernel_fdb.get(key)
             if not rec or rec.local or rec.static or rec.ifindex != entry.ifindex:
                 continue  # gone or moved in the kernel: refreshing would resurrect or undo it
             try:
                 fdb.refresh_kernel_entry(self.session.ipr, rec)
-                self.refreshed[key] = entry.last_seen_ns
+                self.refreshed[key] = entry.last_seen
             except Exception as exc:  # noqa: BLE001 - the next event or resync corrects it
                 log.debug("%s: NTF_USE %s failed: %s", self.label, key, exc)
                 self.counters.errors += 1

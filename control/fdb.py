@@ -92,7 +92,7 @@ class FdbMirror:
         `slots` maps port ifindex to slot: the entry carries the egress slot, so a port that
         gets its slot later is re-synced (records of ports without a slot get slot 0 and take
         the slow path). Returns (written, deleted). An unchanged entry is not rewritten, so its
-        last_seen_ns stamp from the fast path survives.
+        last_seen stamp from the fast path survives.
         """
         current = self.entries()
         written = deleted = 0

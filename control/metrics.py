@@ -75,7 +75,7 @@ class PinnedMapReader:
 
     def _read(self, name, ns):
         from control import state
-        from control.attachment import Session, coarse_now_ns
+        from control.attachment import Session
         from loader import bpfsys
 
         with Session(name, ns) as s:
@@ -83,8 +83,7 @@ class PinnedMapReader:
             ports = s.ports()
             with entered(ns):  # names by ioctl: a netlink dump of 1,000 links costs ~1 s to decode
                 names = {i: _ifname(i) for i in ports}
-            bridge_state = s.bridge_state()
-            age = (coarse_now_ns() - bridge_state.heartbeat_ns) / 1e9
+            age, active = s.heartbeat_age()
             controls = []
             for element in (CONTROL_ATTACH, CONTROL_DAEMON):
                 value = Control()
@@ -95,7 +94,7 @@ class PinnedMapReader:
                 label=bridge_label(name, ns),
                 fdb_entries=bpfsys.map_count(fdb_fd, FdbKey, FdbEntry),
                 fdb_capacity=bpfsys.map_info(fdb_fd).max_entries,
-                fast_path_active=age * 1e9 <= bridge_state.grace_ns,
+                fast_path_active=active,
                 heartbeat_age_s=age,
                 attach=controls[0],
                 daemon=controls[1],

@@ -5,7 +5,7 @@ Only pinned maps (bpf(2)) and netlink reads: never the compiler, so these stay f
 
 import os
 
-from control.attachment import REQUESTABLE, XDP_MODE_CHOICES, Session, coarse_now_ns
+from control.attachment import REQUESTABLE, XDP_MODE_CHOICES, Session
 from loader import attach as at
 from loader import bpfsys, pins
 from loader.errors import NotFound
@@ -51,7 +51,7 @@ def show(bridge=None, netns=None):
             s.open_pins()
             meta, state = s.meta(), s.bridge_state()
             names = _names(s)
-            heartbeat_age = (coarse_now_ns() - state.heartbeat_ns) / 1e9
+            heartbeat_age, active = s.heartbeat_age()
             ports = []
             for ifindex, entry in sorted(s.ports().items(), key=lambda kv: kv[1].slot):
                 xdp = at.xdp_state(s.ipr, ifindex) if ifindex in names else {"prog_id": 0}
@@ -83,8 +83,8 @@ def show(bridge=None, netns=None):
                     "netfilter": "bypass" if meta.netfilter else "respect",
                     "netfilter_blocked": bool(state.flags & BRIDGE_NETFILTER_BLOCK),
                     "heartbeat_age_s": round(heartbeat_age, 3),
-                    "grace_s": state.grace_ns / 1e9,
-                    "fast_path_active": heartbeat_age * 1e9 <= state.grace_ns,
+                    "grace_s": state.grace_jiffies / max(state.hz, 1),
+                    "fast_path_active": active,
                     "layout_version": meta.layout_version,
                     "xdp_prog_id": s.prog_id("xdp"),
                     "tc_prog_id": s.prog_id("tc"),
@@ -147,7 +147,7 @@ def fdb_show(bridge, netns=None):
         with Session(name, ns) as s:
             s.open_pins()
             names = _names(s)
-            now = coarse_now_ns()
+            now, hz = s.jiffies(), max(s.bridge_state().hz, 1)
             for (mac, vid), e in sorted(FdbMirror(s.maps).entries().items()):
                 flags = [f for f, bit in (("local", FDB_LOCAL), ("static", FDB_STATIC)) if e.flags & bit]
                 rows.append(
@@ -157,9 +157,7 @@ def fdb_show(bridge, netns=None):
                         "vlan": vid,
                         "port": names.get(e.ifindex, f"if{e.ifindex}"),
                         "flags": flags,
-                        "fast_path_used_s_ago": round((now - e.last_seen_ns) / 1e9, 1)
-                        if e.last_seen_ns
-                        else None,
+                        "fast_path_used_s_ago": round((now - e.last_seen) / hz, 1) if e.last_seen else None,
                     }
                 )
     return rows

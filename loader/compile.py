@@ -81,6 +81,7 @@ class CompiledFastpath:
         self.compile_seconds = seconds
         self.xdp = bpf.load_func(b"xdpbr_xdp", BPF.XDP)
         self.tc = bpf.load_func(b"xdpbr_tc", BPF.SCHED_CLS)
+        self.clock = bpf.load_func(b"xdpbr_tick", BPF.XDP)
 
     def map_fd(self, name):
         return self.bpf[name.encode()].map_fd

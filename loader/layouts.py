@@ -59,6 +59,8 @@ PORT_PEER_REDIRECT = 1 << 4
 # struct xdpbr_port.owned: what xdpbr created on the port and must remove at detach.
 OWN_CLSACT = 1 << 0
 
+CLOCK_HEARTBEAT = 0  # XDPBR_CLOCK_HEARTBEAT: element of xdpbr_clock
+CLOCK_NOW = 1  # XDPBR_CLOCK_NOW
 GEN_CONTROL = 0  # XDPBR_GEN_CONTROL: the control plane's element of xdpbr_generation
 VLAN_UNTAGGED = 1 << 0
 FDB_LOCAL = 1 << 0
@@ -112,23 +114,23 @@ class FdbKey(ctypes.Structure):
 
 
 class FdbEntry(ctypes.Structure):
-    """struct xdpbr_fdb_entry { __u32 ifindex; __u16 flags; __u16 slot; __u64 last_seen_ns; };"""
+    """struct xdpbr_fdb_entry { __u32 ifindex; __u16 flags; __u16 slot; __u64 last_seen; };"""
 
     _fields_ = [
         ("ifindex", ctypes.c_uint32),
         ("flags", ctypes.c_uint16),
         ("slot", ctypes.c_uint16),
-        ("last_seen_ns", ctypes.c_uint64),
+        ("last_seen", ctypes.c_uint64),
     ]
 
 
 class Bridge(ctypes.Structure):
-    """struct xdpbr_bridge { __u64 heartbeat_ns; __u64 grace_ns; __u32 ifindex; __u8 mac[6];
+    """struct xdpbr_bridge { __u64 hz; __u64 grace_jiffies; __u32 ifindex; __u8 mac[6];
     __u8 vlan_filtering; __u8 flags; };"""
 
     _fields_ = [
-        ("heartbeat_ns", ctypes.c_uint64),
-        ("grace_ns", ctypes.c_uint64),
+        ("hz", ctypes.c_uint64),
+        ("grace_jiffies", ctypes.c_uint64),
         ("ifindex", ctypes.c_uint32),
         ("mac", ctypes.c_uint8 * 6),
         ("vlan_filtering", ctypes.c_uint8),
@@ -182,6 +184,7 @@ class Counter(ctypes.Structure):
 
 U8 = ctypes.c_uint8
 U32 = ctypes.c_uint32
+U64 = ctypes.c_uint64
 I32 = ctypes.c_int32
 
 
@@ -208,6 +211,7 @@ def map_specs(max_ports=MAX_PORTS, fdb_size=FDB_SIZE):
         MapSpec("xdpbr_meta", "array", U32, Meta, 1),
         MapSpec("xdpbr_port_modes", "hash", Ifname, U8, max_ports),
         MapSpec("xdpbr_generation", "array", U32, U32, 2),
+        MapSpec("xdpbr_clock", "array", U32, U64, 2),
         MapSpec("xdpbr_control", "array", U32, Control, 2),
         MapSpec("xdpbr_stats", "percpu_array", U32, Counter, max_ports * len(ATTACH_POINTS) * NR_REASONS),
         MapSpec("xdpbr_devmap", "devmap", U32, I32, max_ports),

@@ -15,7 +15,7 @@ from loader.layouts import LAYOUT_VERSION, U32, Meta, map_specs
 
 BPFFS = "/sys/fs/bpf"
 ROOT = os.path.join(BPFFS, "xdpbr")
-PROG_PINS = {"xdp": "prog_xdp", "tc": "prog_tc"}
+PROG_PINS = {"xdp": "prog_xdp", "tc": "prog_tc", "clock": "prog_clock"}
 
 
 def ensure_bpffs():

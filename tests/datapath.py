@@ -8,7 +8,6 @@ import ctypes
 import secrets
 import subprocess
 
-from control.attachment import coarse_now_ns
 from loader import bpfsys, pins
 from loader.compile import compile_fastpath
 from loader.layouts import (
@@ -21,6 +20,7 @@ from loader.layouts import (
     REASON_INDEX,
     U8,
     U32,
+    U64,
     VLAN_UNTAGGED,
     Bridge,
     Counter,
@@ -75,6 +75,7 @@ class Datapath:
                 "xdpbr_devmap",
                 "xdpbr_test_egress",
                 "xdpbr_generation",
+                "xdpbr_clock",
             )
         }
         self.ncpu = bpfsys.possible_cpus()
@@ -91,17 +92,26 @@ class Datapath:
                 bpfsys.map_delete(self.fd[name], key)
         self.bump_generation()
         br = Bridge(
-            heartbeat_ns=coarse_now_ns(),
-            grace_ns=3600 * 10**9,
+            hz=250,
+            grace_jiffies=3600 * 250,
             ifindex=999,
             vlan_filtering=int(vlan_filtering),
         )
         br.mac[:] = mac_bytes(BRIDGE_MAC)
         bpfsys.map_update(self.fd["xdpbr_bridge"], U32(0), br)
+        self.heartbeat()
         self.slots = {}
         for slot, name in enumerate(("p1", "p2", "p3", "p4"), start=1):
             self.port(name, slot=slot)
         self.set_egress(0)
+
+    def heartbeat(self):
+        """What the daemon does: the clock program stamps the kernel's jiffies."""
+        bpfsys.prog_test_run(self.compiled.clock.fd, bytes(14))
+
+    def stale_heartbeat(self):
+        bpfsys.map_update(self.fd["xdpbr_clock"], U32(0), U64(1))
+        self.bridge(grace_jiffies=1)
 
     def bridge(self, **fields):
         br = Bridge()

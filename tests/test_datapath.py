@@ -92,7 +92,7 @@ CASES = [
         udp(),
         (XDP_PASS, "stale_mirror", None),
         (TC_ACT_OK, "stale_mirror", None),
-        lambda dp: (known(dp), dp.bridge(heartbeat_ns=1, grace_ns=1)),
+        lambda dp: (known(dp), dp.stale_heartbeat()),
     ),
     Case(
         "netfilter block passes everything",
@@ -458,10 +458,10 @@ def test_static_entry_is_not_invalidated_by_a_spoofed_source(dp):
 def test_fast_path_use_stamps_the_source_entry(dp):
     dp.reset()
     known(dp)
-    assert dp.fdb_entry(A).last_seen_ns == 0
+    assert dp.fdb_entry(A).last_seen == 0
     got, _ = dp.run_xdp(udp())
     assert got == XDP_REDIRECT
-    assert dp.fdb_entry(A).last_seen_ns > 0
+    assert dp.fdb_entry(A).last_seen > 0
 
 
 def test_tc_forwards_gso_frames_longer_than_the_mtu(dp):

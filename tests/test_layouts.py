@@ -52,6 +52,8 @@ def test_constants_match_the_c_defines():
     assert int(d["XDPBR_FDB_SIZE"]) == layouts.FDB_SIZE
     assert int(d["XDPBR_DIRECT_IFINDEX"]) == layouts.DIRECT_IFINDEX
     assert int(d["XDPBR_GEN_CONTROL"]) == layouts.GEN_CONTROL
+    assert int(d["XDPBR_CLOCK_HEARTBEAT"]) == layouts.CLOCK_HEARTBEAT
+    assert int(d["XDPBR_CLOCK_NOW"]) == layouts.CLOCK_NOW
     assert int(d["XDPBR_CONTROL_ATTACH"]) == layouts.CONTROL_ATTACH
     assert int(d["XDPBR_CONTROL_DAEMON"]) == layouts.CONTROL_DAEMON
     for i, mode in enumerate(layouts.MODES):
