@@ -63,6 +63,63 @@ static __always_inline __u16 csum_fold_raw(__u64 sum)
 	return (__u16)sum;
 }
 
+/* The pseudo-header sum and the checksum field of an IPv4 TCP/UDP packet at `ip`.
+ * Returns 1 pending (or not parseable), 0 complete, -1 to compare *field with the sum. */
+static __always_inline int ipv4_l4(struct iphdr *ip, void *data_end, __u64 *sum, __u16 **field)
+{
+	if ((void *)(ip + 1) > data_end)
+		return 1;
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return 0; /* later fragment: no L4 header */
+	__u32 ihl = (ip->ihl & 0xf) * 4;
+	__u32 l4len = bpf_ntohs(ip->tot_len);
+	if (ihl < sizeof(*ip) || l4len < ihl)
+		return 1;
+	l4len -= ihl;
+	__u8 proto = ip->protocol;
+	/* ihl 5 is nearly every packet: a constant offset is cheaper than a variable one */
+	void *l4 = ihl == sizeof(*ip) ? (void *)(ip + 1) : (void *)ip + ihl;
+	if (proto == IPPROTO_TCP)
+		*field = l4 + 16;
+	else if (proto == IPPROTO_UDP)
+		*field = l4 + 6;
+	else
+		return 0; /* ICMP and the rest are checksummed by their senders */
+	if ((void *)(*field + 1) > data_end)
+		return 1;
+	if (proto == IPPROTO_UDP && **field == 0)
+		return 0; /* IPv4 UDP without checksum */
+	__u16 *addr = (__u16 *)&ip->saddr;
+	*sum = addr[0] + addr[1] + addr[2] + addr[3] + bpf_htons((__u16)proto) + bpf_htons((__u16)l4len);
+	return -1;
+}
+
+static __always_inline int ipv6_l4(struct ipv6hdr *ip6, void *data_end, __u64 *sum, __u16 **field)
+{
+	if ((void *)(ip6 + 1) > data_end)
+		return 1;
+	__u8 proto = ip6->nexthdr;
+	__u32 l4len = bpf_ntohs(ip6->payload_len);
+	void *l4 = (void *)(ip6 + 1);
+	if (proto == IPPROTO_TCP)
+		*field = l4 + 16;
+	else if (proto == IPPROTO_UDP)
+		*field = l4 + 6;
+	else if (proto == IPPROTO_ICMPV6)
+		return 0;
+	else
+		return 1; /* extension headers: not walked, so not known to be complete */
+	if ((void *)(*field + 1) > data_end)
+		return 1;
+	__u16 *addr = (__u16 *)&ip6->saddr;
+	__u64 s = 0;
+#pragma unroll
+	for (int i = 0; i < 16; i++)
+		s += addr[i];
+	*sum = s + bpf_htons((__u16)proto) + bpf_htons((__u16)l4len);
+	return -1;
+}
+
 /* Does this IPv4/IPv6 TCP or UDP frame carry a checksum an offload has not finished yet?
  * With CHECKSUM_PARTIAL (veth tx-checksumming, virtio NEEDS_CSUM) the checksum field holds the
  * folded pseudo-header sum. XDP turns the frame into an xdp_frame and the checksum is never
@@ -72,65 +129,21 @@ static __always_inline __u16 csum_fold_raw(__u64 sum)
 static __always_inline int l4_checksum_pending(struct frame *f)
 {
 	void *data = f->data, *data_end = f->data_end;
+	/* the L3 header is at 14 or, behind a tag in the data, 18: constant offsets each */
+	void *l3 = f->l3_off == XDPBR_ETH_HLEN ? data + XDPBR_ETH_HLEN : data + XDPBR_ETH_HLEN + XDPBR_VLAN_HLEN;
 	__u64 sum = 0;
-	__u16 *csum_field;
-	__u8 proto;
-	__u32 l4len;
+	__u16 *field = NULL;
+	int r;
 
-	if (f->l3_proto == ETH_P_IP_BE) {
-		struct iphdr *ip = data + (f->l3_off & 0xff);
-		if ((void *)(ip + 1) > data_end)
-			return 1;
-		if (ip->frag_off & bpf_htons(0x1fff))
-			return 0; /* later fragment: no L4 header */
-		__u32 ihl = (ip->ihl & 0xf) * 4;
-		if (ihl < sizeof(*ip))
-			return 1;
-		l4len = bpf_ntohs(ip->tot_len);
-		if (l4len < ihl)
-			return 1;
-		l4len -= ihl;
-		proto = ip->protocol;
-		__u16 *addr = (__u16 *)&ip->saddr;
-		sum = addr[0] + addr[1] + addr[2] + addr[3];
-		void *l4 = (void *)ip + ihl;
-		if (proto == IPPROTO_TCP) {
-			csum_field = l4 + 16;
-		} else if (proto == IPPROTO_UDP) {
-			csum_field = l4 + 6;
-		} else {
-			return 0; /* ICMP and the rest are checksummed by their senders */
-		}
-		if ((void *)(csum_field + 1) > data_end)
-			return 1;
-		if (proto == IPPROTO_UDP && *csum_field == 0)
-			return 0; /* IPv4 UDP without checksum */
-	} else if (f->l3_proto == ETH_P_IPV6_BE) {
-		struct ipv6hdr *ip6 = data + (f->l3_off & 0xff);
-		if ((void *)(ip6 + 1) > data_end)
-			return 1;
-		proto = ip6->nexthdr;
-		l4len = bpf_ntohs(ip6->payload_len);
-		__u16 *addr = (__u16 *)&ip6->saddr;
-#pragma unroll
-		for (int i = 0; i < 16; i++)
-			sum += addr[i];
-		void *l4 = (void *)(ip6 + 1);
-		if (proto == IPPROTO_TCP)
-			csum_field = l4 + 16;
-		else if (proto == IPPROTO_UDP)
-			csum_field = l4 + 6;
-		else if (proto == IPPROTO_ICMPV6)
-			return 0;
-		else
-			return 1; /* extension headers: not walked, so not known to be complete */
-		if ((void *)(csum_field + 1) > data_end)
-			return 1;
-	} else {
+	if (f->l3_proto == ETH_P_IP_BE)
+		r = ipv4_l4(l3, data_end, &sum, &field);
+	else if (f->l3_proto == ETH_P_IPV6_BE)
+		r = ipv6_l4(l3, data_end, &sum, &field);
+	else
 		return 0;
-	}
-	sum += bpf_htons((__u16)proto) + bpf_htons((__u16)l4len) + bpf_htons((__u16)(l4len >> 16));
-	return *csum_field == csum_fold_raw(sum);
+	if (r >= 0)
+		return r;
+	return *field == csum_fold_raw(sum);
 }
 
 #endif

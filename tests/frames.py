@@ -43,3 +43,15 @@ def ipv6_with_ext(src, dst):
 
 IPV4 = 0x0800
 IPV6 = 0x86DD
+
+
+def tcp4_with_options(src, dst, csum="full"):
+    """IPv4 with 4 bytes of options (ihl 6) in front of TCP."""
+    plain = tcp4(src, dst, csum=csum)
+    header, l4 = bytearray(plain[:20]), plain[20:]
+    header[0] = 0x46
+    header[2:4] = struct.pack("!H", 24 + len(l4))
+    header[10:12] = b"\0\0"
+    header += b"\x01\x01\x01\x00"  # NOP NOP NOP EOL
+    header[10:12] = struct.pack("!H", 0xFFFF ^ csum16(bytes(header)))
+    return bytes(header) + l4

@@ -253,6 +253,27 @@ CASES = [
         known,
     ),
     Case(
+        "IPv4 options in front of a pending TCP checksum: found and passed in XDP",
+        F.ether(B, A, F.IPV4, F.tcp4_with_options("10.0.0.1", "10.0.0.2", csum="partial")),
+        (XDP_PASS, "checksum_partial", None),
+        (TC_ACT_REDIRECT, "forward", "p2"),
+        known,
+    ),
+    Case(
+        "IPv4 options in front of a complete TCP checksum: forwarded",
+        F.ether(B, A, F.IPV4, F.tcp4_with_options("10.0.0.1", "10.0.0.2")),
+        (XDP_REDIRECT, "forward", "p2"),
+        (TC_ACT_REDIRECT, "forward", "p2"),
+        known,
+    ),
+    Case(
+        "a pending checksum behind a VLAN tag is found",
+        F.ether(B, A, F.IPV4, F.tcp4("10.0.0.1", "10.0.0.2", csum="partial"), vlan=20),
+        (XDP_PASS, "checksum_partial", None),
+        (TC_ACT_REDIRECT, "forward", "p2"),
+        known,
+    ),
+    Case(
         "IPv4 UDP without checksum is forwarded",
         udp(csum="none"),
         (XDP_REDIRECT, "forward", "p2"),
