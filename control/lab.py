@@ -9,7 +9,7 @@ import os
 import secrets
 import subprocess
 
-from loader import pins
+from loader import pins, redirect_errors
 from loader.netns import entered
 from loader.tap import TapEndpoint
 from loader.vm import GuestRelay
@@ -159,4 +159,6 @@ class Lab:
         for bridge, netns in pins.attached_bridges():
             if netns in self.namespaces:
                 pins.remove_dir(pins.pin_dir(bridge, netns))
+        if not pins.attached_bridges():
+            redirect_errors.remove()
         self.relays, self.taps, self.namespaces = [], [], []

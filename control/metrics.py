@@ -50,6 +50,7 @@ class BridgeReading:
     attach: Control
     daemon: Control
     counters: dict = field(default_factory=dict)  # (port, attach, reason) -> (packets, bytes)
+    redirect_errors: dict = field(default_factory=dict)  # port -> errors
     ports: list = field(default_factory=list)  # dicts: port, mode, why, xdp_mode, prog ids
 
 
@@ -62,11 +63,14 @@ class PinnedMapReader:
 
     def __init__(self, bridge=None, netns=None):
         self.bridge, self.netns = bridge, netns
+        self.redirect_errors = {}
 
     def bridges(self):
         """Yields a BridgeReading, or an XdpbrError, per attached bridge."""
         from control import state
+        from loader import redirect_errors
 
+        self.redirect_errors = redirect_errors.read()  # host-wide: read once per scrape
         for name, ns in state.targets(self.bridge, self.netns):
             try:
                 yield self._read(name, ns)
@@ -115,6 +119,15 @@ class PinnedMapReader:
                         "tc_prog_id": tc_id if mode in ("tc", "xdp+tc") else 0,
                     }
                 )
+            devmap_id = bpfsys.map_info(s.maps["xdpbr_devmap"]).id
+            port_of = {ifindex: names.get(ifindex, f"if{ifindex}") for ifindex in ports}
+            for p in reading.ports:
+                if p["mode"] != "bridge":
+                    reading.redirect_errors[p["port"]] = 0
+            for (map_id, ifindex), errors in self.redirect_errors.items():
+                if map_id in (devmap_id, 0) and ifindex in port_of:
+                    port = port_of[ifindex]
+                    reading.redirect_errors[port] = reading.redirect_errors.get(port, 0) + errors
             for (slot, attach, reason), value in state.read_counters(s, slot_port).items():
                 port = slot_port.get(slot, "" if slot == 0 else f"slot{slot}")
                 key = (port, ATTACH_POINTS[attach], REASONS[reason] if reason < len(REASONS) else str(reason))
@@ -168,6 +181,11 @@ class XdpbrCollector(Collector):
         )
         prog_info = InfoMetricFamily(
             "xdpbr_program", "xdpbr program attached to a port.", labels=["bridge", "port", "attach"]
+        )
+        redirect_errors = CounterMetricFamily(
+            "xdpbr_redirect_errors",
+            "Frames the fast path redirected that the kernel then failed to deliver (xdp tracepoints).",
+            labels=["bridge", "port"],
         )
         fdb_entries = GaugeMetricFamily("xdpbr_fdb_entries", "Entries in the FDB mirror.", labels=["bridge"])
         fdb_capacity = GaugeMetricFamily(
@@ -235,6 +253,8 @@ class XdpbrCollector(Collector):
                 for attach in ATTACH_POINTS:
                     if p[f"{attach}_prog_id"]:
                         prog_info.add_metric([b, p["port"], attach], {"prog_id": str(p[f"{attach}_prog_id"])})
+            for port, lost in sorted(reading.redirect_errors.items()):
+                redirect_errors.add_metric([b, port], lost)
             fdb_entries.add_metric([b], reading.fdb_entries)
             fdb_capacity.add_metric([b], reading.fdb_capacity)
             fdb_events.add_metric([b], reading.daemon.fdb_events)
@@ -248,7 +268,16 @@ class XdpbrCollector(Collector):
         yield from fast.values()
         yield from passed.values()
         yield from received.values()
-        yield from (port_info, prog_info, fdb_entries, fdb_capacity, fdb_events, sync_lag, active)
+        yield from (
+            port_info,
+            prog_info,
+            redirect_errors,
+            fdb_entries,
+            fdb_capacity,
+            fdb_events,
+            sync_lag,
+            active,
+        )
         yield from (heartbeat_age, compile_s, attach_s, resyncs, errors)
         yield CounterMetricFamily(
             "xdpbr_scrape_errors", "Bridges that could not be read during a scrape.", value=self.scrape_errors

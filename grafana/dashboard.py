@@ -53,6 +53,11 @@ PANELS = [
         [(f"sum by (port) (rate(xdpbr_fast_path_bytes_total{{{SEL}}}[{RATE}]))", "{{port}}")],
     ),
     (
+        "Redirect errors (frames lost after the fast path)",
+        "pps",
+        [(f"sum by (port) (rate(xdpbr_redirect_errors_total{{{SEL}}}[{RATE}]))", "{{port}}")],
+    ),
+    (
         "FDB mirror usage",
         "percentunit",
         [

@@ -89,3 +89,18 @@ def test_metrics_address_parsing():
     assert parse_listen("[::1]:9435") == ("::1", 9435)
     with pytest.raises(XdpbrError, match="expected \\[ADDR:\\]PORT"):
         parse_listen("localhost")
+
+
+def test_redirect_errors_after_the_fast_path_are_counted(two_containers):
+    lab = two_containers
+    assert lab.c1.ping(lab.c2.ip)
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    b = bridge_label(lab.bridge, lab.switch)
+    registry, _ = scrape(PinnedMapReader(lab.bridge, lab.switch))
+    before = registry.get_sample_value("xdpbr_redirect_errors_total", {"bridge": b, "port": lab.c2.port})
+    assert before == 0
+    # take NAPI away from c1's interface behind xdpbr's back: XDP redirects into its veth fail
+    lab.c1.run("ethtool", "-K", "eth0", "gro", "off")
+    lab.c2.run("ping", "-c", "3", "-i", "0.05", "-W", "1", lab.c1.ip, check=False)
+    registry, _ = scrape(PinnedMapReader(lab.bridge, lab.switch))
+    assert registry.get_sample_value("xdpbr_redirect_errors_total", {"bridge": b, "port": lab.c2.port}) >= 3
