@@ -90,11 +90,9 @@ class CompiledFastpath:
         self.bpf.cleanup()
 
 
-def compile_fastpath(pin_dir, *, max_ports=None, fdb_size=None, test=False):
-    """Compile and load the fast path; maps are created (or reused) under pin_dir.
-
-    Reused pins are not checked by bcc: callers check layouts before (loader.pins).
-    """
+def bcc_compile(what, *, src_file=None, text=None, cflags=()):
+    """A bcc BPF object from a file or text, with the kernel headers found and the compiler's
+    output reduced to one line on failure. `what` names the program in the error."""
     try:
         from bcc import BPF
     except ImportError as exc:
@@ -102,8 +100,27 @@ def compile_fastpath(pin_dir, *, max_ports=None, fdb_size=None, test=False):
             f"cannot import bcc ({exc})",
             fix="install python3-bpfcc and run xdpbr from the project's venv (make setup)",
         ) from None
-    source, cflags = find_kernel_headers()
-    cflags = [*cflags, f"-I{BPF_DIR}", f'-DXDPBR_PIN_DIR="{pin_dir}"']
+    source, header_flags = find_kernel_headers()
+    args = {"src_file": src_file.encode()} if src_file else {"text": text.encode()}
+    failure = None
+    with _kernel_source(source), _quiet_stderr() as log:
+        try:
+            return BPF(cflags=[*header_flags, f"-I{BPF_DIR}", *cflags], **args)
+        except Exception as exc:  # bcc raises bare Exception and prints its log on stderr
+            failure = exc
+    lines = log.text.splitlines()
+    first = next((ln for ln in lines if "error" in ln.lower()), None) or str(failure)
+    raise XdpbrError(
+        f"cannot compile {what}: {first.strip()}", fix="run with XDPBR_VERBOSE=1 for the full log"
+    )
+
+
+def compile_fastpath(pin_dir, *, max_ports=None, fdb_size=None, test=False):
+    """Compile and load the fast path; maps are created (or reused) under pin_dir.
+
+    Reused pins are not checked by bcc: callers check layouts before (loader.pins).
+    """
+    cflags = [f'-DXDPBR_PIN_DIR="{pin_dir}"']
     if max_ports:
         cflags.append(f"-DXDPBR_MAX_PORTS={int(max_ports)}")
     if fdb_size:
@@ -112,18 +129,13 @@ def compile_fastpath(pin_dir, *, max_ports=None, fdb_size=None, test=False):
         cflags.append("-DXDPBR_TEST")
     os.makedirs(pin_dir, exist_ok=True)
     start = time.monotonic()
-    failure = None
-    with _kernel_source(source), _quiet_stderr() as log:
-        try:
-            bpf = BPF(src_file=FASTPATH_SOURCE.encode(), cflags=cflags)
-            return CompiledFastpath(bpf, pin_dir, time.monotonic() - start)
-        except Exception as exc:  # bcc raises bare Exception and prints its log on stderr
-            failure = exc
-    lines = log.text.splitlines()
-    first = next((ln for ln in lines if "error" in ln.lower()), None) or str(failure)
-    raise XdpbrError(
-        f"cannot compile the fast path: {first.strip()}", fix="run with XDPBR_VERBOSE=1 for the full log"
-    )
+    bpf = bcc_compile("the fast path", src_file=FASTPATH_SOURCE, cflags=cflags)
+    seconds = time.monotonic() - start
+    try:
+        return CompiledFastpath(bpf, pin_dir, seconds)
+    except Exception as exc:  # the verifier refused a program: bcc says why on stderr
+        bpf.cleanup()
+        raise XdpbrError(f"the kernel refused the fast path: {exc}", fix="run with XDPBR_VERBOSE=1") from None
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import ctypes.util
 import os
 
 from loader import bpfsys, pins
-from loader.compile import BPF_DIR, find_kernel_headers
+from loader.compile import BPF_DIR, bcc_compile
 from loader.errors import XdpbrError
 
 SOURCE = os.path.join(BPF_DIR, "redirect_errors.c")
@@ -111,15 +111,7 @@ def install():
     remove()
     from bcc import BPF
 
-    source, cflags = find_kernel_headers()
-    old = os.environ.get("BCC_KERNEL_SOURCE")
-    if source:
-        os.environ["BCC_KERNEL_SOURCE"] = source
-    try:
-        bpf = BPF(src_file=SOURCE.encode(), cflags=[*cflags, f'-DXDPBR_ROOT="{pins.ROOT}"'])
-    finally:
-        if old is None:
-            os.environ.pop("BCC_KERNEL_SOURCE", None)
+    bpf = bcc_compile("the redirect error counters", src_file=SOURCE, cflags=[f'-DXDPBR_ROOT="{pins.ROOT}"'])
     try:
         for name, func in TRACEPOINTS.items():
             _attach_pinned(bpf.load_func(func, BPF.TRACEPOINT).fd, name)

@@ -13,7 +13,7 @@ import time
 
 from loader import attach as at
 from loader import bpfsys
-from loader.compile import BPF_DIR, find_kernel_headers
+from loader.compile import BPF_DIR, bcc_compile
 from loader.netns import entered
 
 BENCH_SOURCE = os.path.join(BPF_DIR, "bench.c")
@@ -25,15 +25,7 @@ class BenchPrograms:
     def __init__(self):
         from bcc import BPF
 
-        source, cflags = find_kernel_headers()
-        old = os.environ.get("BCC_KERNEL_SOURCE")
-        if source:
-            os.environ["BCC_KERNEL_SOURCE"] = source
-        try:
-            self.bpf = BPF(src_file=BENCH_SOURCE.encode(), cflags=cflags)
-        finally:
-            if old is None:
-                os.environ.pop("BCC_KERNEL_SOURCE", None)
+        self.bpf = bcc_compile("the benchmark programs", src_file=BENCH_SOURCE)
         self.gen = self.bpf.load_func(b"gen_tx", BPF.XDP)
         self.sink = self.bpf.load_func(b"sink", BPF.XDP)
         self.limit = self.bpf.load_func(b"limit", BPF.XDP)

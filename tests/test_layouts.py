@@ -9,7 +9,7 @@ import secrets
 import pytest
 
 from loader import bpfsys, layouts, pins
-from loader.compile import BPF_DIR, compile_fastpath, find_kernel_headers
+from loader.compile import BPF_DIR, bcc_compile, compile_fastpath
 
 STRUCTS = {
     "xdpbr_port": layouts.Port,
@@ -107,15 +107,7 @@ int probe(struct xdp_md *ctx) {{
 	return XDP_PASS;
 }}
 """
-    kernel_source, cflags = find_kernel_headers()
-    old = os.environ.get("BCC_KERNEL_SOURCE")
-    if kernel_source:
-        os.environ["BCC_KERNEL_SOURCE"] = kernel_source
-    try:
-        b = BPF(text=source.encode(), cflags=[*cflags, f"-I{BPF_DIR}", f'-DXDPBR_PIN_DIR="{pin_dir}"'])
-    finally:
-        if old is None:
-            os.environ.pop("BCC_KERNEL_SOURCE", None)
+    b = bcc_compile("the layout probe", text=source, cflags=[f'-DXDPBR_PIN_DIR="{pin_dir}"'])
     try:
         fn = b.load_func(b"probe", BPF.XDP)
         bpfsys.prog_test_run(fn.fd, bytes(64))
