@@ -131,11 +131,16 @@ def compile_fastpath(pin_dir, *, max_ports=None, fdb_size=None, test=False):
     start = time.monotonic()
     bpf = bcc_compile("the fast path", src_file=FASTPATH_SOURCE, cflags=cflags)
     seconds = time.monotonic() - start
-    try:
-        return CompiledFastpath(bpf, pin_dir, seconds)
-    except Exception as exc:  # the verifier refused a program: bcc says why on stderr
-        bpf.cleanup()
-        raise XdpbrError(f"the kernel refused the fast path: {exc}", fix="run with XDPBR_VERBOSE=1") from None
+    failure = None
+    with _quiet_stderr() as log:  # the verifier's log goes to stderr: keep it for -v
+        try:
+            return CompiledFastpath(bpf, pin_dir, seconds)
+        except Exception as exc:
+            failure = exc
+    bpf.cleanup()
+    raise XdpbrError(
+        f"the kernel refused the fast path: {failure}", fix="run with XDPBR_VERBOSE=1 for its log"
+    )
 
 
 @contextlib.contextmanager
