@@ -132,7 +132,7 @@ def compile_fastpath(pin_dir, *, max_ports=None, fdb_size=None, test=False):
     bpf = bcc_compile("the fast path", src_file=FASTPATH_SOURCE, cflags=cflags)
     seconds = time.monotonic() - start
     failure = None
-    with _quiet_stderr() as log:  # the verifier's log goes to stderr: keep it for -v
+    with _quiet_stderr():  # the verifier's log goes to stderr: keep it for -v
         try:
             return CompiledFastpath(bpf, pin_dir, seconds)
         except Exception as exc:
