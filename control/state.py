@@ -8,7 +8,7 @@ import os
 from control.attachment import REQUESTABLE, XDP_MODE_CHOICES, Session
 from loader import attach as at
 from loader import bpfsys, pins
-from loader.errors import NotFound
+from loader.errors import NotFound, XdpbrError
 from loader.layouts import (
     ATTACH_POINTS,
     BRIDGE_NETFILTER_BLOCK,
@@ -40,58 +40,73 @@ def targets(bridge, netns):
     return pins.attached_bridges()
 
 
+def each_bridge(bridge, netns, read):
+    """Call read(name, netns, session) for each bridge a read-only command covers and collect
+    the rows it returns. Listing every bridge, one detached (or whose namespace went away)
+    meanwhile is skipped; a bridge named on the command line is an error instead."""
+    rows = []
+    for name, ns in targets(bridge, netns):
+        try:
+            with Session(name, ns) as s:
+                s.open_pins()
+                rows.extend(read(name, ns, s))
+        except (XdpbrError, OSError):
+            if bridge:
+                raise
+    return rows
+
+
 def _names(s):
     return {link["index"]: link.get_attr("IFLA_IFNAME") for link in s.ipr.get_links()}
 
 
 def show(bridge=None, netns=None):
-    out = []
-    for name, ns in targets(bridge, netns):
-        with Session(name, ns) as s:
-            s.open_pins()
-            meta, state = s.meta(), s.bridge_state()
-            names = _names(s)
-            heartbeat_age, active = s.heartbeat_age()
-            ports = []
-            for ifindex, entry in sorted(s.ports().items(), key=lambda kv: kv[1].slot):
-                xdp = at.xdp_state(s.ipr, ifindex) if ifindex in names else {"prog_id": 0}
-                tc = ifindex in names and at.has_xdpbr_filter(s.ipr, ifindex)
-                ports.append(
-                    {
-                        "port": names.get(ifindex, f"if{ifindex}"),
-                        "ifindex": ifindex,
-                        "slot": entry.slot,
-                        "mode": MODES[entry.mode],
-                        "why": MODE_REASONS[entry.mode_reason],
-                        "xdp_mode": XDP_ATTACH[entry.xdp_attach],
-                        "xdp_prog_id": xdp["prog_id"],
-                        "tc_prog_id": s.prog_id("tc") if tc else 0,
-                        "forwarding": bool(entry.flags & PORT_FORWARDING),
-                        "xdp_egress": bool(entry.flags & PORT_XDP_EGRESS),
-                        "peer_redirect": bool(entry.flags & PORT_PEER_REDIRECT),
-                        "peer_gro_set": bool(entry.peer_gro_set),
-                        "mtu": entry.mtu,
-                        "pvid": entry.pvid,
-                    }
-                )
-            out.append(
-                {
-                    "bridge": name,
-                    "netns": ns,
-                    "mode": REQUESTABLE[meta.mode],
-                    "xdp_mode": XDP_MODE_CHOICES[meta.xdp_mode],
-                    "netfilter": "bypass" if meta.netfilter else "respect",
-                    "netfilter_blocked": bool(state.flags & BRIDGE_NETFILTER_BLOCK),
-                    "heartbeat_age_s": round(heartbeat_age, 3),
-                    "grace_s": state.grace_jiffies / max(state.hz, 1),
-                    "fast_path_active": active,
-                    "layout_version": meta.layout_version,
-                    "xdp_prog_id": s.prog_id("xdp"),
-                    "tc_prog_id": s.prog_id("tc"),
-                    "ports": ports,
-                }
-            )
-    return out
+    return each_bridge(bridge, netns, _show_one)
+
+
+def _show_one(name, ns, s):
+    meta, state = s.meta(), s.bridge_state()
+    names = _names(s)
+    heartbeat_age, active = s.heartbeat_age()
+    ports = []
+    for ifindex, entry in sorted(s.ports().items(), key=lambda kv: kv[1].slot):
+        xdp = at.xdp_state(s.ipr, ifindex) if ifindex in names else {"prog_id": 0}
+        tc = ifindex in names and at.has_xdpbr_filter(s.ipr, ifindex)
+        ports.append(
+            {
+                "port": names.get(ifindex, f"if{ifindex}"),
+                "ifindex": ifindex,
+                "slot": entry.slot,
+                "mode": MODES[entry.mode],
+                "why": MODE_REASONS[entry.mode_reason],
+                "xdp_mode": XDP_ATTACH[entry.xdp_attach],
+                "xdp_prog_id": xdp["prog_id"],
+                "tc_prog_id": s.prog_id("tc") if tc else 0,
+                "forwarding": bool(entry.flags & PORT_FORWARDING),
+                "xdp_egress": bool(entry.flags & PORT_XDP_EGRESS),
+                "peer_redirect": bool(entry.flags & PORT_PEER_REDIRECT),
+                "peer_gro_set": bool(entry.peer_gro_set),
+                "mtu": entry.mtu,
+                "pvid": entry.pvid,
+            }
+        )
+    return [
+        {
+            "bridge": name,
+            "netns": ns,
+            "mode": REQUESTABLE[meta.mode],
+            "xdp_mode": XDP_MODE_CHOICES[meta.xdp_mode],
+            "netfilter": "bypass" if meta.netfilter else "respect",
+            "netfilter_blocked": bool(state.flags & BRIDGE_NETFILTER_BLOCK),
+            "heartbeat_age_s": round(heartbeat_age, 3),
+            "grace_s": state.grace_jiffies / max(state.hz, 1),
+            "fast_path_active": active,
+            "layout_version": meta.layout_version,
+            "xdp_prog_id": s.prog_id("xdp"),
+            "tc_prog_id": s.prog_id("tc"),
+            "ports": ports,
+        }
+    ]
 
 
 def read_counters(s, slots=None):
@@ -119,45 +134,45 @@ def read_counters(s, slots=None):
 
 def stats(bridge=None, netns=None):
     """Rows {bridge, port, attach, reason, packets, bytes} of nonzero cumulative counters."""
-    rows = []
-    for name, ns in targets(bridge, netns):
-        with Session(name, ns) as s:
-            s.open_pins()
-            names = _names(s)
-            slot_port = {e.slot: names.get(i, f"if{i}") for i, e in s.ports().items()}
-            for (slot, attach, reason), (packets, nbytes) in sorted(read_counters(s).items()):
-                rows.append(
-                    {
-                        "bridge": name,
-                        "port": slot_port.get(slot, "-" if slot == 0 else f"slot{slot}"),
-                        "attach": ATTACH_POINTS[attach],
-                        "reason": REASONS[reason] if reason < len(REASONS) else f"reason{reason}",
-                        "packets": packets,
-                        "bytes": nbytes,
-                    }
-                )
-    return rows
+    return each_bridge(bridge, netns, _stats_one)
+
+
+def _stats_one(name, ns, s):
+    names = _names(s)
+    slot_port = {e.slot: names.get(i, f"if{i}") for i, e in s.ports().items()}
+    return [
+        {
+            "bridge": name,
+            "port": slot_port.get(slot, "-" if slot == 0 else f"slot{slot}"),
+            "attach": ATTACH_POINTS[attach],
+            "reason": REASONS[reason] if reason < len(REASONS) else f"reason{reason}",
+            "packets": packets,
+            "bytes": nbytes,
+        }
+        for (slot, attach, reason), (packets, nbytes) in sorted(read_counters(s).items())
+    ]
 
 
 def fdb_show(bridge, netns=None):
-    rows = []
+    return each_bridge(bridge, netns, _fdb_one)
+
+
+def _fdb_one(name, ns, s):
     from control.fdb import FdbMirror
 
-    for name, ns in targets(bridge, netns):
-        with Session(name, ns) as s:
-            s.open_pins()
-            names = _names(s)
-            now, hz = s.jiffies(), max(s.bridge_state().hz, 1)
-            for (mac, vid), e in sorted(FdbMirror(s.maps).entries().items()):
-                flags = [f for f, bit in (("local", FDB_LOCAL), ("static", FDB_STATIC)) if e.flags & bit]
-                rows.append(
-                    {
-                        "bridge": name,
-                        "mac": mac,
-                        "vlan": vid,
-                        "port": names.get(e.ifindex, f"if{e.ifindex}"),
-                        "flags": flags,
-                        "fast_path_used_s_ago": round((now - e.last_seen) / hz, 1) if e.last_seen else None,
-                    }
-                )
+    names = _names(s)
+    now, hz = s.jiffies(), max(s.bridge_state().hz, 1)
+    rows = []
+    for (mac, vid), e in sorted(FdbMirror(s.maps).entries().items()):
+        flags = [f for f, bit in (("local", FDB_LOCAL), ("static", FDB_STATIC)) if e.flags & bit]
+        rows.append(
+            {
+                "bridge": name,
+                "mac": mac,
+                "vlan": vid,
+                "port": names.get(e.ifindex, f"if{e.ifindex}"),
+                "flags": flags,
+                "fast_path_used_s_ago": round((now - e.last_seen) / hz, 1) if e.last_seen else None,
+            }
+        )
     return rows

@@ -211,7 +211,8 @@ def test_fdb_show_and_stats_watch_in_json(two_containers):
         ],
         check=True,
     )
-    assert xdpbr("-n", lab.switch, "attach", "br0").returncode == 0
+    # no daemon in this test: a long grace keeps the fast path on however slow the host is
+    assert xdpbr("-n", lab.switch, "attach", "br0", "--grace", "600").returncode == 0
     rows = json.loads(xdpbr("-j", "-n", lab.switch, "fdb", "show", "br0").stdout)
     assert {
         "bridge": "br0",
@@ -242,3 +243,20 @@ def test_two_namespaces_with_a_bridge_of_the_same_name_do_not_share_pins(two_con
         mine = {(b["bridge"], b["netns"]) for b in shown}
         assert {("br0", two_containers.switch), ("br0", other.switch)} <= mine
         assert pins.pin_dir("br0", two_containers.switch) != pins.pin_dir("br0", other.switch)
+
+
+def test_listing_every_bridge_skips_one_that_is_detached_meanwhile(two_containers):
+    lab = two_containers
+    assert xdpbr("-n", lab.switch, "attach", "br0").returncode == 0
+    # what a concurrent detach leaves for an instant: a directory whose pins are gone
+    ghost = pins.pin_dir("ghost0", lab.switch + "-gone")
+    os.makedirs(ghost)
+    try:
+        res = xdpbr("-j", "show")
+        assert res.returncode == 0, res.stderr
+        assert ("br0", lab.switch) in {(b["bridge"], b["netns"]) for b in json.loads(res.stdout)}
+        assert xdpbr("-j", "stats").returncode == 0
+        named = xdpbr("-n", lab.switch + "-gone", "show", "ghost0")
+        assert named.returncode == 1
+    finally:
+        os.rmdir(ghost)
