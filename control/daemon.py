@@ -265,6 +265,7 @@ class Daemon:
         self.events = queue.Queue()
         self.workers = {}
         self.listeners = {}
+        self.unadoptable = {}  # (bridge, netns) -> the error already logged
         self.stopping = False
 
     def scan(self):
@@ -287,8 +288,11 @@ class Daemon:
                     self.listeners[netns] = listener
                 worker = BridgeWorker(bridge, netns)
             except XdpbrError as exc:
-                log.warning("%s: cannot adopt: %s", bridge, exc)
+                if self.unadoptable.get((bridge, netns)) != str(exc):  # say it once, not every scan
+                    log.warning("%s: cannot adopt: %s", bridge, exc)
+                    self.unadoptable[(bridge, netns)] = str(exc)
                 continue
+            self.unadoptable.pop((bridge, netns), None)
             self.workers[(bridge, netns)] = worker
             worker.resync()
         for netns in list(self.listeners):
