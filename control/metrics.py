@@ -9,7 +9,6 @@ Labels: bridge (`br0`, or `br0@NETNS` for a bridge in another namespace), port, 
 reason; info metrics add mode, xdp_mode, prog_id. Never a MAC address, never a CPU.
 """
 
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -35,7 +34,7 @@ from loader.layouts import (
     FdbEntry,
     FdbKey,
 )
-from loader.netns import entered
+from loader.netns import interface_names
 
 
 @dataclass
@@ -52,6 +51,60 @@ class BridgeReading:
     counters: dict = field(default_factory=dict)  # (port, attach, reason) -> (packets, bytes)
     redirect_errors: dict = field(default_factory=dict)  # port -> errors
     ports: list = field(default_factory=list)  # dicts: port, mode, why, xdp_mode, prog ids
+
+
+# One sample per bridge each: (family type, name, help, value from a BridgeReading).
+BRIDGE_METRICS = [
+    (GaugeMetricFamily, "xdpbr_fdb_entries", "Entries in the FDB mirror.", lambda r: r.fdb_entries),
+    (
+        GaugeMetricFamily,
+        "xdpbr_fdb_capacity_entries",
+        "Capacity of the FDB mirror.",
+        lambda r: r.fdb_capacity,
+    ),
+    (
+        CounterMetricFamily,
+        "xdpbr_fdb_events",
+        "FDB events the daemon applied to the mirror.",
+        lambda r: r.daemon.fdb_events,
+    ),
+    (
+        GaugeMetricFamily,
+        "xdpbr_fast_path_active",
+        "1 while the daemon heartbeat is within the grace period.",
+        lambda r: int(r.fast_path_active),
+    ),
+    (
+        GaugeMetricFamily,
+        "xdpbr_heartbeat_age_seconds",
+        "Seconds since the last control-plane heartbeat.",
+        lambda r: r.heartbeat_age_s,
+    ),
+    (
+        GaugeMetricFamily,
+        "xdpbr_compile_seconds",
+        "Duration of the last compile of the fast path.",
+        lambda r: r.attach.compile_ns / 1e9,
+    ),
+    (
+        GaugeMetricFamily,
+        "xdpbr_attach_seconds",
+        "Duration of the last attach, compile included.",
+        lambda r: r.attach.attach_ns / 1e9,
+    ),
+    (
+        CounterMetricFamily,
+        "xdpbr_resyncs",
+        "Full FDB and port resyncs by the daemon.",
+        lambda r: r.daemon.resyncs,
+    ),
+    (
+        CounterMetricFamily,
+        "xdpbr_control_errors",
+        "Failed daemon resyncs, reconciles and aging refreshes.",
+        lambda r: r.daemon.errors,
+    ),
+]
 
 
 def bridge_label(bridge, netns):
@@ -85,8 +138,7 @@ class PinnedMapReader:
         with Session(name, ns) as s:
             s.open_pins()
             ports = s.ports()
-            with entered(ns):  # names by ioctl: a netlink dump of 1,000 links costs ~1 s to decode
-                names = {i: _ifname(i) for i in ports}
+            names = interface_names(ns, ports)
             age, active = s.heartbeat_age()
             controls = []
             for element in (CONTROL_ATTACH, CONTROL_DAEMON):
@@ -135,13 +187,6 @@ class PinnedMapReader:
             return reading
 
 
-def _ifname(ifindex):
-    try:
-        return socket.if_indextoname(ifindex)
-    except OSError:
-        return f"if{ifindex}"
-
-
 class XdpbrCollector(Collector):
     def __init__(self, reader=None):
         self.reader = reader or PinnedMapReader()
@@ -187,42 +232,15 @@ class XdpbrCollector(Collector):
             "Frames the fast path redirected that the kernel then failed to deliver (xdp tracepoints).",
             labels=["bridge", "port"],
         )
-        fdb_entries = GaugeMetricFamily("xdpbr_fdb_entries", "Entries in the FDB mirror.", labels=["bridge"])
-        fdb_capacity = GaugeMetricFamily(
-            "xdpbr_fdb_capacity_entries", "Capacity of the FDB mirror.", labels=["bridge"]
-        )
-        fdb_events = CounterMetricFamily(
-            "xdpbr_fdb_events", "FDB events the daemon applied to the mirror.", labels=["bridge"]
-        )
         sync_lag = SummaryMetricFamily(
             "xdpbr_fdb_sync_lag_seconds",
             "Time from the daemon receiving an FDB event to the fast path having it.",
             labels=["bridge"],
         )
-        active = GaugeMetricFamily(
-            "xdpbr_fast_path_active",
-            "1 while the daemon heartbeat is within the grace period.",
-            labels=["bridge"],
-        )
-        heartbeat_age = GaugeMetricFamily(
-            "xdpbr_heartbeat_age_seconds",
-            "Seconds since the last control-plane heartbeat.",
-            labels=["bridge"],
-        )
-        compile_s = GaugeMetricFamily(
-            "xdpbr_compile_seconds", "Duration of the last compile of the fast path.", labels=["bridge"]
-        )
-        attach_s = GaugeMetricFamily(
-            "xdpbr_attach_seconds", "Duration of the last attach, compile included.", labels=["bridge"]
-        )
-        resyncs = CounterMetricFamily(
-            "xdpbr_resyncs", "Full FDB and port resyncs by the daemon.", labels=["bridge"]
-        )
-        errors = CounterMetricFamily(
-            "xdpbr_control_errors",
-            "Failed daemon resyncs, reconciles and aging refreshes.",
-            labels=["bridge"],
-        )
+        per_bridge = [
+            (kind(name, help_text, labels=["bridge"]), value)
+            for kind, name, help_text, value in BRIDGE_METRICS
+        ]
         for reading in self.reader.bridges():
             if isinstance(reading, Exception):
                 self.scrape_errors += 1
@@ -255,30 +273,14 @@ class XdpbrCollector(Collector):
                         prog_info.add_metric([b, p["port"], attach], {"prog_id": str(p[f"{attach}_prog_id"])})
             for port, lost in sorted(reading.redirect_errors.items()):
                 redirect_errors.add_metric([b, port], lost)
-            fdb_entries.add_metric([b], reading.fdb_entries)
-            fdb_capacity.add_metric([b], reading.fdb_capacity)
-            fdb_events.add_metric([b], reading.daemon.fdb_events)
             sync_lag.add_metric([b], reading.daemon.fdb_events, reading.daemon.sync_lag_ns_sum / 1e9)
-            active.add_metric([b], int(reading.fast_path_active))
-            heartbeat_age.add_metric([b], reading.heartbeat_age_s)
-            compile_s.add_metric([b], reading.attach.compile_ns / 1e9)
-            attach_s.add_metric([b], reading.attach.attach_ns / 1e9)
-            resyncs.add_metric([b], reading.daemon.resyncs)
-            errors.add_metric([b], reading.daemon.errors)
+            for family, value in per_bridge:
+                family.add_metric([b], value(reading))
         yield from fast.values()
         yield from passed.values()
         yield from received.values()
-        yield from (
-            port_info,
-            prog_info,
-            redirect_errors,
-            fdb_entries,
-            fdb_capacity,
-            fdb_events,
-            sync_lag,
-            active,
-        )
-        yield from (heartbeat_age, compile_s, attach_s, resyncs, errors)
+        yield from (port_info, prog_info, redirect_errors, sync_lag)
+        yield from (family for family, _ in per_bridge)
         yield CounterMetricFamily(
             "xdpbr_scrape_errors", "Bridges that could not be read during a scrape.", value=self.scrape_errors
         )

@@ -25,6 +25,7 @@ from loader.layouts import (
     XDP_ATTACH,
     Counter,
 )
+from loader.netns import interface_names
 
 
 def targets(bridge, netns):
@@ -56,20 +57,17 @@ def each_bridge(bridge, netns, read):
     return rows
 
 
-def _names(s):
-    return {link["index"]: link.get_attr("IFLA_IFNAME") for link in s.ipr.get_links()}
-
-
 def show(bridge=None, netns=None):
     return each_bridge(bridge, netns, _show_one)
 
 
 def _show_one(name, ns, s):
     meta, state = s.meta(), s.bridge_state()
-    names = _names(s)
+    entries = s.ports()
+    names = interface_names(ns, entries)
     heartbeat_age, active = s.heartbeat_age()
     ports = []
-    for ifindex, entry in sorted(s.ports().items(), key=lambda kv: kv[1].slot):
+    for ifindex, entry in sorted(entries.items(), key=lambda kv: kv[1].slot):
         xdp = at.xdp_state(s.ipr, ifindex) if ifindex in names else {"prog_id": 0}
         tc = ifindex in names and at.has_xdpbr_filter(s.ipr, ifindex)
         ports.append(
@@ -138,8 +136,9 @@ def stats(bridge=None, netns=None):
 
 
 def _stats_one(name, ns, s):
-    names = _names(s)
-    slot_port = {e.slot: names.get(i, f"if{i}") for i, e in s.ports().items()}
+    entries = s.ports()
+    names = interface_names(ns, entries)
+    slot_port = {e.slot: names.get(i, f"if{i}") for i, e in entries.items()}
     return [
         {
             "bridge": name,
@@ -160,10 +159,11 @@ def fdb_show(bridge, netns=None):
 def _fdb_one(name, ns, s):
     from control.fdb import FdbMirror
 
-    names = _names(s)
+    entries = FdbMirror(s.maps).entries()
+    names = interface_names(ns, {e.ifindex for e in entries.values()})
     now, hz = s.jiffies(), max(s.bridge_state().hz, 1)
     rows = []
-    for (mac, vid), e in sorted(FdbMirror(s.maps).entries().items()):
+    for (mac, vid), e in sorted(entries.items()):
         flags = [f for f, bit in (("local", FDB_LOCAL), ("static", FDB_STATIC)) if e.flags & bit]
         rows.append(
             {
