@@ -43,11 +43,9 @@ def two_containers(lab):
 
 
 @pytest.fixture
-def bridge_lab(lab):
+def bridge_lab(two_containers):
     """A bridge with two containers and two VMs, every port forwarding."""
-    lab.make_bridge()
-    lab.c1 = lab.container("c1")
-    lab.c2 = lab.container("c2")
+    lab = two_containers
     lab.vm1 = lab.vm("vm1")
     lab.vm2 = lab.vm("vm2")
     lab.wait_forwarding()
