@@ -53,9 +53,9 @@ def bridge_lab(two_containers):
 
 
 class DaemonProcess:
-    def __init__(self):
+    def __init__(self, *args):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "control.cli", "daemon"],
+            [sys.executable, "-m", "control.cli", "daemon", *args],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -77,8 +77,8 @@ def daemon():
     """Starts `xdpbr daemon`; tests attach first or let it adopt bridges attached later."""
     procs = []
 
-    def start():
-        d = DaemonProcess()
+    def start(*args):
+        d = DaemonProcess(*args)
         procs.append(d)
         time.sleep(0.3)
         return d

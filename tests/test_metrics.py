@@ -1,13 +1,20 @@
 """The Prometheus collector over maps filled by real traffic, and its exposition."""
 
+import signal
+import socket
 import subprocess
+import urllib.request
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, SummaryMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 
 from control import attachment
+from control.exposition import RowFamily, render
 from control.metrics import PinnedMapReader, XdpbrCollector, bridge_label, parse_listen
 from loader.errors import XdpbrError
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -77,9 +84,7 @@ def test_promtool_accepts_the_exposition(two_containers):
     attachment.attach(lab.bridge, lab.switch, mode="xdp+tc")
     assert lab.c1.ping(lab.c2.ip)
     registry, _ = scrape(PinnedMapReader(lab.bridge, lab.switch))
-    res = subprocess.run(
-        ["promtool", "check", "metrics"], input=generate_latest(registry), capture_output=True
-    )
+    res = subprocess.run(["promtool", "check", "metrics"], input=render(registry), capture_output=True)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -104,3 +109,100 @@ def test_redirect_errors_after_the_fast_path_are_counted(two_containers):
     lab.c2.run("ping", "-c", "3", "-i", "0.05", "-W", "1", lab.c1.ip, check=False)
     registry, _ = scrape(PinnedMapReader(lab.bridge, lab.switch))
     assert registry.get_sample_value("xdpbr_redirect_errors_total", {"bridge": b, "port": lab.c2.port}) >= 3
+
+
+def parsed(text):
+    """Every sample as Prometheus' parser reads it: (name, sorted labels, value)."""
+    return sorted(
+        (s.name, tuple(sorted(s.labels.items())), float(s.value))
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    )
+
+
+class Families:
+    """A collector yielding fixed families: the writers are compared on the same input."""
+
+    def __init__(self, families):
+        self.families = families
+
+    def collect(self):
+        return self.families
+
+
+def test_the_fast_writer_says_what_prometheus_client_says_including_odd_names():
+    rows = RowFamily("xdpbr_t_packets", "Doc with \\ and\nnewline.", "counter", ["bridge", "port"])
+    # interface names may hold quotes and backslashes (the kernel forbids only '/', ':' and spaces)
+    for port, value in (("eth0", 3), ('we"ird', 2**60 + 1), ("back\\slash", 0), ("big", 12345678)):
+        rows.add(("br0", port), value)
+    gauge = GaugeMetricFamily("xdpbr_t_seconds", "A gauge.", labels=["bridge"])
+    gauge.add_metric(["br0"], 0.125)
+    info = InfoMetricFamily("xdpbr_t", "Info.", labels=["bridge"])
+    info.add_metric(["br0"], {"mode": 'x\nd"p'})
+    summary = SummaryMetricFamily("xdpbr_t_lag_seconds", "Lag.", labels=["bridge"])
+    summary.add_metric(["br0"], 4, 0.5)
+    registry = Families([rows, gauge, info, summary])
+    fast = render(registry).decode()
+    assert parsed(fast) == parsed(generate_latest(registry).decode())
+    assert 'port="big"} 12345678\n' in fast  # integers stay exact, not 1.2345678e+07
+    assert str(2**60 + 1) in fast
+    res = subprocess.run(["promtool", "check", "metrics"], input=fast.encode(), capture_output=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_fast_writer_matches_on_a_real_scrape(two_containers):
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="xdp+tc")
+    assert lab.c1.ping(lab.c2.ip)
+    registry, _ = scrape(PinnedMapReader(lab.bridge, lab.switch))
+    families = list(registry.collect())  # one reading, written twice
+    volatile = {"xdpbr_scrape_duration_seconds", "xdpbr_heartbeat_age_seconds"}
+    fast = [s for s in parsed(render(Families(families)).decode()) if s[0] not in volatile]
+    reference = [s for s in parsed(generate_latest(Families(families)).decode()) if s[0] not in volatile]
+    assert fast == reference
+    assert any(name == "xdpbr_fast_path_packets_total" and value > 0 for name, _, value in fast)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port):
+    """{(name, labels): value} from the daemon's endpoint, or None while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            return {(n, labels): v for n, labels, v in parsed(resp.read().decode())}
+    except OSError:
+        return None
+
+
+def test_the_exporter_survives_daemon_restarts_and_bridges_coming_and_going(bridge_lab, daemon):
+    lab = bridge_lab
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    port = _free_port()
+    first = daemon("--metrics", str(port))
+    assert wait_for(lambda: _scrape(port), timeout=10), "the exporter did not answer"
+    assert lab.c1.ping(lab.c2.ip, count=5)
+    b = bridge_label(lab.bridge, lab.switch)
+    fast = ("xdpbr_fast_path_packets_total", (("attach", "xdp"), ("bridge", b), ("port", lab.c1.port)))
+    before = _scrape(port)[fast]
+    assert before >= 4
+
+    first.stop(signal.SIGKILL)  # the exporter dies with the daemon; counters live in the maps
+    assert _scrape(port) is None
+    daemon("--metrics", str(port))
+    after = wait_for(lambda: _scrape(port), timeout=10)
+    assert after and after[fast] >= before  # a counter never goes back
+    assert after[("xdpbr_scrape_errors_total", ())] == 0
+
+    attachment.detach(lab.bridge, lab.switch)  # between scrapes: the bridge's series go away
+    gone = _scrape(port)
+    assert gone is not None and not any(dict(labels).get("bridge") == b for _, labels in gone)
+    assert gone[("xdpbr_scrape_errors_total", ())] == 0
+    attachment.attach(lab.bridge, lab.switch, mode="tc")
+    back = _scrape(port)
+    info = ("xdpbr_port_info", (("bridge", b), ("mode", "tc"), ("port", lab.c1.port)))
+    assert any(name == info[0] and set(info[1]) <= set(labels) for name, labels in back)
