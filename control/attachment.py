@@ -16,7 +16,7 @@ from control import fdb, netfilter
 from control.model import PortPlan, lower_plan, plan_port
 from control.ports import find_bridge, list_ports
 from loader import attach as at
-from loader import bpfsys, pins, redirect_errors
+from loader import bpfsys, pins, tracepoints
 from loader.errors import NotFound, Unsupported, XdpbrError
 from loader.layouts import (
     ATTACH_POINTS,
@@ -528,20 +528,20 @@ def attach(
                 bpfsys.map_update(s.maps["xdpbr_control"], U32(CONTROL_ATTACH), record)
             finally:
                 compiled.close()
-            _install_redirect_error_counters()
+            _install_host_tracepoints()
         except BaseException:
             journal.rollback()
             raise
         return results
 
 
-def _install_redirect_error_counters():
-    """Host-wide tracepoint counters for xdpbr_redirect_errors_total; a kernel without the xdp
-    tracepoints still gets its fast path, only that metric is missing (and logged)."""
+def _install_host_tracepoints():
+    """Host-wide tracepoint programs for xdpbr_redirect_errors_total and the FDB sync lag; a
+    kernel without those tracepoints still gets its fast path, only the metrics lack them."""
     try:
-        redirect_errors.install()
+        tracepoints.install()
     except XdpbrError as exc:
-        log.warning("redirect errors will not be counted: %s", exc)
+        log.warning("redirect errors and FDB learn times will not be measured: %s", exc)
 
 
 def _repin_programs(s):
@@ -579,7 +579,7 @@ def detach(bridge, netns=None):
         s.maps = None
         pins.remove_dir(s.dir)
         if not pins.attached_bridges():
-            redirect_errors.remove()
+            tracepoints.remove()
 
 
 def mode_reason_text(index):

@@ -24,7 +24,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_NEIGH
 from control import fdb, netfilter
 from control.attachment import Session, reconcile
 from control.lock import writer_lock
-from loader import bpfsys, pins
+from loader import bpfsys, pins, tracepoints
 from loader.errors import XdpbrError
 from loader.layouts import CONTROL_DAEMON, U32, Control
 
@@ -34,6 +34,8 @@ HEARTBEAT_S = 1.0
 AGING_REFRESH_S = 1.0
 NETFILTER_CHECK_S = 2.0
 PIN_SCAN_S = 0.5
+# a learn time older than this before the event is a leftover (learned while no daemon ran)
+LEARN_TIME_MAX_AGE_NS = 10 * 10**9
 
 
 class Listener(threading.Thread):
@@ -110,6 +112,9 @@ class BridgeWorker:
         self.identity = pin_identity(self.session.dir)
         self.session.open_pins()
         self.mirror = fdb.FdbMirror(self.session.maps)
+        if getattr(self, "learn_times", None):
+            self.learn_times.close()
+        self.learn_times = tracepoints.LearnTimes()
         # counters continue where the previous daemon left them: Prometheus counters never drop
         self.counters = Control()
         bpfsys.map_lookup(self.session.maps["xdpbr_control"], U32(CONTROL_DAEMON), self.counters)
@@ -120,6 +125,7 @@ class BridgeWorker:
 
     def close(self):
         self.session.close()
+        self.learn_times.close()
 
     def still_attached(self):
         """Checked under the writer lock before every change. A concurrent `xdpbr detach`
@@ -183,6 +189,11 @@ class BridgeWorker:
                 if not rec:
                     continue
                 key = (rec.mac, rec.vid)
+                since = received_ns
+                if event == "RTM_NEWNEIGH" and not (rec.static or rec.local):
+                    learned = self.learn_times.pop(rec.mac, rec.vid)
+                    if learned is not None and received_ns - LEARN_TIME_MAX_AGE_NS <= learned <= received_ns:
+                        since = learned  # the lag starts where the bridge learned the MAC
                 if event == "RTM_NEWNEIGH":
                     self.kernel_fdb[key] = rec
                     self.mirror.sync([rec], self.slots)
@@ -191,7 +202,7 @@ class BridgeWorker:
                     self.refreshed.pop(key, None)
                     self.mirror.sync([], self.slots, removed=[key])
                 self.counters.fdb_events += 1
-                self.counters.sync_lag_ns_sum += time.monotonic_ns() - received_ns
+                self.counters.sync_lag_ns_sum += time.monotonic_ns() - since
             elif event in ("RTM_NEWLINK", "RTM_DELLINK"):
                 index = msg.get("index")
                 if index == s.bridge.ifindex or msg.get_attr("IFLA_MASTER") == s.bridge.ifindex:

@@ -9,7 +9,7 @@ import os
 import secrets
 import subprocess
 
-from loader import pins, redirect_errors
+from loader import pins, tracepoints
 from loader.netns import entered
 from loader.tap import TapEndpoint
 from loader.vm import GuestRelay
@@ -160,5 +160,5 @@ class Lab:
             if netns in self.namespaces:
                 pins.remove_dir(pins.pin_dir(bridge, netns))
         if not pins.attached_bridges():
-            redirect_errors.remove()
+            tracepoints.remove()
         self.relays, self.taps, self.namespaces = [], [], []

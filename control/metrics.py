@@ -123,9 +123,9 @@ class PinnedMapReader:
     def bridges(self):
         """Yields a BridgeReading, or an XdpbrError, per attached bridge."""
         from control import state
-        from loader import redirect_errors
+        from loader import tracepoints
 
-        self.redirect_errors = redirect_errors.read()  # host-wide: read once per scrape
+        self.redirect_errors = tracepoints.read_redirect_errors()  # host-wide: read once per scrape
         for name, ns in state.targets(self.bridge, self.netns):
             try:
                 yield self._read(name, ns)
@@ -246,7 +246,8 @@ class XdpbrCollector(Collector):
         )
         sync_lag = SummaryMetricFamily(
             "xdpbr_fdb_sync_lag_seconds",
-            "Time from the daemon receiving an FDB event to the fast path having it.",
+            "Time from the bridge learning a MAC (or, for entries added by hand, from the daemon "
+            "receiving the event) to the fast path having it.",
             labels=["bridge"],
         )
         per_bridge = [

@@ -3,6 +3,7 @@ hot-plug, netfilter changes, and the grace period when no daemon runs."""
 
 import json
 import re
+import signal
 import subprocess
 import time
 
@@ -264,3 +265,37 @@ def test_the_daemon_follows_an_upgrade_in_place(two_containers, daemon):
         "the daemon must not restore old programs"
     )
     assert state.show(lab.bridge, lab.switch)[0]["fast_path_active"]
+
+
+def daemon_counters(lab):
+    from loader import bpfsys
+    from loader.layouts import CONTROL_DAEMON, U32, Control
+
+    with Session(lab.bridge, lab.switch) as s:
+        s.open_pins()
+        value = Control()
+        bpfsys.map_lookup(s.maps["xdpbr_control"], U32(CONTROL_DAEMON), value)
+        return value.fdb_events, value.sync_lag_ns_sum
+
+
+def test_sync_lag_runs_from_the_bridge_learning_the_mac(two_containers, daemon):
+    """The lag starts at bridge:br_fdb_update, not when the daemon reads the event: a daemon
+    that is frozen while the bridge learns must report the time it was frozen."""
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    d = daemon()
+    assert wait_for(lambda: mirrored(lab, lab.c1.mac) or lab.c1.ping(lab.c2.ip, count=1), timeout=5)
+    new_mac = "02:00:00:00:00:77"
+    lab.c1.run("ip", "link", "set", "eth0", "address", new_mac)
+    events, lag_sum = daemon_counters(lab)
+    d.proc.send_signal(signal.SIGSTOP)
+    try:
+        lab.c1.run("ping", "-c1", "-W", "1", lab.c2.ip, check=False)  # the bridge learns new_mac
+        time.sleep(0.5)
+    finally:
+        d.proc.send_signal(signal.SIGCONT)
+    assert wait_for(lambda: mirrored(lab, new_mac), timeout=3)
+    assert wait_for(lambda: daemon_counters(lab)[0] > events, timeout=3)  # written with the heartbeat
+    new_events, new_sum = daemon_counters(lab)
+    # the learn of new_mac alone accounts for the 0.5 s the daemon was stopped
+    assert new_sum - lag_sum >= 0.45e9, (new_events - events, (new_sum - lag_sum) / 1e9)
