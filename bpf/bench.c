@@ -1,18 +1,40 @@
 /* Benchmark helpers, not part of the fast path.
  *
  * gen_tx:    a live-frames traffic generator: BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES
- *            and ctx.ingress_ifindex = a veth sends the test frame out of that veth, `repeat`
- *            times per call (what xdp-trafficgen does).
+ *            and ctx.ingress_ifindex = a veth (or TAP) sends the test frame out of that
+ *            device, `repeat` times per call (what xdp-trafficgen does). With gen_config.flows
+ *            > 1 it writes a UDP source port per frame, cycling through `flows` ports (the
+ *            frame's UDP checksum is 0, "none" in IPv4, so the rewrite needs no fix-up).
  * sink:      counts frames per CPU and drops them (the receiving end of a measurement).
  * limit:     redirects every frame to DEVMAP slot 0: the ceiling any XDP switch reaches here.
  */
 #include <uapi/linux/bpf.h>
 
+struct gen_config {
+	__u32 flows;
+	__u32 sport_offset; /* of the UDP source port in the frame: 34, or 38 behind a VLAN tag */
+	__u32 base_sport;
+};
+
+BPF_ARRAY(gen_config, struct gen_config, 1);
+BPF_PERCPU_ARRAY(gen_seq, __u32, 1);
 BPF_PERCPU_ARRAY(sink_count, __u64, 1);
 BPF_DEVMAP(limit_ports, 1);
 
 int gen_tx(struct xdp_md *ctx)
 {
+	__u32 zero = 0;
+	struct gen_config *cfg = gen_config.lookup(&zero);
+	__u32 *seq = gen_seq.lookup(&zero);
+	if (!cfg || !seq || cfg->flows < 2)
+		return XDP_TX;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u16 *sport = data + (cfg->sport_offset & 63);
+	if ((void *)(sport + 1) > data_end)
+		return XDP_TX;
+	*sport = bpf_htons(cfg->base_sport + *seq % cfg->flows);
+	*seq += 1;
 	return XDP_TX;
 }
 

@@ -1,20 +1,75 @@
 """Kernel-side traffic generation and counting for benchmarks.
 
-`LiveFrames` sends a frame out of a veth N times per BPF_PROG_TEST_RUN call in live-frames mode
-(BPF_F_TEST_XDP_LIVE_FRAMES, as xdp-trafficgen does; Debian's xdp-tools 1.3.1 binaries fail on
-this kernel). Each call also costs a synchronize_rcu (~30 ms), so calls are sized to ~0.3 s of
-traffic flat out, or to ~30 ms of frames when a rate is set. `XdpSink` counts what arrives at
-an interface per CPU and drops it. `LimitRedirect` is the minimal XDP redirect: the ceiling.
+`LiveFrames` sends UDP frames out of a veth or TAP N times per BPF_PROG_TEST_RUN call in
+live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES, as xdp-trafficgen does; Debian's xdp-tools
+1.3.1 binaries fail on this kernel), flat out or at a rate, bounded in count and time, and
+counts exactly what it sent. Each call also costs a synchronize_rcu (~30 ms), so calls are
+sized to ~0.3 s of traffic flat out, or to ~30 ms of frames when a rate is set. The `sink`
+program counts what arrives at an interface per CPU and drops it; `limit` is the minimal XDP
+redirect, the ceiling. All three come from bpf/bench.c (`BenchPrograms`).
 """
 
 import ctypes
 import os
 import time
+from dataclasses import dataclass
 
 from loader import attach as at
 from loader import bpfsys
 from loader.compile import BPF_DIR, bcc_compile
 from loader.netns import entered
+from loader.packets import udp_frame
+
+MIN_FRAME, MAX_FRAME = 60, 1514
+
+
+@dataclass
+class Traffic:
+    """What the generator sends: UDP/IPv4 frames of `size` bytes (60-1514, FCS excluded), from
+    `flows` source ports, optionally behind an 802.1Q tag."""
+
+    src_mac: str
+    dst_mac: str
+    src_ip: str
+    dst_ip: str
+    size: int = MIN_FRAME
+    flows: int = 1
+    vlan: int | None = None
+    base_sport: int = 10000
+
+    def frame(self):
+        if not MIN_FRAME <= self.size <= MAX_FRAME:
+            raise ValueError(f"frame size {self.size}: expected {MIN_FRAME} to {MAX_FRAME} bytes")
+        if not 1 <= self.flows <= 65536 - self.base_sport:
+            raise ValueError(f"flows {self.flows}: expected 1 to {65536 - self.base_sport}")
+        tag = 4 if self.vlan is not None else 0
+        frame = udp_frame(
+            self.dst_mac,
+            self.src_mac,
+            self.src_ip,
+            self.dst_ip,
+            self.size - tag,
+            sport=self.base_sport,
+            csum="none" if self.flows > 1 else "full",
+        )
+        if self.vlan is not None:
+            frame = frame[:12] + (0x8100).to_bytes(2, "big") + self.vlan.to_bytes(2, "big") + frame[12:]
+        return frame
+
+    @property
+    def sport_offset(self):
+        return 14 + (4 if self.vlan is not None else 0) + 20
+
+
+class _GenConfig(ctypes.Structure):
+    """struct gen_config in bpf/bench.c."""
+
+    _fields_ = [
+        ("flows", ctypes.c_uint32),
+        ("sport_offset", ctypes.c_uint32),
+        ("base_sport", ctypes.c_uint32),
+    ]
+
 
 BENCH_SOURCE = os.path.join(BPF_DIR, "bench.c")
 
@@ -31,6 +86,13 @@ class BenchPrograms:
         self.limit = self.bpf.load_func(b"limit", BPF.XDP)
         self.ncpu = bpfsys.possible_cpus()
 
+    def configure(self, traffic):
+        """Set the generator's flows for `traffic` (one program: one traffic at a time)."""
+        config = _GenConfig(
+            flows=traffic.flows, sport_offset=traffic.sport_offset, base_sport=traffic.base_sport
+        )
+        bpfsys.map_update(self.bpf[b"gen_config"].map_fd, ctypes.c_uint32(0), config)
+
     def sink_total(self):
         values = (ctypes.c_uint64 * self.ncpu)()
         bpfsys.map_lookup(self.bpf[b"sink_count"].map_fd, ctypes.c_uint32(0), values)
@@ -45,10 +107,16 @@ class BenchPrograms:
 
 
 class LiveFrames:
-    """Send `frame` out of veth `ifname` in `netns`, bounded in count and time."""
+    """Send `traffic` (a Traffic, or one frame as bytes) out of the device with `ifindex` in
+    `netns`, bounded in count and time. `sent` counts every frame handed to the device."""
 
-    def __init__(self, programs, netns, ifindex, frame):
-        self.programs, self.netns, self.ifindex, self.frame = programs, netns, ifindex, frame
+    def __init__(self, programs, netns, ifindex, traffic):
+        self.programs, self.netns, self.ifindex = programs, netns, ifindex
+        if isinstance(traffic, Traffic):
+            programs.configure(traffic)
+            self.frame = traffic.frame()
+        else:
+            self.frame = bytes(traffic)
         self.sent = 0
 
     def send(self, count, batch_size=64):
@@ -64,13 +132,16 @@ class LiveFrames:
             )
         self.sent += count
 
-    def run_for(self, seconds, per_call, rate=None):
-        """Send for about `seconds` (flat out, or at `rate` frames/s); returns frames sent."""
+    def run_for(self, seconds, per_call=None, rate=None, count=None):
+        """Send for about `seconds` (flat out, or at `rate` frames/s), at most `count` frames;
+        returns the frames sent."""
+        per_call = per_call or (max(1, int(rate * 0.03)) if rate else 1_000_000)
         start = time.monotonic()
         sent = 0
-        while time.monotonic() - start < seconds:
-            self.send(per_call)
-            sent += per_call
+        while time.monotonic() - start < seconds and (count is None or sent < count):
+            n = per_call if count is None else min(per_call, count - sent)
+            self.send(n)
+            sent += n
             if rate:
                 ahead = sent / rate - (time.monotonic() - start)
                 if ahead > 0:
