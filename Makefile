@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # matches the running kernel (loader/compile.py finds them).
 APT_PACKAGES := ca-certificates python3-bpfcc python3-venv python3-pip clang llvm libxdp1 libxdp-dev xdp-tools \
 	bpftool iproute2 iputils-ping linux-headers-amd64 iperf3 ethtool nftables procps \
-	prometheus
+	prometheus python3-matplotlib
 
 .PHONY: setup demo test lint bench clean
 setup: $(STAMP)
@@ -35,7 +35,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 bench: setup
-	$(PY) -m bench.fastpath
+	$(VENV)/bin/xdpbr bench --png docs/benchmarks.png
 
 clean:
 	rm -rf $(VENV) *.egg-info

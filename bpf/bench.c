@@ -5,10 +5,13 @@
  *            device, `repeat` times per call (what xdp-trafficgen does). With gen_config.flows
  *            > 1 it writes a UDP source port per frame, cycling through `flows` ports (the
  *            frame's UDP checksum is 0, "none" in IPv4, so the rewrite needs no fix-up).
- * sink:      counts frames per CPU and drops them (the receiving end of a measurement).
+ * sink:      counts frames per CPU and drops them (the receiving end of a measurement);
+ * tc_sink:   the same at TC ingress, for frames that skip the device's XDP (bpf_redirect_peer
+ *            hands a frame straight to a veth peer's ingress).
  * limit:     redirects every frame to DEVMAP slot 0: the ceiling any XDP switch reaches here.
  */
 #include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
 
 struct gen_config {
 	__u32 flows;
@@ -45,6 +48,15 @@ int sink(struct xdp_md *ctx)
 	if (count)
 		(*count)++; /* per-CPU slot: no atomics needed */
 	return XDP_DROP;
+}
+
+int tc_sink(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	__u64 *count = sink_count.lookup(&zero);
+	if (count)
+		(*count)++;
+	return TC_ACT_SHOT;
 }
 
 int limit(struct xdp_md *ctx)

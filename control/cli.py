@@ -86,6 +86,23 @@ def build_parser():
 
     me = sub.add_parser("metrics", help="print the Prometheus metrics once")
     me.add_argument("bridge", nargs="?")
+
+    be = sub.add_parser(
+        "bench", help="measure the bridge, xdpbr and the seed's TAP path side by side (own namespaces)"
+    )
+    be.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help="bridge fastpath limit tap-loop vm tcp control (default: all)",
+    )
+    be.add_argument("--rounds", type=int, default=5, help="alternating rounds, at least 5 (default 5)")
+    be.add_argument("--window", type=float, default=4.0, help="seconds a frame-rate measurement (default 4)")
+    be.add_argument("--tcp-seconds", type=int, default=5, help="seconds an iperf3 run (default 5)")
+    be.add_argument("--flows", type=int, default=1, help="UDP flows the generator cycles through")
+    be.add_argument(
+        "--png", metavar="FILE", default="xdpbr-bench.png", help="chart (default xdpbr-bench.png)"
+    )
     return p
 
 
@@ -144,6 +161,31 @@ def run(args):
         from control import metrics
 
         sys.stdout.write(metrics.exposition(args.bridge, args.netns))
+    elif args.command == "bench":
+        return _bench(args)
+    return 0
+
+
+def _bench(args):
+    from bench import chart
+    from bench import run as bench_run
+
+    if args.netns:
+        raise UsageError("bench builds namespaces of its own; drop -n")
+    scenarios = bench_run.check_scenarios(args.scenarios)
+    if args.rounds < bench_run.MIN_ROUNDS:
+        raise UsageError(f"--rounds {args.rounds}: at least {bench_run.MIN_ROUNDS} rounds")
+    if not 1 <= args.flows <= 1024:
+        raise UsageError(f"--flows {args.flows}: expected 1 to 1024")
+    results = bench_run.run(scenarios, args.rounds, args.window, args.tcp_seconds, args.flows)
+    png = chart.write_png(results, args.png) if args.png else None
+    results["png"] = png
+    if args.json:
+        render.emit(results, True, str)
+    else:
+        print(bench_run.table(results))
+        if png:
+            print(f"\nchart: {png}")
     return 0
 
 

@@ -54,7 +54,7 @@ def dump(ipr, bridge_ifindex):
     return records
 
 
-def _key(mac, vid):
+def mirror_key(mac, vid):
     key = FdbKey(vid=vid)
     key.mac[:] = mac_bytes(mac)
     return key
@@ -106,7 +106,7 @@ class FdbMirror:
                 continue
             entry = FdbEntry(ifindex=rec.ifindex, flags=_flags(rec), slot=slot)
             try:
-                bpfsys.map_update(self.fd, _key(mac, vid), entry)
+                bpfsys.map_update(self.fd, mirror_key(mac, vid), entry)
                 written += 1
             except XdpbrError as exc:
                 # A full mirror: this MAC stays on the slow path (unknown_source/destination).
@@ -115,7 +115,7 @@ class FdbMirror:
         if full:
             gone |= set(current) - set(wanted)
         for mac, vid in gone:
-            if bpfsys.map_delete(self.fd, _key(mac, vid)):
+            if bpfsys.map_delete(self.fd, mirror_key(mac, vid)):
                 deleted += 1
         if written or deleted:
             self.bump_generation()

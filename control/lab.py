@@ -142,7 +142,7 @@ class Lab:
                 line
                 for line in out.splitlines()
                 if f"master {self.bridge}" in line
-                and (ports is None or line.split()[1].split("@")[0] in ports)
+                and (ports is None or line.split()[1].split("@")[0].rstrip(":") in ports)
             ]
             if states and all("state forwarding" in line for line in states):
                 return

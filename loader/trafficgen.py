@@ -83,6 +83,7 @@ class BenchPrograms:
         self.bpf = bcc_compile("the benchmark programs", src_file=BENCH_SOURCE)
         self.gen = self.bpf.load_func(b"gen_tx", BPF.XDP)
         self.sink = self.bpf.load_func(b"sink", BPF.XDP)
+        self.tc_sink = self.bpf.load_func(b"tc_sink", BPF.SCHED_CLS)
         self.limit = self.bpf.load_func(b"limit", BPF.XDP)
         self.ncpu = bpfsys.possible_cpus()
 
@@ -158,5 +159,22 @@ def attach_program(netns, ifname, prog_fd, mode="native"):
     def detach():
         at.detach_xdp(ipr, index, mode)
         ipr.close()
+
+    return detach
+
+
+def attach_sinks(programs, netns, ifname):
+    """The XDP sink and the TC sink on one interface (frames count once: XDP drops what it
+    sees); returns a detach callable."""
+    detach_xdp = attach_program(netns, ifname, programs.sink.fd)
+    ipr = at.open_netlink(netns)
+    index = ipr.link_lookup(ifname=ifname)[0]
+    at.add_clsact(ipr, index)
+    at.attach_tc(ipr, index, ifname, programs.tc_sink.fd)
+
+    def detach():
+        at.del_clsact(ipr, index)
+        ipr.close()
+        detach_xdp()
 
     return detach

@@ -101,6 +101,23 @@ def test_usage_errors_exit_2():
     assert xdpbr().returncode == 2
 
 
+def test_bench_refuses_what_it_cannot_measure_before_building_anything():
+    for argv, message in (
+        (("bench", "fastpth"), "xdpbr: unknown scenario 'fastpth'; scenarios: bridge, fastpath, limit, "),
+        (("bench", "--rounds", "3"), "xdpbr: --rounds 3: at least 5 rounds"),
+        (("bench", "--flows", "0"), "xdpbr: --flows 0: expected 1 to 1024"),
+    ):
+        res = xdpbr(*argv)
+        assert res.returncode in (1, 2), res
+        assert res.stderr.startswith(message), res.stderr
+        assert len(res.stderr.splitlines()) == 1
+    assert not [
+        ns
+        for ns in subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout.split()
+        if ns.startswith("xdpbr-bench")
+    ]
+
+
 def test_not_root_is_refused_with_the_fix():
     res = xdpbr("show", user="65534")
     assert res.returncode == 1

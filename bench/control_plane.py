@@ -1,0 +1,120 @@
+"""Control-plane speed: attaching a 64-port bridge (compile included), and how long after the
+bridge learns a MAC the fast path has it (the daemon running, as in production)."""
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from control import attachment
+from control.attachment import Session
+from control.fdb import mirror_key
+from control.lab import Lab
+from loader import bpfsys
+from loader.layouts import FdbEntry
+from loader.netns import entered
+from loader.packets import udp_frame
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def add_veth_ports(lab, count):
+    """`count` veth pairs, one end of each a port of the lab's bridge (one `ip -batch`)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".ip", delete=False) as batch:
+        for i in range(count):
+            batch.write(f"link add p{i} type veth peer q{i}\n")
+            batch.write(f"link set p{i} master {lab.bridge} up\n")
+            batch.write(f"link set q{i} up\n")
+    try:
+        subprocess.run(["ip", "-n", lab.switch, "-batch", batch.name], check=True, capture_output=True)
+    finally:
+        os.unlink(batch.name)
+
+
+class Attach64:
+    """`xdpbr attach` of a bridge with 64 veth ports, compile included, detached in between."""
+
+    name = "attach-64"
+
+    def __init__(self, ports=64):
+        self.lab = Lab(prefix="xdpbr-bench-attach")
+        try:
+            self.lab.make_bridge()
+            add_veth_ports(self.lab, ports)
+        except BaseException:
+            self.lab.close()
+            raise
+
+    def measure(self):
+        start = time.monotonic()
+        attachment.attach(self.lab.bridge, self.lab.switch, grace_s=86400)
+        elapsed = time.monotonic() - start
+        attachment.detach(self.lab.bridge, self.lab.switch)
+        return elapsed
+
+    def close(self):
+        self.lab.close()
+
+
+class LearnLag:
+    """Frames from new source MACs enter an accelerated bridge with `xdpbr daemon` running; the
+    time from sending each one to its entry being in the fast path's FDB mirror."""
+
+    name = "learn"
+
+    def __init__(self):
+        self.lab = Lab(prefix="xdpbr-bench-learn")
+        self.daemon = None
+        self.next_mac = 0
+        try:
+            self.lab.make_bridge()
+            self.c1, self.c2 = self.lab.container("c1"), self.lab.container("c2")
+            self.lab.wait_forwarding()
+            attachment.attach(self.lab.bridge, self.lab.switch, grace_s=86400)
+            self.daemon = subprocess.Popen(
+                [sys.executable, "-m", "control.cli", "daemon"],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self.session = Session(self.lab.bridge, self.lab.switch).open_pins()
+            with entered(self.c1.netns):
+                self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+                self.sock.bind(("eth0", 0))
+            time.sleep(1.0)  # the daemon adopts the bridge
+        except BaseException:
+            self.close()
+            raise
+
+    def _mirrored(self, mac):
+        return bpfsys.map_lookup(self.session.maps["xdpbr_fdb"], mirror_key(mac, 0), FdbEntry())
+
+    def measure(self, timeout=2.0):
+        """Seconds from sending a frame from a new MAC to its mirror entry (None: never)."""
+        self.next_mac += 1
+        mac = f"02:77:00:00:{self.next_mac >> 8:02x}:{self.next_mac & 0xFF:02x}"
+        frame = udp_frame(self.c2.mac, mac, self.c1.ip, self.c2.ip, 60)
+        start = time.monotonic()
+        self.sock.send(frame)
+        while time.monotonic() - start < timeout:
+            if self._mirrored(mac):
+                return time.monotonic() - start
+            time.sleep(0.0002)
+        return None
+
+    def close(self):
+        if self.daemon:
+            self.daemon.terminate()
+            self.daemon.wait(10)
+        if getattr(self, "sock", None):
+            self.sock.close()
+        if getattr(self, "session", None):
+            self.session.close()
+        if self.lab.switch:
+            try:
+                attachment.detach(self.lab.bridge, self.lab.switch)
+            except Exception:  # noqa: BLE001 - the lab's close removes the pins anyway
+                pass
+        self.lab.close()

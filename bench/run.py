@@ -1,0 +1,253 @@
+"""`xdpbr bench [SCENARIO...]`: every path measured side by side in alternating rounds.
+
+Scenarios (all of them when none is named):
+  bridge     the Linux bridge between two veth ports, bridge-nf-call-iptables off and on
+  fastpath   the same ports accelerated by xdpbr in each mode: xdp, tc, xdp+tc, auto
+  limit      a minimal XDP redirect to the other port: the ceiling of any XDP switch here
+  tap-loop   the seed's slow path: two TAP endpoints relayed by a Python loop like QEMU's
+  vm         two TAP endpoints joined by a bridge, plain and accelerated (guest to guest)
+  tcp        iperf3 through the bridge and through xdpbr in each mode, default offloads
+  control    attach of a 64-port bridge (compile included), MAC learned -> fast path
+Frame-rate scenarios always include `bridge`, the baseline every ratio is taken against.
+
+Method: each round measures every path once, in an order reversed every other round
+(A B C, C B A, ...), at least 5 rounds; medians with min and max; ratios between medians of
+the same run. Every path builds its own namespaces and removes them afterwards; sysctls change
+only inside them.
+"""
+
+import os
+import platform
+import statistics
+import sys
+import time
+
+SCENARIOS = ("bridge", "fastpath", "limit", "tap-loop", "vm", "tcp", "control")
+SIZES = (60, 1514)
+MIN_ROUNDS = 5
+LEARN_SAMPLES = 100
+
+
+def _progress(text):
+    print(text, file=sys.stderr, flush=True)
+
+
+def _summary(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def frame_paths(scenarios, flows):
+    """(name, constructor) of every frame-rate path the scenarios need, baseline first."""
+    from bench.taps import TapLoop, VmPath
+    from bench.veth import VethPath
+
+    names = ["bridge"]
+    if "bridge" in scenarios:
+        names.append("bridge+nf")
+    if "fastpath" in scenarios:
+        names += ["xdp", "tc", "xdp+tc", "auto"]
+    if "limit" in scenarios:
+        names.append("limit")
+    paths = [(n, lambda n=n, i=i: VethPath(n, i, flows)) for i, n in enumerate(names)]
+    if "tap-loop" in scenarios:
+        paths.append(("tap-loop", TapLoop))
+    if "vm" in scenarios:
+        paths += [("vm-bridge", lambda: VmPath(None)), ("vm-auto", lambda: VmPath("auto"))]
+    return paths
+
+
+def alternate(items, round_index):
+    return items if round_index % 2 == 0 else list(reversed(items))
+
+
+def run_frames(scenarios, rounds, window, flows):
+    paths = []
+    try:
+        for name, make in frame_paths(scenarios, flows):
+            _progress(f"building {name}")
+            paths.append((name, make()))
+        received = {(n, s): [] for n, _ in paths for s in SIZES}
+        offered = {(n, s): [] for n, _ in paths for s in SIZES}
+        os.sched_setaffinity(0, {0})  # the generator's CPU (veth.GENERATOR_CPU)
+        for r in range(rounds):
+            for size in SIZES:
+                for name, path in alternate(paths, r):
+                    rate, load = path.measure(size, window)
+                    received[(name, size)].append(rate)
+                    offered[(name, size)].append(load)
+                    mfps, load_mfps = rate / 1e6, load / 1e6
+                    _progress(
+                        f"round {r + 1} {size:5} B {name:10} {mfps:7.3f} Mfps (offered {load_mfps:.2f})"
+                    )
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count())))
+        for _, path in paths:
+            path.close()
+    out = {}
+    for size in SIZES:
+        row = {}
+        for name, _ in paths:
+            summary = _summary(received[(name, size)])
+            summary["offered"] = statistics.median(offered[(name, size)])
+            row[name] = summary
+        base = row["bridge"]["median"]
+        for summary in row.values():
+            summary["vs_bridge"] = summary["median"] / base if base else None
+        if "vm-bridge" in row:
+            for name in ("vm-bridge", "vm-auto"):
+                row[name]["vs_vm_bridge"] = row[name]["median"] / row["vm-bridge"]["median"]
+        out[str(size)] = row
+    return out
+
+
+def run_tcp(rounds, seconds):
+    from bench.tcp import MODES, TcpPath
+
+    paths = []
+    try:
+        for name in MODES:
+            _progress(f"building tcp-{name}")
+            paths.append((name, TcpPath(name)))
+        values = {name: [] for name, _ in paths}
+        for r in range(rounds):
+            for name, path in alternate(paths, r):
+                values[name].append(path.measure(seconds))
+                _progress(f"round {r + 1} tcp {name:7} {values[name][-1]:6.1f} Gbit/s")
+    finally:
+        for _, path in paths:
+            path.close()
+    out = {name: _summary(v) for name, v in values.items()}
+    for summary in out.values():
+        summary["vs_bridge"] = summary["median"] / out["bridge"]["median"]
+    return out
+
+
+def run_control(rounds):
+    from bench.control_plane import Attach64, LearnLag
+
+    out = {}
+    attach = Attach64()
+    try:
+        times = []
+        for r in range(rounds):
+            times.append(attach.measure())
+            _progress(f"round {r + 1} attach of 64 ports {times[-1]:.2f} s")
+        out["attach_64_ports_s"] = _summary(times)
+    finally:
+        attach.close()
+    learn = LearnLag()
+    try:
+        lags = [learn.measure() for _ in range(LEARN_SAMPLES)]
+    finally:
+        learn.close()
+    seen = [lag * 1000 for lag in lags if lag is not None]
+    out["learn_to_fast_path_ms"] = _summary(seen) | {"missed": lags.count(None)}
+    _progress(f"MAC learned -> fast path: median {out['learn_to_fast_path_ms']['median']:.2f} ms")
+    return out
+
+
+def targets(results):
+    """The benchmark issue's targets, each with the measured value and whether it is met."""
+    rows = []
+    frames = results.get("frames", {})
+    for size, row in frames.items():
+        if "xdp" in row and "limit" in row:
+            value = row["xdp"]["median"] / row["limit"]["median"]
+            rows.append((f"{size} B: xdp >= 0.90 x limit", value, value >= 0.90))
+        if "xdp" in row:
+            rows.append(
+                (f"{size} B: xdp >= 4 x bridge", row["xdp"]["vs_bridge"], row["xdp"]["vs_bridge"] >= 4)
+            )
+        if "tc" in row:
+            rows.append(
+                (f"{size} B: tc >= 1.2 x bridge", row["tc"]["vs_bridge"], row["tc"]["vs_bridge"] >= 1.2)
+            )
+    tcp = results.get("tcp_gbit_s", {})
+    if "auto" in tcp:
+        rows.append(("tcp: default mode >= bridge", tcp["auto"]["vs_bridge"], tcp["auto"]["vs_bridge"] >= 1))
+    control = results.get("control", {})
+    if control:
+        attach = control["attach_64_ports_s"]["median"]
+        rows.append(("attach of 64 ports < 3 s", attach, attach < 3))
+        learn = control["learn_to_fast_path_ms"]
+        rows.append(
+            ("MAC learned -> fast path < 50 ms (median of 100)", learn["median"], learn["median"] < 50)
+        )
+    return [{"target": t, "value": round(v, 3), "met": bool(m)} for t, v, m in rows]
+
+
+def run(scenarios, rounds, window, tcp_seconds, flows):
+    results = {
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "scenarios": list(scenarios),
+        "rounds": rounds,
+        "window_s": window,
+        "flows": flows,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    frame_scenarios = {"bridge", "fastpath", "limit", "tap-loop", "vm"} & set(scenarios)
+    if frame_scenarios:
+        results["frames"] = run_frames(frame_scenarios, rounds, window, flows)
+    if "tcp" in scenarios:
+        results["tcp_seconds"] = tcp_seconds
+        results["tcp_gbit_s"] = run_tcp(rounds, tcp_seconds)
+    if "control" in scenarios:
+        results["control"] = run_control(rounds)
+    results["targets"] = targets(results)
+    return results
+
+
+def table(results):
+    lines = [
+        f"kernel {results['kernel']}, {results['cpus']} CPUs ({results['cpu_model']}), {results['rounds']} "
+        f"rounds of {results['window_s']} s, {results['flows']} flow(s); medians (min-max)",
+    ]
+    for size, row in results.get("frames", {}).items():
+        lines += ["", f"{size} B frames     Mframes/s (min-max)      vs bridge   offered Mframes/s"]
+        for name, r in row.items():
+            extra = f"   {r['vs_vm_bridge']:.2f} x vm-bridge" if "vs_vm_bridge" in r else ""
+            lines.append(
+                f"  {name:12} {r['median'] / 1e6:8.3f} ({r['min'] / 1e6:.3f}-{r['max'] / 1e6:.3f})"
+                f" {r['vs_bridge']:8.2f}x {r['offered'] / 1e6:12.2f}{extra}"
+            )
+    if "tcp_gbit_s" in results:
+        lines += ["", f"TCP, one stream, {results['tcp_seconds']} s   Gbit/s (min-max)   vs bridge"]
+        for name, r in results["tcp_gbit_s"].items():
+            lines.append(
+                f"  {name:12} {r['median']:6.1f} ({r['min']:.1f}-{r['max']:.1f}) {r['vs_bridge']:10.2f}x"
+            )
+    if "control" in results:
+        a, m = results["control"]["attach_64_ports_s"], results["control"]["learn_to_fast_path_ms"]
+        lines += [
+            "",
+            f"attach of 64 ports: {a['median']:.2f} s ({a['min']:.2f}-{a['max']:.2f})",
+            f"MAC learned -> fast path: {m['median']:.2f} ms ({m['min']:.2f}-{m['max']:.2f}, "
+            f"{m['n']} MACs, {m['missed']} missed)",
+        ]
+    if results["targets"]:
+        lines += ["", "targets:"]
+        for t in results["targets"]:
+            lines.append(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']}")
+    return "\n".join(lines)
+
+
+def check_scenarios(names):
+    from loader.errors import UsageError
+
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise UsageError(f"unknown scenario {unknown[0]!r}; scenarios: {', '.join(SCENARIOS)}")
+    return [n for n in SCENARIOS if n in names] if names else list(SCENARIOS)

@@ -1,0 +1,224 @@
+"""The seed's path for VMs: TAP endpoints (vnet_hdr, read and writev, as QEMU's TAP backend)
+driven from Python.
+
+tap-loop  two TAP endpoints joined by a userspace relay like QEMU's main loop: poll, read a
+          frame from one, writev it into the other, stop reading while the other says EAGAIN.
+          The kernel feeds the first TAP (live-frames XDP_TX into it: what the host sends to
+          the VM) and an XDP sink counts at the second (it sees what userspace writes).
+vm        the same two TAP endpoints as bridge ports: a writer process plays guest A writing
+          into its TAP, the bridge (plain or accelerated by xdpbr) forwards, a reader plays
+          guest B reading its TAP. Guest to guest, as with two QEMUs on one host.
+
+The userspace side runs in a child process on its own CPU (a QEMU is a process of its own);
+it is bounded in time and reports its count through a pipe.
+"""
+
+import os
+import select
+import time
+
+from bench.veth import GENERATOR_CPU, SWITCH_CPU, ifindex
+from control import attachment
+from control.lab import Lab, sh
+from loader.packets import udp_frame
+from loader.tap import VNET_HDR_LEN, TapEndpoint, VnetHdr
+from loader.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program
+
+GUEST_A, GUEST_B = "02:00:00:00:0b:01", "02:00:00:00:0b:02"
+IP_A, IP_B = "10.202.0.1", "10.202.0.2"
+READ_SIZE = 65536 + VNET_HDR_LEN
+
+
+def _in_child(cpu, seconds, work):
+    """Run work(deadline) -> count in a forked child pinned to `cpu`; returns a function that
+    waits for the child and returns its count."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no Python cleanup of the parent's state, only os._exit
+        code = 1
+        try:
+            os.close(rfd)
+            os.sched_setaffinity(0, {cpu % os.cpu_count()})
+            count = work(time.monotonic() + seconds)
+            os.write(wfd, str(count).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(wfd)
+
+    def wait():
+        try:
+            data = b""
+            while chunk := os.read(rfd, 64):
+                data += chunk
+        finally:
+            os.close(rfd)
+            os.waitpid(pid, 0)
+        return int(data or 0)
+
+    return wait
+
+
+def relay(src, dst, deadline):
+    """QEMU's main loop between two TAPs, one direction: read a frame, writev it on; on EAGAIN
+    keep the frame and wait until `dst` is writable (tap_send / tap_writable)."""
+    relayed, pending = 0, None
+    poller = select.poll()
+    poller.register(src, select.POLLIN)
+    poller.register(dst, select.POLLOUT)
+    while time.monotonic() < deadline:
+        if pending is None:
+            try:
+                raw = os.read(src, READ_SIZE)
+            except BlockingIOError:
+                poller.modify(dst, 0)
+                poller.poll(50)
+                continue
+            pending = (raw[:VNET_HDR_LEN], raw[VNET_HDR_LEN:])
+        try:
+            os.writev(dst, pending)
+            relayed += 1
+            pending = None
+        except BlockingIOError:
+            poller.modify(dst, select.POLLOUT)
+            poller.poll(50)
+    return relayed
+
+
+class TapLoop:
+    """Kernel -> TAP A -> Python relay -> TAP B -> XDP sink."""
+
+    name = "tap-loop"
+
+    def __init__(self):
+        self.lab = Lab(prefix="xdpbr-bench-taploop")
+        self.programs = BenchPrograms()
+        self.undo, self.taps = [], []
+        try:
+            self.ns = self.lab.netns("taps")
+            for ifname in ("tapa", "tapb"):
+                self.taps.append(TapEndpoint(ifname, self.ns))
+                sh("ip", "-n", self.ns, "link", "set", ifname, "up")
+            self.undo.append(attach_program(self.ns, "tapb", self.programs.sink.fd))
+            self.tapa_ifindex = ifindex(self.ns, "tapa")
+        except BaseException:
+            self.close()
+            raise
+
+    def measure(self, size, window, warmup=0.5):
+        traffic = Traffic(GUEST_B, GUEST_A, IP_B, IP_A, size=size)  # the host sends to guest A
+        gen = LiveFrames(self.programs, self.ns, self.tapa_ifindex, traffic)
+        a, b = self.taps
+        wait = _in_child(SWITCH_CPU, warmup + window, lambda deadline: relay(a.fd, b.fd, deadline))
+        try:
+            gen.run_for(warmup, rate=2_000_000)
+            before, start = self.programs.sink_total(), time.monotonic()
+            offered = gen.run_for(window - 0.05, rate=2_000_000)
+            elapsed = time.monotonic() - start
+            received = self.programs.sink_total() - before
+        finally:
+            wait()
+        _drain(a.fd)
+        return received / elapsed, offered / elapsed
+
+    def close(self):
+        for fn in reversed(self.undo):
+            fn()
+        for tap in self.taps:
+            tap.close()
+        self.programs.close()
+        self.lab.close()
+
+
+def _drain(fd):
+    try:
+        while os.read(fd, READ_SIZE):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def write_frames(fd, frame, deadline):
+    """Guest A: writev([vnet_hdr, frame]) flat out; on EAGAIN wait for POLLOUT (QEMU)."""
+    hdr, sent = VnetHdr().pack(), 0
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    while time.monotonic() < deadline:
+        for _ in range(64):
+            try:
+                os.writev(fd, [hdr, frame])
+                sent += 1
+            except BlockingIOError:
+                poller.poll(50)
+                break
+    return sent
+
+
+class VmPath:
+    """Guest A -> TAP A -> bridge (plain, or xdpbr in `mode`) -> TAP B -> guest B."""
+
+    def __init__(self, mode=None):
+        self.mode = mode
+        self.name = f"vm-{mode or 'bridge'}"
+        self.lab = Lab(prefix=f"xdpbr-bench-vm{(mode or 'bridge').replace('+', '')}")
+        self.taps = []
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self):
+        lab = self.lab
+        lab.make_bridge(nf_call_iptables=False)
+        for ifname, guest in (("tapa", GUEST_A), ("tapb", GUEST_B)):
+            self.taps.append(TapEndpoint(ifname, lab.switch))
+            lab.in_switch("ip", "link", "set", ifname, "master", lab.bridge, "up")
+            lab.in_switch("bridge", "fdb", "replace", guest, "dev", ifname, "master", "static")
+        lab.wait_forwarding(ports=["tapa", "tapb"])
+        if self.mode:
+            attachment.attach(lab.bridge, lab.switch, mode=self.mode, grace_s=86400)
+        _drain(self.taps[1].fd)
+
+    def measure(self, size, window, warmup=0.5):
+        frame = udp_frame(GUEST_B, GUEST_A, IP_A, IP_B, size)
+        a, b = self.taps
+        wait = _in_child(GENERATOR_CPU, warmup + window, lambda deadline: write_frames(a.fd, frame, deadline))
+        os.sched_setaffinity(0, {SWITCH_CPU % os.cpu_count()})
+        try:
+            received, start = 0, time.monotonic()
+            counting_from, counted_start = start + warmup, None
+            poller = select.poll()
+            poller.register(b.fd, select.POLLIN)
+            deadline = start + warmup + window
+            while time.monotonic() < deadline:
+                try:
+                    raw = os.read(b.fd, READ_SIZE)
+                except BlockingIOError:
+                    poller.poll(20)
+                    continue
+                if raw[VNET_HDR_LEN : VNET_HDR_LEN + 6] != _GUEST_B_BYTES:
+                    continue  # the host's own multicast, not the measured flow
+                now = time.monotonic()
+                if now >= counting_from:
+                    counted_start = counted_start or now
+                    received += 1
+            elapsed = time.monotonic() - (counted_start or deadline)
+        finally:
+            sent = wait()
+            os.sched_setaffinity(0, {GENERATOR_CPU % os.cpu_count()})
+        _drain(b.fd)
+        return received / max(elapsed, 1e-9), sent / (warmup + window)
+
+    def close(self):
+        if self.mode and self.lab.switch:
+            try:
+                attachment.detach(self.lab.bridge, self.lab.switch)
+            except Exception:  # noqa: BLE001 - the lab's close removes the pins anyway
+                pass
+        for tap in self.taps:
+            tap.close()
+        self.lab.close()
+
+
+_GUEST_B_BYTES = bytes(int(x, 16) for x in GUEST_B.split(":"))

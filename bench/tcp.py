@@ -1,0 +1,47 @@
+"""TCP throughput through a bridge between two veth containers, default offloads (iperf3 from
+Debian, one stream): the Linux bridge and xdpbr in each mode."""
+
+import json
+import time
+
+from control import attachment
+from control.lab import Lab
+
+PORT = 5301
+MODES = {"bridge": None, "xdp": "xdp", "tc": "tc", "xdp+tc": "xdp+tc", "auto": "auto"}
+
+
+class TcpPath:
+    def __init__(self, name):
+        self.name, self.mode = f"tcp-{name}", MODES[name]
+        self.lab = Lab(prefix=f"xdpbr-bench-tcp{name.replace('+', '')}")
+        try:
+            self.lab.make_bridge(nf_call_iptables=False)
+            self.a, self.b = self.lab.container("a"), self.lab.container("b")
+            self.lab.wait_forwarding()
+            if self.mode:
+                attachment.attach(self.lab.bridge, self.lab.switch, mode=self.mode, grace_s=86400)
+            assert self.a.ping(self.b.ip), f"{self.name}: no connectivity"
+        except BaseException:
+            self.close()
+            raise
+
+    def measure(self, seconds):
+        """Gbit/s received by the server over one iperf3 run of `seconds`."""
+        self.b.run("iperf3", "-s", "-1", "-D", "-p", str(PORT))
+        time.sleep(0.3)
+        try:
+            res = self.a.run(
+                "iperf3", "-c", self.b.ip, "-p", str(PORT), "-t", str(seconds), "-J", timeout=seconds + 30
+            )
+        finally:
+            self.b.run("pkill", "-f", f"iperf3 -s -1 -D -p {PORT}", check=False)
+        return json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+
+    def close(self):
+        if self.mode and self.lab.switch:
+            try:
+                attachment.detach(self.lab.bridge, self.lab.switch)
+            except Exception:  # noqa: BLE001 - the lab's close removes the pins anyway
+                pass
+        self.lab.close()
