@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed-stamp
 # matches the running kernel (loader/compile.py finds them).
 APT_PACKAGES := ca-certificates python3-bpfcc python3-venv python3-pip clang llvm libxdp1 libxdp-dev xdp-tools \
 	bpftool iproute2 iputils-ping linux-headers-amd64 iperf3 ethtool nftables procps \
-	prometheus python3-matplotlib
+	prometheus python3-matplotlib systemd
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean install-service
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -36,6 +36,15 @@ lint: setup
 
 bench: setup
 	$(VENV)/bin/xdpbr bench --png docs/benchmarks.png
+
+# The daemon as a systemd service, running this checkout's CLI.
+install-service: setup
+	ln -sf $(CURDIR)/$(VENV)/bin/xdpbr /usr/local/sbin/xdpbr
+	install -m 0644 systemd/xdpbr.service /etc/systemd/system/xdpbr.service
+	mkdir -p /etc/xdpbr
+	[ -e /etc/xdpbr/xdpbr.toml ] || install -m 0644 systemd/xdpbr.toml.example /etc/xdpbr/xdpbr.toml
+	systemctl daemon-reload
+	@echo "edit /etc/xdpbr/xdpbr.toml, then: systemctl enable --now xdpbr"
 
 clean:
 	rm -rf $(VENV) *.egg-info

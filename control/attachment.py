@@ -156,6 +156,8 @@ class Session:
 
     def tick(self, element):
         """Have the kernel write its jiffies into xdpbr_clock[element] (xdpbr_tick)."""
+        if "clock" not in self.prog_fds:
+            raise NotFound(f"no clock program pinned in {self.dir} (is an attach under way?)")
         bpfsys.prog_test_run(self.prog_fds["clock"], bytes([element]) + bytes(13))
 
     def jiffies(self):
@@ -483,9 +485,17 @@ def _xdp_egress_ready(s, port, plan, entry, any_xdp, journal):
 
 
 def attach(
-    bridge, netns=None, *, mode="auto", xdp_mode="any", netfilter_choice="respect", grace_s=GRACE_DEFAULT_S
+    bridge,
+    netns=None,
+    *,
+    mode="auto",
+    xdp_mode="any",
+    netfilter_choice="respect",
+    grace_s=GRACE_DEFAULT_S,
+    port_modes=None,
 ):
-    """Accelerate `bridge`. Over an existing attachment, programs are replaced atomically."""
+    """Accelerate `bridge`. Over an existing attachment, programs are replaced atomically.
+    `port_modes` ({ifname: mode}, as `xdpbr port set`) are in place before any program is."""
     from control.lock import writer_lock
     from loader.compile import compile_fastpath
 
@@ -517,6 +527,8 @@ def attach(
                     netns=(netns or "").encode(),
                 )
                 bpfsys.map_update(s.maps["xdpbr_meta"], U32(0), meta)
+                for ifname, port_mode in (port_modes or {}).items():
+                    s.set_requested_mode(ifname, port_mode)
                 s.write_bridge_state(heartbeat=True, grace_s=grace_s)
                 results, _ = reconcile(s, journal, replace_programs=True)
                 mirror = fdb.FdbMirror(s.maps)

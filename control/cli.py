@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from control import render
+from control import config, render
 from control.model import MODES, NETFILTER_CHOICES, XDP_MODES
 from loader.errors import UsageError, XdpbrError
 
@@ -83,6 +83,9 @@ def build_parser():
     dm.add_argument(
         "--metrics", metavar="[ADDR:]PORT", help="serve Prometheus metrics (a bare port: loopback)"
     )
+    dm.add_argument(
+        "--config", metavar="FILE", help="configuration (default /etc/xdpbr/xdpbr.toml if present)"
+    )
 
     me = sub.add_parser("metrics", help="print the Prometheus metrics once")
     me.add_argument("bridge", nargs="?")
@@ -132,11 +135,13 @@ def run(args):
             netfilter_choice=args.netfilter,
             grace_s=args.grace,
         )
+        config.hold(_label(args), False)
         render.emit(state.show(args.bridge, args.netns), args.json, render.show_text)
     elif args.command == "detach":
         from control import attachment
 
         attachment.detach(args.bridge, args.netns)
+        config.hold(_label(args), True)  # the daemon leaves it alone, also after a restart
         if args.json:
             render.emit([], True, str)
     elif args.command == "show":
@@ -156,7 +161,7 @@ def run(args):
     elif args.command == "daemon":
         from control import daemon
 
-        return daemon.main(once=args.once, metrics=args.metrics)
+        return daemon.main(once=args.once, metrics=args.metrics, config_path=args.config)
     elif args.command == "metrics":
         from control import metrics
 
@@ -164,6 +169,10 @@ def run(args):
     elif args.command == "bench":
         return _bench(args)
     return 0
+
+
+def _label(args):
+    return f"{args.bridge}@{args.netns}" if args.netns else args.bridge
 
 
 def _bench(args):
@@ -216,15 +225,29 @@ def _stats(args):
         time.sleep(args.interval)
 
 
+class _TextFormatter(logging.Formatter):
+    def __init__(self):
+        super().__init__("xdpbr: %(levelname)s %(message)s")
+
+
+class _JournalFormatter(logging.Formatter):
+    """Under systemd: `<priority>message`, one line an event, which journald turns into its
+    PRIORITY field (SyslogLevelPrefix=yes is systemd's default)."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record):
+        text = record.getMessage().replace("\n", " ")
+        return f"<{self.PRIORITY.get(record.levelno, 6)}>{text}"
+
+
 def main(argv=None):
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose else logging.INFO,
-            format="xdpbr: %(levelname)s %(message)s",
-            stream=sys.stderr,
-        )
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_JournalFormatter() if os.environ.get("JOURNAL_STREAM") else _TextFormatter())
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
         if args.verbose:
             os.environ["XDPBR_VERBOSE"] = "1"
         return run(args)

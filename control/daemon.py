@@ -9,6 +9,11 @@
 - Heartbeat: once a second; without it the fast path passes everything after the grace period.
 Bridges are found from their pins under /sys/fs/bpf/xdpbr, so `xdpbr attach` and `detach` take
 effect without talking to the daemon, and a restarted daemon adopts what is there.
+- Configuration (control/config.py): bridges listed there are attached when they appear, unless
+  an operator detached them with `xdpbr detach` (remembered across restarts until the next
+  `xdpbr attach`); SIGHUP reloads it, and a bad file keeps the running configuration.
+- Service: sd_notify READY=1 once the first scan is done (systemd Type=notify), STOPPING=1 at
+  SIGTERM; at stop the fast path keeps running, or configured bridges are detached (on_stop).
 """
 
 import errno
@@ -16,15 +21,16 @@ import logging
 import os
 import queue
 import signal
+import socket
 import threading
 import time
 
 from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_NEIGH
 
-from control import fdb, netfilter
-from control.attachment import Session, reconcile
+from control import config, fdb, netfilter
+from control.attachment import Session, attach, detach, reconcile
 from control.lock import writer_lock
-from loader import bpfsys, pins, tracepoints
+from loader import bpfsys, bridge_limits, pins, tracepoints
 from loader.errors import XdpbrError
 from loader.layouts import CONTROL_DAEMON, U32, Control
 
@@ -34,6 +40,7 @@ HEARTBEAT_S = 1.0
 AGING_REFRESH_S = 1.0
 NETFILTER_CHECK_S = 2.0
 PIN_SCAN_S = 0.5
+ATTACH_RETRY_S = 30.0  # a configured bridge that failed to attach is tried again this often
 # a learn time older than this before the event is a leftover (learned while no daemon ran)
 LEARN_TIME_MAX_AGE_NS = 10 * 10**9
 
@@ -272,16 +279,101 @@ class BridgeWorker:
 
 
 class Daemon:
-    def __init__(self):
+    def __init__(self, cfg=None):
+        self.config = cfg or config.Config()
         self.events = queue.Queue()
         self.workers = {}
         self.listeners = {}
         self.unadoptable = {}  # (bridge, netns) -> the error already logged
+        self.attach_failed = {}  # (bridge, netns) -> (error, when) of a configured bridge
         self.stopping = False
+        self.reload_requested = False
+        self.metrics_spec = None
+
+    def attach_configured(self, present):
+        """Attach configured bridges that exist and are not attached (nor held by an operator's
+        `xdpbr detach`). A failure is logged once and retried every ATTACH_RETRY_S."""
+        for bc in self.config.bridges:
+            key = (bc.name, bc.netns)
+            if key in present or config.held_by_operator(bc.label):
+                continue
+            if bc.netns and not os.path.exists(f"/run/netns/{bc.netns}"):
+                continue
+            error, when = self.attach_failed.get(key, (None, 0.0))
+            if error and time.monotonic() - when < ATTACH_RETRY_S:
+                continue
+            try:
+                attach(
+                    bc.name,
+                    bc.netns,
+                    mode=bc.mode,
+                    xdp_mode=bc.xdp_mode,
+                    netfilter_choice=bc.netfilter,
+                    port_modes=dict.fromkeys(bc.ignore_ports, "bridge"),
+                )
+            except XdpbrError as exc:
+                if str(exc) != error:
+                    log.warning("%s: cannot attach (from %s): %s", bc.label, self.config.path, exc)
+                self.attach_failed[key] = (str(exc), time.monotonic())
+                continue
+            self.attach_failed.pop(key, None)
+            log.info("%s: attached (mode %s, from %s)", bc.label, bc.mode, self.config.path)
+            present.add(key)
+            self.apply_limits(bc)
+
+    def apply_limits(self, bc):
+        if bc.fdb_max_learned is None:
+            return
+        try:
+            if bridge_limits.fdb_learned(bc.name, bc.netns)[1] != bc.fdb_max_learned:
+                bridge_limits.set_fdb_max_learned(bc.name, bc.netns, bc.fdb_max_learned)
+                log.info("%s: fdb_max_learned %d", bc.label, bc.fdb_max_learned)
+        except XdpbrError as exc:
+            log.warning("%s: %s", bc.label, exc)
+
+    def reload(self):
+        """SIGHUP: a new configuration replaces the old only if it loads without error."""
+        self.reload_requested = False
+        try:
+            new = config.load(self.config.path)
+        except XdpbrError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return False
+        old = {(b.name, b.netns): b for b in self.config.bridges}
+        self.config = new
+        self.attach_failed.clear()
+        for bc in new.bridges:
+            self.apply_limits(bc)
+            worker = self.workers.get((bc.name, bc.netns))
+            before = old.get((bc.name, bc.netns))
+            if worker and worker.healthy and before and before.ignore_ports != bc.ignore_ports:
+                for port in set(before.ignore_ports) - set(bc.ignore_ports):
+                    worker.session.set_requested_mode(port, "auto")
+                for port in bc.ignore_ports:
+                    worker.session.set_requested_mode(port, "bridge")
+                worker.needs_reconcile = True
+        if new.metrics != (self.metrics_spec or None):
+            log.warning("metrics address changes take effect when the daemon restarts")
+        log.info("reloaded %s (%d bridges)", new.path, len(new.bridges))
+        return True
+
+    def stop_configured(self):
+        """on_stop = detach: take xdpbr off the configured bridges (not held: a restart
+        attaches them again)."""
+        if self.config.on_stop != "detach":
+            return
+        for bc in self.config.bridges:
+            if (bc.name, bc.netns) in set(pins.attached_bridges()):
+                try:
+                    detach(bc.name, bc.netns)
+                    log.info("%s: detached (on_stop = detach)", bc.label)
+                except XdpbrError as exc:
+                    log.warning("%s: cannot detach: %s", bc.label, exc)
 
     def scan(self):
-        """Adopt newly attached bridges, drop detached ones."""
+        """Attach configured bridges, adopt newly attached ones, drop detached ones."""
         present = set(pins.attached_bridges())
+        self.attach_configured(present)
         for key in list(self.workers):
             if key not in present:
                 log.info("%s: detached, no longer managed", self.workers[key].label)
@@ -312,7 +404,10 @@ class Daemon:
 
     def run(self, once=False):
         pins.ensure_bpffs()
+        for bc in self.config.bridges:
+            self.apply_limits(bc)
         self.scan()
+        sd_notify("READY=1")
         if once:
             return 0
         # periodic work per bridge: (seconds, BridgeWorker method)
@@ -324,6 +419,8 @@ class Daemon:
         due = [0.0] * len(periodic)
         next_scan = 0.0
         while not self.stopping:
+            if self.reload_requested:
+                self.reload()
             try:
                 netns, msgs, received_ns = self.events.get(timeout=0.1)
             except queue.Empty:
@@ -346,25 +443,47 @@ class Daemon:
                     if worker.healthy is not True:
                         worker.resync()  # retry a bridge that failed or was re-attached
                 self.scan()
+        sd_notify("STOPPING=1")
         for worker in self.workers.values():
             worker.close()
         for listener in self.listeners.values():
             listener.stop()
+        self.stop_configured()
         return 0
 
 
-def main(once=False, metrics=None):
-    daemon = Daemon()
-    if metrics:
+def sd_notify(state):
+    """Tell systemd (Type=notify) about the service's state; nothing outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]  # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), path)
+    except OSError as exc:
+        log.warning("cannot notify systemd: %s", exc)
+
+
+def main(once=False, metrics=None, config_path=None):
+    cfg = config.load(config_path) if config_path else config.load_default()
+    daemon = Daemon(cfg)
+    daemon.metrics_spec = metrics or cfg.metrics
+    if daemon.metrics_spec:
         from control import metrics as exporter
 
-        addr, port = exporter.serve(metrics)
+        addr, port = exporter.serve(daemon.metrics_spec)
         log.info("serving metrics on http://%s:%d/metrics", addr, port)
 
     def stop(signum, frame):
         daemon.stopping = True
 
+    def reload(signum, frame):
+        daemon.reload_requested = True
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("started (pid %d)", os.getpid())
+    signal.signal(signal.SIGHUP, reload)
+    log.info("started (pid %d)%s", os.getpid(), f", configuration {cfg.path}" if cfg.path else "")
     return daemon.run(once=once)

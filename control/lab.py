@@ -9,6 +9,7 @@ import os
 import secrets
 import subprocess
 
+from control import config
 from loader import pins, tracepoints
 from loader.netns import entered
 from loader.tap import TapEndpoint
@@ -159,6 +160,10 @@ class Lab:
         for bridge, netns in pins.attached_bridges():
             if netns in self.namespaces:
                 pins.remove_dir(pins.pin_dir(bridge, netns))
+        if os.path.isdir(config.HELD_DIR):  # `xdpbr detach` of the lab's bridges
+            for label in os.listdir(config.HELD_DIR):
+                if label.partition("@")[2] in self.namespaces:
+                    config.hold(label, False)
         if not pins.attached_bridges():
             tracepoints.remove()
         self.relays, self.taps, self.namespaces = [], [], []

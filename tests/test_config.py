@@ -1,0 +1,188 @@
+"""/etc/xdpbr/xdpbr.toml: every error names file, line and key; the daemon follows the file
+(attach, ignored ports, fdb_max_learned, SIGHUP), and `xdpbr detach` holds across restarts."""
+
+import os
+import shutil
+import signal
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+from control import config, state
+from control.config import ConfigError, load
+from loader import bridge_limits, pins
+from loader.errors import XdpbrError
+from tests.conftest import ROOT, wait_for
+
+GOOD = """\
+[daemon]
+metrics = "9435"
+on_stop = "keep"
+
+[[bridge]]
+name = "br0"
+mode = "auto"
+ignore_ports = ["eth9"]
+fdb_max_learned = 100
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "xdpbr.toml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def test_a_good_file_loads(tmp_path):
+    cfg = load(write(tmp_path, GOOD))
+    assert cfg.metrics == "9435" and cfg.on_stop == "keep"
+    (bridge,) = cfg.bridges
+    assert (bridge.name, bridge.netns, bridge.mode, bridge.ignore_ports, bridge.fdb_max_learned) == (
+        "br0",
+        None,
+        "auto",
+        ("eth9",),
+        100,
+    )
+
+
+@pytest.mark.parametrize(
+    "text, where, message",
+    [
+        ('[daemon]\nmetrics = "9435\n', ":2", "syntax"),  # tomllib's own line
+        ("[daemon]\nmetrcs = 1\n", ":2: daemon.metrcs: unknown key; did you mean 'metrics'?", None),
+        ("[daemon]\non_stop = 'halt'\n", ":2: daemon.on_stop: 'halt' is not one of keep, detach", None),
+        ("[daemon]\nmetrics = 'localhost'\n", ":2: daemon.metrics: 'localhost': expected [ADDR:]PORT", None),
+        ("[daemon]\nmetrics = 9435\n", ":2: daemon.metrics: expected a string, got int", None),
+        ("[broker]\ngroup = 'no-such-group-x'\n", ":2: broker.group: no group 'no-such-group-x'", None),
+        ("[[bridge]]\nmode = 'xdp'\n", ":1: bridge: missing key 'name'", None),
+        (
+            "[[bridge]]\nname = 'br0'\n\n[[bridge]]\nname = 'br1'\nmode = 'fast'\n",
+            ":6: bridge[1].mode: 'fast' is not one of auto, xdp, tc, xdp+tc, bridge",
+            None,
+        ),
+        ("[[bridge]]\nname = 'a/b'\n", ":2: bridge[0].name: 'a/b' is not an interface name", None),
+        (
+            "[[bridge]]\nname = 'br0'\nignore_ports = 'eth0'\n",
+            ":3: bridge[0].ignore_ports: expected a list",
+            None,
+        ),
+        (
+            "[[bridge]]\nname = 'br0'\nfdb_max_learned = -1\n",
+            ":3: bridge[0].fdb_max_learned: -1: expected",
+            None,
+        ),
+        (
+            "[[bridge]]\nname = 'br0'\n[[bridge]]\nname = 'br0'\n",
+            ":4: bridge[1].name: br0 is configured twice (first at line 2)",
+            None,
+        ),
+        (
+            "[[bridge]]\n  name = 'br0'\n  netfilter = 'off'\n",
+            ":3: bridge[0].netfilter: 'off' is not one of respect, bypass",
+            None,
+        ),
+        ("bridges = []\n", ":1: bridges: unknown key; did you mean 'bridge'?", None),
+    ],
+)
+def test_every_error_names_file_line_and_key(tmp_path, text, where, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    text_of_error = str(err.value)
+    assert text_of_error.startswith(path + where), text_of_error
+    assert "\n" not in text_of_error
+    if message == "syntax":
+        assert "TOML syntax: Illegal character" in text_of_error
+
+
+def test_a_missing_file_says_how_to_fix_it(tmp_path):
+    with pytest.raises(
+        ConfigError, match="cannot read .*: No such file or directory; create .* or pass --config"
+    ):
+        load(str(tmp_path / "nope.toml"))
+
+
+def test_the_systemd_unit_passes_systemd_analyze(tmp_path):
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    with open(os.path.join(ROOT, "systemd", "xdpbr.service")) as f:
+        unit = f.read()
+    # verify checks that ExecStart's program exists: point it at this checkout's CLI, as
+    # `make install-service` does with its /usr/local/sbin/xdpbr link
+    cli = os.path.join(ROOT, ".venv", "bin", "xdpbr")
+    (tmp_path / "xdpbr.service").write_text(unit.replace("/usr/local/sbin/xdpbr", cli))
+    res = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "xdpbr.service")], capture_output=True, text=True
+    )
+    problems = [line for line in res.stderr.splitlines() if "xdpbr.service" in line]
+    assert res.returncode == 0 and problems == [], res.stderr
+
+
+def test_the_example_configuration_loads():
+    assert load(os.path.join(ROOT, "systemd", "xdpbr.toml.example")).bridges == ()
+
+
+@pytest.mark.root
+def test_the_daemon_follows_its_configuration(two_containers, daemon, tmp_path):
+    lab = two_containers
+    assert lab.c1.ping(lab.c2.ip)
+    path = write(
+        tmp_path,
+        f"""\
+        [[bridge]]
+        name = "{lab.bridge}"
+        netns = "{lab.switch}"
+        ignore_ports = ["{lab.c2.port}"]
+        fdb_max_learned = 500
+        """,
+    )
+    d = daemon("--config", path)
+
+    def ports():
+        try:
+            return {p["port"]: p for b in state.show(lab.bridge, lab.switch) for p in b["ports"]}
+        except XdpbrError:
+            return {}  # not (completely) attached yet
+
+    assert wait_for(lambda: ports().get(lab.c2.port), timeout=20), "not attached"
+    assert ports()[lab.c2.port]["mode"] == "bridge" and ports()[lab.c1.port]["mode"] == "tc"
+    assert bridge_limits.fdb_learned(lab.bridge, lab.switch)[1] == 500
+
+    # a bad reload keeps the running configuration and says why
+    good = open(path).read()
+    with open(path, "w") as f:
+        f.write(good.replace("fdb_max_learned", "fdb_max_learnd"))
+    d.proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)  # the daemon reads the file (its loop turns every 0.1 s)
+    assert bridge_limits.fdb_learned(lab.bridge, lab.switch)[1] == 500
+    # a good one applies: the port is no longer left alone, the limit changes
+    with open(path, "w") as f:
+        f.write(good.replace(f'ignore_ports = ["{lab.c2.port}"]', "ignore_ports = []").replace("500", "0"))
+    d.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: ports().get(lab.c2.port, {}).get("mode") == "tc", timeout=5)
+    assert bridge_limits.fdb_learned(lab.bridge, lab.switch)[1] == 0
+    log = d.stop()
+    assert "reload failed, keeping the running configuration:" in log
+    assert f"{path}:5: bridge[0].fdb_max_learnd: unknown key; did you mean 'fdb_max_learned'?" in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.root
+def test_an_operator_detach_holds_across_daemon_restarts(two_containers, daemon, tmp_path):
+    from tests.test_cli import xdpbr
+
+    lab = two_containers
+    path = write(tmp_path, f'[[bridge]]\nname = "{lab.bridge}"\nnetns = "{lab.switch}"\n')
+    d = daemon("--config", path)
+    attached = lambda: os.path.isdir(pins.pin_dir(lab.bridge, lab.switch))  # noqa: E731
+    assert wait_for(attached, timeout=20)
+    assert xdpbr("-n", lab.switch, "detach", lab.bridge).returncode == 0
+    assert config.held_by_operator(f"{lab.bridge}@{lab.switch}")
+    d.stop(signal.SIGKILL)
+    daemon("--config", path)
+    assert not wait_for(attached, timeout=2), "the daemon re-attached a bridge the operator detached"
+    assert xdpbr("-n", lab.switch, "attach", lab.bridge).returncode == 0
+    assert not config.held_by_operator(f"{lab.bridge}@{lab.switch}")
