@@ -17,6 +17,15 @@ static __always_inline __u32 flow_index(const __u32 *addrs, __u32 ifindex)
 	return h & (XDPBR_FLOW_CACHE_SIZE - 1);
 }
 
+/* With a full mirror a miss may be a MAC the mirror refused: say so (fdb_full), so an operator
+ * sees the flood instead of a rise of unknown stations. */
+static __always_inline int miss_reason(int r, struct xdpbr_bridge *br)
+{
+	if ((r == PASS_UNKNOWN_SOURCE || r == PASS_UNKNOWN_DESTINATION) && (br->flags & XDPBR_BRIDGE_FDB_FULL))
+		return PASS_FDB_FULL;
+	return r;
+}
+
 static __always_inline int fdb_decide(struct frame *f, struct ethhdr *eth, struct xdpbr_bridge *br,
 				      __u64 now, __u32 *egress_ifindex, __u32 *out_slot)
 {
@@ -45,10 +54,10 @@ static __always_inline int fdb_decide(struct frame *f, struct ethhdr *eth, struc
 	}
 	r = fdb_check_source(f, eth, now, br->hz);
 	if (r)
-		return r;
+		return miss_reason(r, br);
 	r = fdb_lookup_destination(f, eth, br, egress_ifindex, out_slot);
 	if (r)
-		return r;
+		return miss_reason(r, br);
 	if (flow) {
 		flow->addrs[0] = addrs[0];
 		flow->addrs[1] = addrs[1];

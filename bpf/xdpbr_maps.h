@@ -97,6 +97,7 @@ struct xdpbr_fdb_entry {
 
 /* Bridge-wide state, one entry. */
 #define XDPBR_BRIDGE_NETFILTER_BLOCK (1 << 0) /* netfilter could see frames: pass everything */
+#define XDPBR_BRIDGE_FDB_FULL (1 << 1)        /* the mirror refused entries: misses may be those */
 struct xdpbr_bridge {
 	__u64 hz;            /* jiffies per second of the running kernel, measured at attach */
 	__u64 grace_jiffies; /* fast path runs this long after the last heartbeat */

@@ -532,7 +532,7 @@ def attach(
                 s.write_bridge_state(heartbeat=True, grace_s=grace_s)
                 results, _ = reconcile(s, journal, replace_programs=True)
                 mirror = fdb.FdbMirror(s.maps)
-                mirror.sync(fdb.dump(s.ipr, s.bridge.ifindex), s.port_slots(), full=True)
+                mirror.sync(fdb.dump(s.netns, s.bridge.ifindex), s.port_slots(), full=True)
                 _repin_programs(s)
                 record = Control(
                     compile_ns=int(compiled.compile_seconds * 1e9), attach_ns=time.monotonic_ns() - started

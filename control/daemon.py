@@ -25,12 +25,12 @@ import socket
 import threading
 import time
 
-from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_NEIGH
+from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from control import config, fdb, netfilter
 from control.attachment import Session, attach, detach, reconcile
 from control.lock import writer_lock
-from loader import bpfsys, bridge_limits, pins, tracepoints
+from loader import bpfsys, bridge_limits, neigh, pins, tracepoints
 from loader.errors import XdpbrError
 from loader.layouts import CONTROL_DAEMON, U32, Control
 
@@ -46,7 +46,8 @@ LEARN_TIME_MAX_AGE_NS = 10 * 10**9
 
 
 class Listener(threading.Thread):
-    """Reads RTNL link and neighbour events of one namespace into the daemon's queue."""
+    """Reads RTNL link events (pyroute2) of one namespace into the daemon's queue, and starts
+    a NeighListener for its FDB events."""
 
     def __init__(self, netns, events):
         super().__init__(daemon=True, name=f"netlink-{netns or 'default'}")
@@ -54,6 +55,7 @@ class Listener(threading.Thread):
         self.sock = None
         self.ready = threading.Event()
         self.alive = True
+        self.neigh = NeighListener(netns, events)
 
     def run(self):
         # pyroute2's sync API runs an asyncio loop bound to the thread that made the socket,
@@ -62,8 +64,10 @@ class Listener(threading.Thread):
 
         kwargs = {"netns": self.netns, "flags": 0} if self.netns else {}
         try:
-            self.sock = IPRoute(groups=RTMGRP_LINK | RTMGRP_NEIGH, **kwargs)
+            self.sock = IPRoute(groups=RTMGRP_LINK, **kwargs)
             self.sock.bind()
+            self.neigh.start()
+            self.neigh.ready.wait(5)
         finally:
             self.ready.set()
         while self.alive:
@@ -80,10 +84,50 @@ class Listener(threading.Thread):
 
     def stop(self):
         self.alive = False
+        self.neigh.stop()
         if self.sock:
             try:
                 self.sock.close()
             except Exception:  # noqa: BLE001 - closing a socket the thread may be reading
+                pass
+
+
+class NeighListener(threading.Thread):
+    """FDB events of one namespace on a raw netlink socket (loader.neigh: cheap to decode, so
+    a flood of new MACs does not starve the daemon)."""
+
+    def __init__(self, netns, events):
+        super().__init__(daemon=True, name=f"neigh-{netns or 'default'}")
+        self.netns, self.events = netns, events
+        self.sock = None
+        self.ready = threading.Event()
+        self.alive = True
+
+    def run(self):
+        try:
+            self.sock = neigh.subscribe(self.netns)
+        finally:
+            self.ready.set()
+        while self.alive:
+            try:
+                msgs = neigh.receive(self.sock)
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.events.put((self.netns, None, 0))  # overrun: resync everything
+                    continue
+                if self.alive:
+                    log.warning("FDB listener for %s stopped: %s", self.netns or "default namespace", exc)
+                return
+            if msgs:
+                self.events.put((self.netns, msgs, time.monotonic_ns()))
+
+    def stop(self):
+        self.alive = False
+        if self.sock:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+                self.sock.close()
+            except OSError:
                 pass
 
 
@@ -156,7 +200,7 @@ class BridgeWorker:
                     return
                 s = self.session
                 s.find_bridge()
-                records = fdb.dump(s.ipr, s.bridge.ifindex)
+                records = fdb.dump(s.netns, s.bridge.ifindex)
                 self.kernel_fdb = {(r.mac, r.vid): r for r in records}
                 self.netfilter_state = self._netfilter()
                 reconcile(s, netfilter_state=self.netfilter_state)
@@ -190,7 +234,7 @@ class BridgeWorker:
         if not self.healthy or s.bridge is None:
             return
         for msg in msgs:
-            event = msg.get("event")
+            event = msg.event if isinstance(msg, neigh.NeighMessage) else msg.get("event")
             if event in ("RTM_NEWNEIGH", "RTM_DELNEIGH"):
                 rec = fdb.record_from_neigh(msg, s.bridge.ifindex)
                 if not rec:

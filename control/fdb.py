@@ -5,13 +5,25 @@ kernel records it makes the map say the same, for a full dump (deleting what the
 longer has) and for each RTM_NEWNEIGH/RTM_DELNEIGH event alike.
 """
 
+import errno
 import logging
 import socket
 
 from control.model import FdbRecord
-from loader import bpfsys
+from loader import bpfsys, neigh
 from loader.errors import XdpbrError
-from loader.layouts import FDB_LOCAL, FDB_STATIC, GEN_CONTROL, U32, FdbEntry, FdbKey, mac_bytes, mac_text
+from loader.layouts import (
+    BRIDGE_FDB_FULL,
+    FDB_LOCAL,
+    FDB_STATIC,
+    GEN_CONTROL,
+    U32,
+    Bridge,
+    FdbEntry,
+    FdbKey,
+    mac_bytes,
+    mac_text,
+)
 
 log = logging.getLogger("xdpbr.fdb")
 
@@ -25,29 +37,26 @@ NTF_STICKY = 0x40
 
 
 def record_from_neigh(msg, bridge_ifindex):
-    """FdbRecord of an AF_BRIDGE neighbour message that belongs to the bridge, else None."""
-    if msg.get("family") != AF_BRIDGE:
+    """FdbRecord of an AF_BRIDGE neighbour message (loader.neigh) of the bridge, else None."""
+    if msg.family != AF_BRIDGE:
         return None
-    master = msg.get_attr("NDA_MASTER")
-    if master != bridge_ifindex and msg["ifindex"] != bridge_ifindex:
+    if msg.master != bridge_ifindex and msg.ifindex != bridge_ifindex:
         return None  # an entry of some device's own address list (NTF_SELF), not the bridge's
-    mac = msg.get_attr("NDA_LLADDR")
-    if not mac:
+    if not msg.lladdr or len(msg.lladdr) != 6:
         return None
-    state = msg.get("state", 0)
     return FdbRecord(
-        mac=mac.lower(),
-        vid=msg.get_attr("NDA_VLAN") or 0,
-        ifindex=msg["ifindex"],
-        local=bool(state & NUD_PERMANENT) or msg["ifindex"] == bridge_ifindex,
-        static=bool(state & NUD_NOARP) or bool(msg.get("flags", 0) & NTF_STICKY),
+        mac=mac_text(msg.lladdr),
+        vid=msg.vlan or 0,
+        ifindex=msg.ifindex,
+        local=bool(msg.state & NUD_PERMANENT) or msg.ifindex == bridge_ifindex,
+        static=bool(msg.state & NUD_NOARP) or bool(msg.flags & NTF_STICKY),
     )
 
 
-def dump(ipr, bridge_ifindex):
+def dump(netns, bridge_ifindex):
     """Every FDB entry of the bridge, from the kernel."""
     records = []
-    for msg in ipr.get_neighbours(family=AF_BRIDGE):
+    for msg in neigh.dump_bridge(netns):
         rec = record_from_neigh(msg, bridge_ifindex)
         if rec:
             records.append(rec)
@@ -65,11 +74,19 @@ def _flags(rec):
 
 
 class FdbMirror:
-    """Writes kernel FDB records into one bridge's pinned xdpbr_fdb map."""
+    """Writes kernel FDB records into one bridge's pinned xdpbr_fdb map.
+
+    The map is a plain hash of fixed capacity (never LRU, so a flood of new MACs cannot push
+    other stations out): a record that does not fit is refused, kept in `refused`, and tried
+    again when entries go; while any is refused the bridge carries XDPBR_BRIDGE_FDB_FULL and the
+    fast path counts its misses as `fdb_full` instead of unknown_source/unknown_destination.
+    """
 
     def __init__(self, maps):
         self.fd = maps["xdpbr_fdb"]
         self.generation_fd = maps["xdpbr_generation"]
+        self.bridge_fd = maps["xdpbr_bridge"]
+        self.refused = {}  # (mac, vid) -> FdbRecord that did not fit
 
     def bump_generation(self):
         """After the map changed: the fast path's cached decisions (flow.h) are now stale."""
@@ -79,11 +96,18 @@ class FdbMirror:
 
     def entries(self):
         """{(mac, vid): FdbEntry} as the map holds them now."""
+        return {
+            (mac_text(key.mac), key.vid): value for key, value in bpfsys.map_items(self.fd, FdbKey, FdbEntry)
+        }
+
+    def _lookup(self, keys):
+        """{(mac, vid): FdbEntry} of those of `keys` the map holds: one lookup each, so an FDB
+        event costs the same with 10 or 16,000 entries."""
         out = {}
-        for key in bpfsys.map_keys(self.fd, FdbKey):
+        for mac, vid in keys:
             value = FdbEntry()
-            if bpfsys.map_lookup(self.fd, key, value):
-                out[(mac_text(key.mac), key.vid)] = value
+            if bpfsys.map_lookup(self.fd, mirror_key(mac, vid), value):
+                out[(mac, vid)] = value
         return out
 
     def sync(self, records, slots, *, removed=(), full=False):
@@ -94,32 +118,57 @@ class FdbMirror:
         the slow path). Returns (written, deleted). An unchanged entry is not rewritten, so its
         last_seen stamp from the fast path survives.
         """
-        current = self.entries()
-        written = deleted = 0
-        wanted = {}
-        for rec in records:
-            wanted[(rec.mac, rec.vid)] = rec
-        for (mac, vid), rec in wanted.items():
-            have = current.get((mac, vid))
-            slot = slots.get(rec.ifindex, 0)
-            if have and (have.ifindex, have.flags, have.slot) == (rec.ifindex, _flags(rec), slot):
-                continue
-            entry = FdbEntry(ifindex=rec.ifindex, flags=_flags(rec), slot=slot)
-            try:
-                bpfsys.map_update(self.fd, mirror_key(mac, vid), entry)
-                written += 1
-            except XdpbrError as exc:
-                # A full mirror: this MAC stays on the slow path (unknown_source/destination).
-                log.warning("fdb mirror: cannot add %s vlan %d: %s", mac, vid, exc)
+        wanted = {(rec.mac, rec.vid): rec for rec in records}
+        if full:
+            current = self.entries()
+            self.refused.clear()
+        else:
+            current = self._lookup(set(wanted) | set(removed))
         gone = set(removed)
         if full:
             gone |= set(current) - set(wanted)
-        for mac, vid in gone:
-            if bpfsys.map_delete(self.fd, mirror_key(mac, vid)):
+        deleted = 0
+        for key in gone:
+            self.refused.pop(key, None)
+            if bpfsys.map_delete(self.fd, mirror_key(*key)):
                 deleted += 1
+        if deleted and self.refused:  # room again: what did not fit goes first
+            wanted = {**self.refused, **wanted}
+            current.update(self._lookup(set(self.refused) - set(current)))
+        written = 0
+        for key, rec in wanted.items():
+            have = current.get(key)
+            slot = slots.get(rec.ifindex, 0)
+            if have and (have.ifindex, have.flags, have.slot) == (rec.ifindex, _flags(rec), slot):
+                self.refused.pop(key, None)
+                continue
+            entry = FdbEntry(ifindex=rec.ifindex, flags=_flags(rec), slot=slot)
+            try:
+                bpfsys.map_update(self.fd, mirror_key(*key), entry)
+                written += 1
+                self.refused.pop(key, None)
+            except XdpbrError as exc:
+                if exc.errno not in (errno.E2BIG, errno.ENOSPC, errno.ENOMEM):
+                    raise
+                if not self.refused:
+                    log.warning(
+                        "fdb mirror full: %s vlan %d and later MACs take the slow path (fdb_full)", *key
+                    )
+                self.refused[key] = rec
         if written or deleted:
             self.bump_generation()
+        self._flag_full(bool(self.refused))
         return written, deleted
+
+    def _flag_full(self, full):
+        state = Bridge()
+        if not bpfsys.map_lookup(self.bridge_fd, U32(0), state):
+            return
+        if bool(state.flags & BRIDGE_FDB_FULL) != full:
+            state.flags = (state.flags & ~BRIDGE_FDB_FULL) | (BRIDGE_FDB_FULL if full else 0)
+            bpfsys.map_update(self.bridge_fd, U32(0), state)
+            if not full:
+                log.info("fdb mirror: every entry fits again")
 
 
 def refresh_kernel_entry(ipr, rec):

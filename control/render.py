@@ -45,6 +45,11 @@ def show_text(bridges):
             f"bridge {b['bridge']}{where}: fast path {state}; mode {b['mode']}, xdp-mode {b['xdp_mode']}, "
             f"netfilter {nf}; heartbeat {b['heartbeat_age_s']:.1f}s ago (grace {b['grace_s']:g}s); "
             f"programs xdp {b['xdp_prog_id']} tc {b['tc_prog_id']}"
+            + (
+                "; FDB mirror FULL: new MACs take the slow path (fdb_full)"
+                if b.get("fdb_mirror_full")
+                else ""
+            )
         )
         table = _table(
             b["ports"],

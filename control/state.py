@@ -12,6 +12,7 @@ from loader import bpfsys, pins
 from loader.errors import NotFound, XdpbrError
 from loader.layouts import (
     ATTACH_POINTS,
+    BRIDGE_FDB_FULL,
     BRIDGE_NETFILTER_BLOCK,
     FDB_LOCAL,
     FDB_STATIC,
@@ -97,6 +98,7 @@ def _show_one(name, ns, s):
             "xdp_mode": XDP_MODE_CHOICES[meta.xdp_mode],
             "netfilter": "bypass" if meta.netfilter else "respect",
             "netfilter_blocked": bool(state.flags & BRIDGE_NETFILTER_BLOCK),
+            "fdb_mirror_full": bool(state.flags & BRIDGE_FDB_FULL),
             "heartbeat_age_s": round(heartbeat_age, 3),
             "grace_s": state.grace_jiffies / max(state.hz, 1),
             "fast_path_active": active,

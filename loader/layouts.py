@@ -66,6 +66,7 @@ VLAN_UNTAGGED = 1 << 0
 FDB_LOCAL = 1 << 0
 FDB_STATIC = 1 << 1
 BRIDGE_NETFILTER_BLOCK = 1 << 0
+BRIDGE_FDB_FULL = 1 << 1
 
 # Why a port runs its mode: struct xdpbr_port.mode_reason. Stable like REASONS (show -j).
 MODE_REASONS = (

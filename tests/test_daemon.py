@@ -299,3 +299,62 @@ def test_sync_lag_runs_from_the_bridge_learning_the_mac(two_containers, daemon):
     new_events, new_sum = daemon_counters(lab)
     # the learn of new_mac alone accounts for the 0.5 s the daemon was stopped
     assert new_sum - lag_sum >= 0.45e9, (new_events - events, (new_sum - lag_sum) / 1e9)
+
+
+def macs(count, prefix):
+    """`count` distinct unicast MACs starting with byte `prefix`."""
+    return [
+        f"{prefix:02x}:00:{(i >> 16) & 0xFF:02x}:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}:01"
+        for i in range(count)
+    ]
+
+
+def send_from(host, sources, dst_mac):
+    """One UDP frame from each source MAC, out of the host's eth0 (AF_PACKET)."""
+    import socket as so
+
+    from loader.netns import entered
+    from loader.packets import udp_frame
+
+    with entered(host.netns):
+        sock = so.socket(so.AF_PACKET, so.SOCK_RAW)
+    with sock:
+        sock.bind(("eth0", 0))
+        for mac in sources:
+            sock.send(udp_frame(dst_mac, mac, "10.200.0.250", "10.200.0.251", 60))
+
+
+def test_a_mac_flood_fills_the_mirror_but_pushes_no_station_out(two_containers, daemon):
+    from loader.layouts import FDB_SIZE
+
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="tc")
+    daemon()
+    assert lab.c1.ping(lab.c2.ip, count=2)
+    assert wait_for(lambda: mirrored(lab, lab.c1.mac) and mirrored(lab, lab.c2.mac), timeout=3)
+    flood = macs(FDB_SIZE + 300, 0x06)
+    send_from(lab.c1, flood, lab.c2.mac)  # the bridge learns them all (no fdb_max_learned)
+    full = lambda: state.show(lab.bridge, lab.switch)[0]["fdb_mirror_full"]  # noqa: E731
+    assert wait_for(full, timeout=60), "the mirror never said it was full"
+    with Session(lab.bridge, lab.switch) as s:
+        s.open_pins()
+        mirror = FdbMirror(s.maps).entries()
+    assert len(mirror) == FDB_SIZE  # fixed capacity: memory does not grow with the flood
+    assert (lab.c1.mac, 0) in mirror and (lab.c2.mac, 0) in mirror  # nobody was pushed out
+    before = counter(lab, lab.c1.port, "tc", "forward")
+    assert lab.c1.ping(lab.c2.ip, count=3)
+    assert counter(lab, lab.c1.port, "tc", "forward") >= before + 3  # known stations stay fast
+    refused = [m for m in flood if (m, 0) not in mirror][:5]
+    assert refused
+    full_before = counter(lab, lab.c1.port, "tc", "fdb_full")
+    send_from(lab.c1, refused, lab.c2.mac)
+    assert wait_for(lambda: counter(lab, lab.c1.port, "tc", "fdb_full") >= full_before + 5, timeout=2)
+
+
+def test_the_bridge_limit_on_learned_entries_holds(two_containers):
+    from loader import bridge_limits
+
+    lab = two_containers
+    bridge_limits.set_fdb_max_learned(lab.bridge, lab.switch, 100)
+    send_from(lab.c1, macs(300, 0x0A), lab.c2.mac)
+    assert wait_for(lambda: bridge_limits.fdb_learned(lab.bridge, lab.switch) == (100, 100), timeout=2)

@@ -11,6 +11,7 @@ import pytest
 
 from loader import bpfsys
 from loader.layouts import (
+    BRIDGE_FDB_FULL,
     PORT_FORWARDING,
     PORT_HAIRPIN,
     PORT_ISOLATED,
@@ -128,6 +129,27 @@ CASES = [
         (XDP_PASS, "unknown_source", None),
         (TC_ACT_OK, "unknown_source", None),
         lambda dp: dp.fdb(B, "p2"),
+    ),
+    Case(
+        "with a full mirror an unknown source is counted as fdb_full",
+        udp(),
+        (XDP_PASS, "fdb_full", None),
+        (TC_ACT_OK, "fdb_full", None),
+        lambda dp: (dp.fdb(B, "p2"), dp.bridge(flags=BRIDGE_FDB_FULL)),
+    ),
+    Case(
+        "with a full mirror an unknown destination is counted as fdb_full",
+        udp(dst="02:00:00:00:00:99"),
+        (XDP_PASS, "fdb_full", None),
+        (TC_ACT_OK, "fdb_full", None),
+        lambda dp: (known(dp), dp.bridge(flags=BRIDGE_FDB_FULL)),
+    ),
+    Case(
+        "a full mirror does not stop known stations",
+        udp(),
+        (XDP_REDIRECT, "forward", "p2"),
+        (TC_ACT_REDIRECT, "forward", "p2"),
+        lambda dp: (known(dp), dp.bridge(flags=BRIDGE_FDB_FULL)),
     ),
     Case(
         "multicast source is passed as malformed",

@@ -67,6 +67,7 @@ def test_constants_match_the_c_defines():
     assert 1 << int(d["XDPBR_FDB_STATIC"]) == layouts.FDB_STATIC
     assert 1 << int(d["XDPBR_VLAN_UNTAGGED"]) == layouts.VLAN_UNTAGGED
     assert 1 << int(d["XDPBR_BRIDGE_NETFILTER_BLOCK"]) == layouts.BRIDGE_NETFILTER_BLOCK
+    assert 1 << int(d["XDPBR_BRIDGE_FDB_FULL"]) == layouts.BRIDGE_FDB_FULL
 
 
 @pytest.fixture(scope="module")
