@@ -8,6 +8,9 @@ Scenarios (all of them when none is named):
   vm         two TAP endpoints joined by a bridge, plain and accelerated (guest to guest)
   tcp        iperf3 through the bridge and through xdpbr in each mode, default offloads
   control    attach of a 64-port bridge (compile included), MAC learned -> fast path
+  restart    frames at a fixed rate while the daemon is SIGKILLed and restarted 3 times and
+             the programs are upgraded in place: frames lost (target 0)
+  hotplug    a veth enslaved while the daemon runs, 20 times: time until it is accelerated
 Frame-rate scenarios always include `bridge`, the baseline every ratio is taken against.
 
 Method: each round measures every path once, in an order reversed every other round
@@ -22,7 +25,7 @@ import statistics
 import sys
 import time
 
-SCENARIOS = ("bridge", "fastpath", "limit", "tap-loop", "vm", "tcp", "control")
+SCENARIOS = ("bridge", "fastpath", "limit", "tap-loop", "vm", "tcp", "control", "restart", "hotplug")
 SIZES = (60, 1514)
 MIN_ROUNDS = 5
 LEARN_SAMPLES = 100
@@ -157,6 +160,38 @@ def run_control(rounds):
     return out
 
 
+def run_restart(rounds):
+    from bench.operations import RestartUnderLoad
+
+    path = RestartUnderLoad()
+    try:
+        runs = []
+        for r in range(max(1, rounds // 2)):
+            runs.append(path.measure())
+            _progress(f"round {r + 1} restart under load: {runs[-1]}")
+    finally:
+        path.close()
+    return {"runs": runs, "lost": sum(run["lost"] for run in runs), "sent": sum(run["sent"] for run in runs)}
+
+
+def run_hotplug():
+    from bench.operations import HOTPLUGS, HotPlug
+
+    path = HotPlug()
+    try:
+        joins, left = [], 0
+        for i in range(HOTPLUGS):
+            joined, left_behind = path.measure(i)
+            joins.append(joined)
+            left += left_behind
+    finally:
+        path.close()
+    seen = [j * 1000 for j in joins if j is not None]
+    summary = _summary(seen) if seen else {"median": None}
+    _progress(f"hot-plug: median {summary['median']} ms over {len(seen)}")
+    return summary | {"missed": joins.count(None), "left_behind": left}
+
+
 def targets(results):
     """The benchmark issue's targets, each with the measured value and whether it is met."""
     rows = []
@@ -184,6 +219,13 @@ def targets(results):
         rows.append(
             ("MAC learned -> fast path < 50 ms (median of 100)", learn["median"], learn["median"] < 50)
         )
+    if "restart" in results:
+        lost = results["restart"]["lost"]
+        rows.append(("frames lost across 3 SIGKILL restarts and an upgrade = 0", lost, lost == 0))
+    if "hotplug" in results:
+        h = results["hotplug"]
+        ok = h["median"] is not None and h["median"] < 100 and not h["missed"] and not h["left_behind"]
+        rows.append(("hot-plugged port accelerated < 100 ms (median of 20)", h["median"] or -1, ok))
     return [{"target": t, "value": round(v, 3), "met": bool(m)} for t, v, m in rows]
 
 
@@ -206,6 +248,10 @@ def run(scenarios, rounds, window, tcp_seconds, flows):
         results["tcp_gbit_s"] = run_tcp(rounds, tcp_seconds)
     if "control" in scenarios:
         results["control"] = run_control(rounds)
+    if "restart" in scenarios:
+        results["restart"] = run_restart(rounds)
+    if "hotplug" in scenarios:
+        results["hotplug"] = run_hotplug()
     results["targets"] = targets(results)
     return results
 
@@ -236,6 +282,18 @@ def table(results):
             f"attach of 64 ports: {a['median']:.2f} s ({a['min']:.2f}-{a['max']:.2f})",
             f"MAC learned -> fast path: {m['median']:.2f} ms ({m['min']:.2f}-{m['max']:.2f}, "
             f"{m['n']} MACs, {m['missed']} missed)",
+        ]
+    if "restart" in results:
+        r = results["restart"]
+        lines += [
+            "",
+            f"restart under load: {r['sent']} frames sent, {r['lost']} lost ({len(r['runs'])} runs)",
+        ]
+    if "hotplug" in results:
+        h = results["hotplug"]
+        med = "never" if h["median"] is None else f"{h['median']:.1f} ms"
+        lines += [
+            f"hot-plug: accelerated after {med} (median of {h.get('n', 0)}), {h['left_behind']} left behind"
         ]
     if results["targets"]:
         lines += ["", "targets:"]

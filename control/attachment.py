@@ -211,6 +211,11 @@ class Session:
         fd = self.prog_fds.get(attach_point)
         return bpfsys.prog_info(fd).id if fd is not None else 0
 
+    def prog_tag(self, attach_point):
+        """The kernel's tag of the program (a hash of its instructions): the program version."""
+        fd = self.prog_fds.get(attach_point)
+        return bytes(bpfsys.prog_info(fd).tag).hex() if fd is not None else ""
+
 
 # --- reconcile --------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from control import config, fdb, netfilter
@@ -285,7 +286,7 @@ class BridgeWorker:
                 if slots != self.slots:  # a port came or went: entries carry egress slots
                     self.slots = slots
                     self.mirror.sync(self.kernel_fdb.values(), slots)
-        except XdpbrError as exc:
+        except (XdpbrError, NetlinkError, OSError) as exc:  # a port that vanished meanwhile, ...
             log.warning("%s: cannot apply port changes: %s", self.label, exc)
             self.healthy = False
             self.counters.errors += 1

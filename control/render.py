@@ -44,7 +44,8 @@ def show_text(bridges):
         head = (
             f"bridge {b['bridge']}{where}: fast path {state}; mode {b['mode']}, xdp-mode {b['xdp_mode']}, "
             f"netfilter {nf}; heartbeat {b['heartbeat_age_s']:.1f}s ago (grace {b['grace_s']:g}s); "
-            f"programs xdp {b['xdp_prog_id']} tc {b['tc_prog_id']}"
+            f"programs xdp {b['xdp_prog_id']} tc {b['tc_prog_id']} (tags {b['xdp_prog_tag']} "
+            f"{b['tc_prog_tag']}, layout version {b['layout_version']})"
             + (
                 "; FDB mirror FULL: new MACs take the slow path (fdb_full)"
                 if b.get("fdb_mirror_full")

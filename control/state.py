@@ -103,6 +103,8 @@ def _show_one(name, ns, s):
             "grace_s": state.grace_jiffies / max(state.hz, 1),
             "fast_path_active": active,
             "layout_version": meta.layout_version,
+            "xdp_prog_tag": s.prog_tag("xdp"),
+            "tc_prog_tag": s.prog_tag("tc"),
             "xdp_prog_id": s.prog_id("xdp"),
             "tc_prog_id": s.prog_id("tc"),
             "ports": ports,

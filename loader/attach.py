@@ -43,8 +43,14 @@ def _kernel_text(exc):
 
 
 def xdp_state(ipr, ifindex):
-    """{'mode': 'native'|'generic'|None, 'prog_id': int} of what is attached now."""
-    link = ipr.get_links(ifindex)[0]
+    """{'mode': 'native'|'generic'|None, 'prog_id': int} of what is attached now (nothing, for
+    an interface that went away meanwhile: ports come and go while xdpbr works)."""
+    try:
+        link = ipr.get_links(ifindex)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return {"mode": None, "prog_id": 0}
+        raise XdpbrError(f"cannot read interface {ifindex}", errno=exc.code) from None
     xdp = link.get_attr("IFLA_XDP")
     if not xdp:
         return {"mode": None, "prog_id": 0}

@@ -8,6 +8,7 @@ NEEDS_CSUM. The loop writes them into the TAP with writev([vnet_hdr, frame]) and
 TAP delivers back to the guest, waiting for POLLOUT when the TAP says EAGAIN (tap_writable).
 """
 
+import errno
 import os
 import select
 import socket
@@ -61,16 +62,21 @@ class GuestRelay:
         poller.register(self.pkt.fileno(), select.POLLIN)
         poller.register(self.tap.fileno(), select.POLLIN)
         while True:
-            for fd, _ in poller.poll(1000):
-                if fd == self._stop_r:
-                    return
-                if fd == self.pkt.fileno():
-                    self._guest_to_tap()
-                elif fd == self.tap.fileno():
-                    self._tap_to_guest()
-            if self.tap.backlog:
-                # Back-pressure: stop reading the guest until the TAP drains (tap_writable).
-                self.tap.flush(timeout=1.0)
+            try:
+                for fd, _ in poller.poll(1000):
+                    if fd == self._stop_r:
+                        return
+                    if fd == self.pkt.fileno():
+                        self._guest_to_tap()
+                    elif fd == self.tap.fileno():
+                        self._tap_to_guest()
+                if self.tap.backlog:
+                    # Back-pressure: stop reading the guest until the TAP drains (tap_writable).
+                    self.tap.flush(timeout=1.0)
+            except OSError as exc:
+                if exc.errno in (errno.EBADFD, errno.EIO, errno.ENODEV):
+                    return  # the TAP device was deleted under the VM: its NIC is gone
+                raise
 
     def _guest_to_tap(self):
         for _ in range(64):

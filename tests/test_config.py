@@ -186,3 +186,22 @@ def test_an_operator_detach_holds_across_daemon_restarts(two_containers, daemon,
     assert not wait_for(attached, timeout=2), "the daemon re-attached a bridge the operator detached"
     assert xdpbr("-n", lab.switch, "attach", lab.bridge).returncode == 0
     assert not config.held_by_operator(f"{lab.bridge}@{lab.switch}")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("on_stop, attached_after", [("keep", True), ("detach", False)])
+def test_a_stopping_daemon_keeps_or_detaches_as_configured(
+    two_containers, daemon, tmp_path, on_stop, attached_after
+):
+    lab = two_containers
+    path = write(
+        tmp_path,
+        f'[daemon]\non_stop = "{on_stop}"\n\n[[bridge]]\nname = "{lab.bridge}"\nnetns = "{lab.switch}"\n',
+    )
+    d = daemon("--config", path)
+    attached = lambda: os.path.isdir(pins.pin_dir(lab.bridge, lab.switch))  # noqa: E731
+    assert wait_for(attached, timeout=20)
+    time.sleep(0.5)  # adopted
+    log = d.stop()  # SIGTERM
+    assert attached() == attached_after, log
+    assert not config.held_by_operator(f"{lab.bridge}@{lab.switch}")  # a restart attaches it again

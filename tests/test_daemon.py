@@ -358,3 +358,50 @@ def test_the_bridge_limit_on_learned_entries_holds(two_containers):
     bridge_limits.set_fdb_max_learned(lab.bridge, lab.switch, 100)
     send_from(lab.c1, macs(300, 0x0A), lab.c2.mac)
     assert wait_for(lambda: bridge_limits.fdb_learned(lab.bridge, lab.switch) == (100, 100), timeout=2)
+
+
+def test_a_tap_hot_plugged_while_traffic_flows_gets_the_fast_path_and_leaves_nothing(two_containers, daemon):
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch)
+    daemon()
+    assert lab.c1.ping(lab.c2.ip)
+    background = subprocess.Popen(  # bounded: 150 pings over ~1.5 s
+        [
+            "nsenter",
+            f"--net=/run/netns/{lab.c1.netns}",
+            "ping",
+            "-q",
+            "-c",
+            "150",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            lab.c2.ip,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    vm = lab.vm("vm8")  # QEMU creating a VM's TAP and enslaving it
+    assert wait_for(lambda: ports(lab).get(vm.port, {}).get("mode") == "xdp+tc", timeout=3)
+    lab.wait_forwarding(ports=[vm.port])
+    assert vm.ping(lab.c1.ip, count=2)
+    before = counter(lab, vm.port, "xdp", "forward")
+    assert vm.ping(lab.c1.ip, count=5)
+    assert counter(lab, vm.port, "xdp", "forward") >= before + 3  # the new port is fast-pathed
+    out, _ = background.communicate(timeout=30)
+    assert background.returncode == 0 and " 0% packet loss" in out, out  # nothing else was disturbed
+    slot = ports(lab)[vm.port]["slot"]
+    ifindex = ports(lab)[vm.port]["ifindex"]
+    subprocess.run(["ip", "-n", lab.switch, "link", "del", vm.port], check=True)  # the VM goes away
+    assert wait_for(lambda: vm.port not in ports(lab), timeout=3)
+    with Session(lab.bridge, lab.switch) as s:
+        s.open_pins()
+        assert ifindex not in s.ports()
+        # the bridge flushes the port's entries (RTM_DELNEIGH each); the mirror follows
+        assert wait_for(lambda: not any(e.ifindex == ifindex for e in FdbMirror(s.maps).entries().values()))
+        from loader import bpfsys
+        from loader.layouts import U32
+
+        assert not bpfsys.map_lookup(s.maps["xdpbr_devmap"], U32(slot), U32())  # no DEVMAP entry

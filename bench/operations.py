@@ -1,0 +1,186 @@
+"""Operations under load: the fast path across daemon restarts and upgrades, and hot-plug.
+
+restart   frames at a fixed rate between two veth containers through an accelerated bridge
+          while `xdpbr daemon` is killed with SIGKILL and started again three times and the
+          programs are replaced in place by `xdpbr attach` once; the sink counts every frame
+          (target: zero lost).
+hotplug   with the daemon running, a veth is created and enslaved to the bridge 20 times; the
+          time from `ip link set ... master` returning until the port runs xdpbr's program
+          (target: median under 100 ms); each one is then deleted and must leave no slot.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from bench.veth import ifindex
+from control import attachment
+from control.attachment import Session
+from control.lab import Lab, sh
+from loader import attach as at
+from loader.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_sinks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RATE = 100_000  # frames/s: well inside what every path carries, so a loss is a real loss
+RESTARTS = 3
+HOTPLUGS = 20
+
+
+def start_daemon():
+    return subprocess.Popen(
+        [sys.executable, "-m", "control.cli", "daemon"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+class RestartUnderLoad:
+    name = "restart"
+
+    def __init__(self, mode="auto"):
+        self.mode = mode
+        self.lab = Lab(prefix="xdpbr-bench-restart")
+        self.programs = BenchPrograms()
+        self.undo, self.daemon = [], None
+        try:
+            lab = self.lab
+            lab.make_bridge()
+            self.gen, self.sink = lab.container("g", ip="10.203.0.1"), lab.container("s", ip="10.203.0.2")
+            lab.wait_forwarding()
+            for conf in ("all", "default"):  # the sink counts every frame: no IPv6 chatter
+                for host in (self.gen, self.sink):
+                    host.run("sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1")
+            assert self.gen.ping(self.sink.ip), "no connectivity"  # the bridge learns both
+            self.undo.append(attach_sinks(self.programs, self.sink.netns, "eth0"))
+            sh("ip", "netns", "exec", lab.switch, "ethtool", "-K", self.gen.port, "gro", "on")
+            attachment.attach(lab.bridge, lab.switch, mode=mode)
+            self.daemon = start_daemon()
+            time.sleep(1.0)
+        except BaseException:
+            self.close()
+            raise
+
+    def forward_count(self):
+        from control import state
+
+        return sum(
+            r["packets"]
+            for r in state.stats(self.lab.bridge, self.lab.switch)
+            if r["port"] == self.gen.port and r["reason"] == "forward"
+        )
+
+    def measure(self, seconds=8.0):
+        """{sent, received, lost, fast_path, restarts, upgrades} over one bounded run."""
+        traffic = Traffic(self.gen.mac, self.sink.mac, self.gen.ip, self.sink.ip, size=60)
+        gen = LiveFrames(self.programs, self.gen.netns, ifindex(self.gen.netns, "eth0"), traffic)
+        events = {"restarts": 0, "upgrades": 0}
+
+        def disturb():
+            step = seconds / (RESTARTS + 2)
+            for i in range(RESTARTS):
+                time.sleep(step)
+                self.daemon.send_signal(signal.SIGKILL)
+                self.daemon.wait(10)
+                self.daemon = start_daemon()
+                events["restarts"] += 1
+                if i == 1:
+                    time.sleep(step / 2)
+                    attachment.attach(self.lab.bridge, self.lab.switch, mode=self.mode)  # upgrade
+                    events["upgrades"] += 1
+
+        before_sink, before_fast = self.programs.sink_total(), self.forward_count()
+        thread = threading.Thread(target=disturb, daemon=True)
+        thread.start()
+        sent = gen.run_for(seconds, rate=RATE)
+        thread.join(30)
+        time.sleep(0.5)  # the last frames reach the sink
+        received = self.programs.sink_total() - before_sink
+        return {
+            "sent": sent,
+            "received": received,
+            "lost": sent - received,
+            "fast_path": self.forward_count() - before_fast,
+            **events,
+        }
+
+    def close(self):
+        if self.daemon:
+            self.daemon.terminate()
+            self.daemon.wait(10)
+        for fn in reversed(self.undo):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.lab.switch:
+            try:
+                attachment.detach(self.lab.bridge, self.lab.switch)
+            except Exception:  # noqa: BLE001 - the lab's close removes the pins anyway
+                pass
+        self.programs.close()
+        self.lab.close()
+
+
+class HotPlug:
+    name = "hotplug"
+
+    def __init__(self):
+        self.lab = Lab(prefix="xdpbr-bench-hotplug")
+        self.daemon = None
+        try:
+            self.lab.make_bridge()
+            self.lab.container("c1")
+            self.lab.wait_forwarding()
+            attachment.attach(self.lab.bridge, self.lab.switch)
+            self.daemon = start_daemon()
+            time.sleep(1.0)
+            self.session = Session(self.lab.bridge, self.lab.switch).open_pins()
+            self.ipr = at.open_netlink(self.lab.switch)
+        except BaseException:
+            self.close()
+            raise
+
+    def _accelerated(self, index):
+        entry = self.session.ports().get(index)
+        return entry is not None and at.has_xdpbr_filter(self.ipr, index)
+
+    def measure(self, i, timeout=5.0):
+        """Seconds from enslaving a new veth to xdpbr's program on it (None: never)."""
+        ns = self.lab.switch
+        sh("ip", "-n", ns, "link", "add", f"hp{i}", "type", "veth", "peer", f"hq{i}")
+        sh("ip", "-n", ns, "link", "set", f"hq{i}", "up")
+        index = ifindex(ns, f"hp{i}")
+        sh("ip", "-n", ns, "link", "set", f"hp{i}", "up")
+        sh("ip", "-n", ns, "link", "set", f"hp{i}", "master", self.lab.bridge)
+        start = time.monotonic()
+        joined = None
+        while time.monotonic() - start < timeout:
+            if self._accelerated(index):
+                joined = time.monotonic() - start
+                break
+            time.sleep(0.001)
+        sh("ip", "-n", ns, "link", "del", f"hp{i}")
+        deadline = time.monotonic() + timeout
+        while index in self.session.ports() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        left_behind = index in self.session.ports()
+        return joined, left_behind
+
+    def close(self):
+        if self.daemon:
+            self.daemon.terminate()
+            self.daemon.wait(10)
+        if getattr(self, "session", None):
+            self.session.close()
+        if getattr(self, "ipr", None):
+            self.ipr.close()
+        if self.lab.switch:
+            try:
+                attachment.detach(self.lab.bridge, self.lab.switch)
+            except Exception:  # noqa: BLE001
+                pass
+        self.lab.close()
