@@ -49,6 +49,7 @@ from loader.layouts import (
     Port,
     VlanKey,
     mac_bytes,
+    map_specs,
     port_index_map,
     stats_index,
 )
@@ -510,15 +511,27 @@ def attach(
     with writer_lock(), Session(bridge, netns) as s:
         s.find_bridge()
         fresh = not os.path.isdir(s.dir)
+        stale, drop_stale = [], None
         if not fresh:
-            with pins.PinnedMaps(s.dir) as old:  # refuses pins of another layout up front
-                previous = Meta()
-                bpfsys.map_lookup(old["xdpbr_meta"], U32(0), previous)
+            # An upgrade: maps whose layout changed are rebuilt from the kernel (FDB, ports,
+            # bridge state); those unchanged are kept, with their counters.
+            stale = pins.stale_maps(s.dir)
+            previous = None
+            if "xdpbr_meta" not in stale:
+                with pins.PinnedMaps(s.dir, {"xdpbr_meta": map_specs()["xdpbr_meta"]}) as old:
+                    previous = Meta()
+                    bpfsys.map_lookup(old["xdpbr_meta"], U32(0), previous)
         try:
             if fresh:
                 journal.push(pins.remove_dir, s.dir)
-            else:  # a failed re-attach keeps the options the running attachment had
-                journal.push(lambda: bpfsys.map_update(s.maps["xdpbr_meta"], U32(0), previous))
+            elif previous is not None:  # a failed re-attach keeps the options the running attachment had
+                journal.push(lambda: s.maps and bpfsys.map_update(s.maps["xdpbr_meta"], U32(0), previous))
+            if stale:
+                log.warning(
+                    "%s: rebuilding maps of another layout from the kernel: %s", bridge, ", ".join(stale)
+                )
+                restore, drop_stale = pins.set_aside(s.dir, stale)
+                journal.push(restore)
             compiled = compile_fastpath(s.dir)
             try:
                 s.maps = pins.PinnedMaps(s.dir).open()
@@ -545,6 +558,8 @@ def attach(
                 bpfsys.map_update(s.maps["xdpbr_control"], U32(CONTROL_ATTACH), record)
             finally:
                 compiled.close()
+            if drop_stale:
+                drop_stale()
             _install_host_tracepoints()
         except BaseException:
             journal.rollback()

@@ -110,6 +110,52 @@ def check_version(meta_fd, directory):
         )
 
 
+def stale_maps(directory, specs=None):
+    """Names of the pinned maps an attach must rebuild: those whose layout (type, key/value
+    size, capacity) is not this xdpbr's, or every map when the layout version differs."""
+    specs = specs or map_specs()
+    stale = []
+    for name, spec in specs.items():
+        path = os.path.join(directory, name)
+        if not os.path.exists(path):
+            continue  # a map this version adds: bcc creates it
+        fd = bpfsys.obj_get(path)
+        try:
+            check_layout(fd, spec, path)
+            if name == "xdpbr_meta":
+                check_version(fd, directory)
+        except XdpbrError:
+            if name == "xdpbr_meta":  # another layout version: nothing old can be trusted
+                return [n for n in specs if os.path.exists(os.path.join(directory, n))]
+            stale.append(name)
+        finally:
+            os.close(fd)
+    return stale
+
+
+def set_aside(directory, names):
+    """Move pins out of the way (bpffs renames; it forbids dots in names) so new maps can be
+    pinned; returns a function that puts them back (a failed attach) and one that drops them
+    (a successful one)."""
+    moved = []
+    for name in names:
+        old, new = os.path.join(directory, name), os.path.join(directory, f"{name}_old_layout")
+        os.rename(old, new)
+        moved.append((old, new))
+
+    def restore():
+        for old, new in moved:
+            if os.path.exists(old):
+                os.unlink(old)
+            os.rename(new, old)
+
+    def drop():
+        for _, new in moved:
+            os.unlink(new)
+
+    return restore, drop
+
+
 def remove_dir(directory):
     """Unpin everything under a bridge's directory (programs stay while attached)."""
     if not os.path.isdir(directory):

@@ -2,6 +2,7 @@
 hot-plug, netfilter changes, and the grace period when no daemon runs."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -405,3 +406,47 @@ def test_a_tap_hot_plugged_while_traffic_flows_gets_the_fast_path_and_leaves_not
         from loader.layouts import U32
 
         assert not bpfsys.map_lookup(s.maps["xdpbr_devmap"], U32(slot), U32())  # no DEVMAP entry
+
+
+def test_an_upgrade_rebuilds_maps_whose_layout_changed_and_keeps_the_others(two_containers, daemon):
+    from loader import pins
+
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="tc")
+    daemon()
+    assert lab.c1.ping(lab.c2.ip, count=3)
+    fast_before = counter(lab, lab.c1.port, "tc", "forward")
+    assert fast_before >= 2
+    # what an older xdpbr left: an FDB mirror of another capacity (the running programs keep
+    # the map they have; only the pin is another layout now)
+    pin_dir = pins.pin_dir(lab.bridge, lab.switch)
+    fdb_pin = f"{pin_dir}/xdpbr_fdb"
+    os.unlink(fdb_pin)
+    subprocess.run(
+        [
+            "bpftool",
+            "map",
+            "create",
+            fdb_pin,
+            "type",
+            "hash",
+            "key",
+            "8",
+            "value",
+            "16",
+            "entries",
+            "64",
+            "name",
+            "xdpbr_fdb",
+        ],
+        check=True,
+    )
+    attachment.attach(lab.bridge, lab.switch, mode="tc")  # the upgrade
+    assert not [n for n in os.listdir(pin_dir) if n.endswith("_old_layout")]
+    with Session(lab.bridge, lab.switch) as s:
+        s.open_pins()  # every layout checks out again
+        mirror = FdbMirror(s.maps).entries()
+    assert (lab.c1.mac, 0) in mirror and (lab.c2.mac, 0) in mirror  # rebuilt from the kernel
+    assert counter(lab, lab.c1.port, "tc", "forward") >= fast_before  # counters were kept
+    assert lab.c1.ping(lab.c2.ip, count=3)
+    assert counter(lab, lab.c1.port, "tc", "forward") >= fast_before + 2
