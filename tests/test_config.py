@@ -205,3 +205,33 @@ def test_a_stopping_daemon_keeps_or_detaches_as_configured(
     log = d.stop()  # SIGTERM
     assert attached() == attached_after, log
     assert not config.held_by_operator(f"{lab.bridge}@{lab.switch}")  # a restart attaches it again
+
+
+@pytest.mark.root
+def test_under_systemd_the_daemon_notifies_and_logs_with_levels(tmp_path):
+    import socket
+    import sys
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify")
+    notify.bind(path)
+    notify.settimeout(20)
+    env = dict(os.environ, NOTIFY_SOCKET=path, JOURNAL_STREAM="8:1234")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "control.cli", "daemon", "--config", write(tmp_path, "[daemon]\n")],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert notify.recv(256) == b"READY=1"
+        proc.terminate()
+        assert notify.recv(256) == b"STOPPING=1"
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+    lines = proc.stderr.read().splitlines()
+    assert lines and all(line.startswith(("<6>", "<4>", "<3>", "<7>")) for line in lines), lines
