@@ -112,9 +112,4 @@ class LearnLag:
             self.sock.close()
         if getattr(self, "session", None):
             self.session.close()
-        if self.lab.switch:
-            try:
-                attachment.detach(self.lab.bridge, self.lab.switch)
-            except Exception:  # noqa: BLE001 - the lab's close removes the pins anyway
-                pass
         self.lab.close()

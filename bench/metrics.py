@@ -10,13 +10,11 @@ control.exposition.render(); prometheus_client's generate_latest() is timed besi
 """
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
+from bench.control_plane import add_veth_ports
 from control import attachment, metrics
 from control.attachment import Session
 from control.exposition import render
@@ -29,15 +27,7 @@ REASONS_USED = ("forward", "broadcast", "multicast", "unknown_source", "checksum
 
 def build(lab, ports):
     lab.make_bridge()
-    with tempfile.NamedTemporaryFile("w", suffix=".ip", delete=False) as batch:
-        for i in range(ports):
-            batch.write(f"link add p{i} type veth peer q{i}\n")
-            batch.write(f"link set p{i} master br0 up\n")
-            batch.write(f"link set q{i} up\n")
-    try:
-        subprocess.run(["ip", "-n", lab.switch, "-batch", batch.name], check=True, capture_output=True)
-    finally:
-        os.unlink(batch.name)
+    add_veth_ports(lab, ports)
 
 
 def fill_counters(lab):

@@ -116,11 +116,6 @@ class RestartUnderLoad:
                 fn()
             except Exception:  # noqa: BLE001
                 pass
-        if self.lab.switch:
-            try:
-                attachment.detach(self.lab.bridge, self.lab.switch)
-            except Exception:  # noqa: BLE001 - the lab's close removes the pins anyway
-                pass
         self.programs.close()
         self.lab.close()
 
@@ -178,9 +173,4 @@ class HotPlug:
             self.session.close()
         if getattr(self, "ipr", None):
             self.ipr.close()
-        if self.lab.switch:
-            try:
-                attachment.detach(self.lab.bridge, self.lab.switch)
-            except Exception:  # noqa: BLE001
-                pass
         self.lab.close()

@@ -211,11 +211,6 @@ class VmPath:
         return received / max(elapsed, 1e-9), sent / (warmup + window)
 
     def close(self):
-        if self.mode and self.lab.switch:
-            try:
-                attachment.detach(self.lab.bridge, self.lab.switch)
-            except Exception:  # noqa: BLE001 - the lab's close removes the pins anyway
-                pass
         for tap in self.taps:
             tap.close()
         self.lab.close()

@@ -39,9 +39,4 @@ class TcpPath:
         return json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
 
     def close(self):
-        if self.mode and self.lab.switch:
-            try:
-                attachment.detach(self.lab.bridge, self.lab.switch)
-            except Exception:  # noqa: BLE001 - the lab's close removes the pins anyway
-                pass
         self.lab.close()

@@ -99,11 +99,6 @@ class VethPath:
         return (self.programs.sink_total() - before) / elapsed, offered / elapsed
 
     def close(self):
-        if self.mode and self.lab.switch:
-            try:
-                attachment.detach(self.lab.bridge, self.lab.switch)
-            except Exception:  # noqa: BLE001 - the lab's close removes the pins anyway
-                pass
         for fn in reversed(self.undo):
             try:
                 fn()

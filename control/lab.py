@@ -57,6 +57,9 @@ class Host:
 
 
 class Lab:
+    """Namespaces named with a unique prefix; close() deletes them, which takes every xdpbr
+    program with their devices, and unpins the bridges that lived in them (no detach needed)."""
+
     def __init__(self, prefix="xdpbr-lab"):
         self.id = f"{prefix}-{secrets.token_hex(3)}"
         self.namespaces = []
