@@ -90,6 +90,27 @@ def build_parser():
     me = sub.add_parser("metrics", help="print the Prometheus metrics once")
     me.add_argument("bridge", nargs="?")
 
+    ep = sub.add_parser("endpoint", help="AF_XDP or TAP endpoints for VMs on a bridge")
+    epsub = ep.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    ea = epsub.add_parser("add", help="xdpbr endpoint add BRIDGE NAME --afxdp|--tap [--mac MAC] ...")
+    ea.add_argument("bridge")
+    ea.add_argument("name")
+    kind = ea.add_mutually_exclusive_group()
+    kind.add_argument("--afxdp", dest="path", action="store_const", const="afxdp", help="AF_XDP (default)")
+    kind.add_argument("--tap", dest="path", action="store_const", const="tap", help="a TAP with vnet_hdr")
+    ea.add_argument("--mac", help="the guest's MAC: a static FDB entry on the endpoint's port")
+    ea.add_argument("--queues", type=int, default=1)
+    ea.add_argument("--owner", type=int, default=0, metavar="UID")
+    ea.add_argument("--group", type=int, default=0, metavar="GID")
+    es = epsub.add_parser("show", help="xdpbr endpoint show [BRIDGE]")
+    es.add_argument("bridge", nargs="?")
+    ed = epsub.add_parser("del", help="xdpbr endpoint del BRIDGE NAME")
+    ed.add_argument("bridge")
+    ed.add_argument("name")
+    eq = epsub.add_parser("qemu-args", help="xdpbr endpoint qemu-args BRIDGE NAME")
+    eq.add_argument("bridge")
+    eq.add_argument("name")
+
     be = sub.add_parser(
         "bench", help="measure the bridge, xdpbr and the seed's TAP path side by side (own namespaces)"
     )
@@ -168,6 +189,46 @@ def run(args):
         sys.stdout.write(metrics.exposition(args.bridge, args.netns))
     elif args.command == "bench":
         return _bench(args)
+    elif args.command == "endpoint":
+        return _endpoint(args)
+    return 0
+
+
+def _endpoint(args):
+    from control import endpoints
+
+    if args.verb == "add":
+        if args.mac:
+            from loader.layouts import mac_bytes
+
+            try:
+                mac_bytes(args.mac)
+                assert len(args.mac.split(":")) == 6
+            except (ValueError, AssertionError):
+                raise UsageError(
+                    f"--mac {args.mac!r}: expected six hex bytes like 52:54:00:12:34:56"
+                ) from None
+        rec = endpoints.add(
+            args.bridge,
+            args.netns,
+            args.name,
+            path=args.path or "afxdp",
+            mac=args.mac,
+            queues=args.queues,
+            owner=args.owner,
+            group=args.group,
+        )
+        render.emit([rec], args.json, render.endpoints_text)
+    elif args.verb == "show":
+        render.emit(endpoints.show(args.bridge, args.netns), args.json, render.endpoints_text)
+    elif args.verb == "del":
+        endpoints.delete(args.bridge, args.netns, args.name)
+        if args.json:
+            render.emit([], True, str)
+    elif args.verb == "qemu-args":
+        print(endpoints.qemu_args(args.bridge, args.netns, args.name))
+    else:
+        raise UsageError("endpoint needs a verb: add, show, del or qemu-args")
     return 0
 
 

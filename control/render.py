@@ -84,3 +84,7 @@ def fdb_text(rows):
 
 def ports_text(rows):
     return _table(rows, ["port", "mode", "why", "xdp_mode"])
+
+
+def endpoints_text(rows):
+    return _table(rows, ["bridge", "name", "path", "why", "port", "mac", "queues", "present"])

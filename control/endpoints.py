@@ -1,0 +1,248 @@
+"""`xdpbr endpoint`: what a VMM binds to, on a bridge, with AF_XDP or a TAP.
+
+AF_XDP endpoint NAME (how QEMU's af-xdp netdev is used with a veth today):
+  NAME       the VMM side of a veth pair, running bpf/afxdp.c: every frame goes to the AF_XDP
+             socket of its rx queue in the endpoint's XSKMAP
+  NAME-p     the bridge side, a port of BRIDGE (accelerated like any port)
+  pins       /sys/fs/bpf/xdpbr-endpoints/<bridge>[@netns]/<NAME>/{xsks,prog}: the XSKMAP
+             (QEMU >= 10.1 `map-path=`) and the program, so both outlive this command
+TAP endpoint NAME: a persistent TAP with vnet_hdr, owned by --owner/--group, a port of BRIDGE.
+`--mac` becomes a static FDB entry on the bridge port, so the first frame needs no flood.
+An endpoint that cannot get AF_XDP falls back to a TAP and `show` says why. Records live in
+/run/xdpbr/endpoints/<bridge>[@netns]/<NAME>.json until `del`.
+"""
+
+import fcntl
+import json
+import os
+import struct
+
+from control.attachment import Journal
+from control.lab import sh
+from loader import bpfsys
+from loader.errors import NotFound, UsageError, XdpbrError
+from loader.netns import check_exists, entered
+
+PIN_ROOT = "/sys/fs/bpf/xdpbr-endpoints"
+RECORD_ROOT = "/run/xdpbr/endpoints"
+MAX_NAME = 13  # IFNAMSIZ - 1, minus the bridge side's "-p"
+MAX_QUEUES = 64  # the XSKMAP's size
+
+TUNSETIFF, TUNSETPERSIST, TUNSETOWNER, TUNSETGROUP = 0x400454CA, 0x400454CB, 0x400454CC, 0x400454CE
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, IFF_MULTI_QUEUE = 0x0002, 0x1000, 0x4000, 0x0100
+
+
+def label(bridge, netns):
+    return f"{bridge}@{netns}" if netns else bridge
+
+
+def _record_path(bridge, netns, name):
+    return os.path.join(RECORD_ROOT, label(bridge, netns), f"{name}.json")
+
+
+def _pin_dir(bridge, netns, name):
+    return os.path.join(PIN_ROOT, label(bridge, netns), name)
+
+
+def check_name(name):
+    if not name or len(name) > MAX_NAME or any(c in name for c in "/:@. ") or name in (".", ".."):
+        raise UsageError(f"endpoint name {name!r}: 1-{MAX_NAME} characters, no '/', ':', '@', '.' or spaces")
+
+
+def _ip(netns, *argv):
+    try:
+        return sh("ip", "-n", netns, *argv) if netns else sh("ip", *argv)
+    except RuntimeError as exc:
+        raise XdpbrError(str(exc)) from None
+
+
+def _bridge(netns, *argv):
+    try:
+        return sh("bridge", "-n", netns, *argv) if netns else sh("bridge", *argv)
+    except RuntimeError as exc:
+        raise XdpbrError(str(exc)) from None
+
+
+def _ifindex(netns, ifname):
+    with entered(netns):
+        import socket
+
+        try:
+            return socket.if_nametoindex(ifname)
+        except OSError:
+            return None
+
+
+def _is_bridge(netns, name):
+    if _ifindex(netns, name) is None:
+        return False
+    info = json.loads(_ip(netns, "-j", "-d", "link", "show", "dev", name))
+    return bool(info) and info[0].get("linkinfo", {}).get("info_kind") == "bridge"
+
+
+def afxdp_unavailable():
+    """Why this host cannot give an endpoint AF_XDP, or None."""
+    import socket
+
+    try:
+        socket.socket(44, socket.SOCK_RAW).close()  # AF_XDP
+    except OSError as exc:
+        return f"no AF_XDP sockets in this kernel ({os.strerror(exc.errno)})"
+    return None
+
+
+def add(bridge, netns, name, *, path="afxdp", mac=None, queues=1, owner=0, group=0):
+    """Create the endpoint; everything is rolled back if a step fails."""
+    check_name(name)
+    check_exists(netns)
+    if not 1 <= queues <= MAX_QUEUES:
+        raise UsageError(f"--queues {queues}: expected 1 to {MAX_QUEUES}")
+    if not _is_bridge(netns, bridge):
+        raise NotFound(f"bridge {bridge} does not exist", fix=f"ip link add {bridge} type bridge")
+    if os.path.exists(_record_path(bridge, netns, name)):
+        raise XdpbrError(
+            f"endpoint {name} already exists on {label(bridge, netns)}",
+            fix=f"xdpbr endpoint del {bridge} {name}",
+        )
+    for ifname in (name, f"{name}-p"):
+        if _ifindex(netns, ifname) is not None:
+            raise XdpbrError(f"interface {ifname} already exists", fix="pick another endpoint name")
+    why = None
+    if path == "afxdp":
+        why = afxdp_unavailable()
+        if why:
+            path = "tap"
+    journal = Journal()
+    try:
+        if path == "afxdp":
+            port = _add_afxdp(bridge, netns, name, queues, journal)
+        else:
+            port = _add_tap(bridge, netns, name, queues, owner, group, journal)
+        if mac:
+            _bridge(netns, "fdb", "replace", mac, "dev", port, "master", "static")
+        record = {
+            "bridge": bridge,
+            "netns": netns,
+            "name": name,
+            "path": path,
+            "why": why or "requested",
+            "ifname": name,
+            "port": port,
+            "mac": mac,
+            "queues": queues,
+            "owner": owner,
+            "group": group,
+            "pins": _pin_dir(bridge, netns, name) if path == "afxdp" else None,
+        }
+        os.makedirs(os.path.dirname(_record_path(bridge, netns, name)), exist_ok=True)
+        with open(_record_path(bridge, netns, name), "w") as f:
+            json.dump(record, f)
+        return record
+    except BaseException:
+        journal.rollback()
+        raise
+
+
+def _add_afxdp(bridge, netns, name, queues, journal):
+    from loader.afxdp import XskRedirect
+    from loader.trafficgen import attach_program
+
+    port = f"{name}-p"
+    q = ["numtxqueues", str(queues), "numrxqueues", str(queues)]
+    _ip(netns, "link", "add", name, *q, "type", "veth", "peer", port, *q)
+    journal.push(_ip, netns, "link", "del", name)
+    _ip(netns, "link", "set", port, "master", bridge, "up")
+    _ip(netns, "link", "set", name, "up")
+    redirect = XskRedirect()
+    try:
+        attach_program(netns, name, redirect.prog.fd)
+        pin_dir = _pin_dir(bridge, netns, name)
+        os.makedirs(pin_dir, exist_ok=True)
+        journal.push(_remove_pins, pin_dir)
+        bpfsys.obj_pin(redirect.map_fd, os.path.join(pin_dir, "xsks"))
+        bpfsys.obj_pin(redirect.prog.fd, os.path.join(pin_dir, "prog"))
+    finally:
+        redirect.close()  # the attached program and the pins keep both alive
+    return port
+
+
+def _add_tap(bridge, netns, name, queues, owner, group, journal):
+    flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (IFF_MULTI_QUEUE if queues > 1 else 0)
+    with entered(netns):
+        fd = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
+        fcntl.ioctl(fd, TUNSETOWNER, owner)
+        fcntl.ioctl(fd, TUNSETGROUP, group)
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)  # lives on after this fd: QEMU opens it by name
+    except OSError as exc:
+        raise XdpbrError(f"cannot create TAP {name}", errno=exc.errno) from None
+    finally:
+        os.close(fd)
+    journal.push(_ip, netns, "link", "del", name)
+    _ip(netns, "link", "set", name, "master", bridge, "up")
+    return name
+
+
+def _remove_pins(pin_dir):
+    if os.path.isdir(pin_dir):
+        for entry in os.listdir(pin_dir):
+            os.unlink(os.path.join(pin_dir, entry))
+        os.rmdir(pin_dir)
+
+
+def records(bridge=None, netns=None):
+    out = []
+    if not os.path.isdir(RECORD_ROOT):
+        return out
+    for lab in sorted(os.listdir(RECORD_ROOT)):
+        if bridge and lab != label(bridge, netns):
+            continue
+        for entry in sorted(os.listdir(os.path.join(RECORD_ROOT, lab))):
+            with open(os.path.join(RECORD_ROOT, lab, entry)) as f:
+                out.append(json.load(f))
+    return out
+
+
+def show(bridge=None, netns=None):
+    """Endpoints with their path (afxdp/tap), why, and whether their interface exists. (Which
+    XSKMAP slots hold a socket cannot be read from userspace; the broker knows what it handed.)"""
+    return [
+        dict(rec, present=_ifindex(rec["netns"], rec["ifname"]) is not None) for rec in records(bridge, netns)
+    ]
+
+
+def delete(bridge, netns, name):
+    check_name(name)
+    path = _record_path(bridge, netns, name)
+    if not os.path.exists(path):
+        raise NotFound(f"no endpoint {name} on {label(bridge, netns)}", fix=f"xdpbr endpoint show {bridge}")
+    with open(path) as f:
+        rec = json.load(f)
+    if _ifindex(netns, rec["ifname"]) is not None:
+        _ip(netns, "link", "del", rec["ifname"])  # a veth takes its peer with it
+    if rec.get("pins"):
+        _remove_pins(rec["pins"])
+    os.unlink(path)
+    if not os.listdir(os.path.dirname(path)):
+        os.rmdir(os.path.dirname(path))
+
+
+def qemu_args(bridge, netns, name):
+    """The QEMU arguments for the endpoint (-netdev ...), as one string."""
+    path = _record_path(bridge, netns, name)
+    if not os.path.exists(path):
+        raise NotFound(f"no endpoint {name} on {label(bridge, netns)}", fix=f"xdpbr endpoint show {bridge}")
+    with open(path) as f:
+        rec = json.load(f)
+    mac = f",mac={rec['mac']}" if rec.get("mac") else ""
+    if rec["path"] == "tap":
+        queues = f",queues={rec['queues']}" if rec["queues"] > 1 else ""
+        return (
+            f"-netdev tap,id={name},ifname={name},script=no,downscript=no,vhost=on{queues} "
+            f"-device virtio-net-pci,netdev={name}{mac}"
+        )
+    return (
+        f"-netdev af-xdp,id={name},ifname={name},inhibit=on,queues={rec['queues']},"
+        f"map-path={rec['pins']}/xsks -device virtio-net-pci,netdev={name}{mac}"
+    )

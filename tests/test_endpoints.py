@@ -1,0 +1,132 @@
+"""`xdpbr endpoint`: AF_XDP and TAP endpoints on a bridge, frames through the fast path."""
+
+import os
+
+import pytest
+
+from control import attachment, endpoints, state
+from control.lab import sh
+from loader import bpfsys
+from loader.afxdp import XskSocket, new_socket
+from loader.errors import NotFound, UsageError, XdpbrError
+from loader.netns import entered
+from loader.packets import udp_frame
+from tests.test_cli import xdpbr
+
+pytestmark = pytest.mark.root
+
+GUEST = "52:54:00:00:00:31"
+
+
+def links(lab):
+    return sh("ip", "-n", lab.switch, "-br", "link", "show")
+
+
+def forward(lab, port):
+    return sum(
+        r["packets"]
+        for r in state.stats(lab.bridge, lab.switch)
+        if r["port"] == port and r["reason"] == "forward"
+    )
+
+
+def test_an_afxdp_endpoint_exchanges_frames_with_a_container_on_the_fast_path(two_containers):
+    lab = two_containers
+    assert lab.c1.ping(lab.c2.ip)  # the bridge knows c1
+    rec = endpoints.add(lab.bridge, lab.switch, "vm1", mac=GUEST)
+    assert (rec["path"], rec["port"], rec["ifname"]) == ("afxdp", "vm1-p", "vm1")
+    assert GUEST in sh("bridge", "-n", lab.switch, "fdb", "show", "dev", "vm1-p")
+    attachment.attach(lab.bridge, lab.switch)  # the mirror takes the guest's static entry
+    # what the broker does: a socket into the endpoint's XSKMAP at its queue, handed over
+    with entered(lab.switch):
+        sock = new_socket(lab.switch)
+        xsks = bpfsys.obj_get(os.path.join(rec["pins"], "xsks"))
+        try:
+            import ctypes
+
+            bpfsys.map_update(xsks, ctypes.c_uint32(0), ctypes.c_int32(sock.fileno()))
+        finally:
+            os.close(xsks)
+        xsk = XskSocket(sock, int(sh("ip", "-n", lab.switch, "-o", "link", "show", "vm1").split(":")[0]), 0)
+    try:
+        import socket as so
+
+        with entered(lab.c1.netns):
+            pkt = so.socket(so.AF_PACKET, so.SOCK_RAW, so.htons(3))
+        pkt.bind(("eth0", 3))
+        pkt.settimeout(2)
+        to_guest = [udp_frame(GUEST, lab.c1.mac, lab.c1.ip, "10.200.0.31", 60 + i) for i in range(20)]
+        before = forward(lab, lab.c1.port)
+        for frame in to_guest:
+            pkt.send(frame)
+        got = []
+        for _ in range(50):
+            got += xsk.recv(timeout=0.05)
+            if len(got) >= len(to_guest):
+                break
+        assert got == to_guest
+        assert forward(lab, lab.c1.port) >= before + len(to_guest)  # container -> guest: fast path
+        replies = [udp_frame(lab.c1.mac, GUEST, "10.200.0.31", lab.c1.ip, 100 + i) for i in range(20)]
+        before = forward(lab, "vm1-p")
+        assert xsk.send(replies) == len(replies)
+        seen = []
+        while len(seen) < len(replies):
+            data = pkt.recv(4096)
+            if data[6:12] == bytes.fromhex(GUEST.replace(":", "")):
+                seen.append(data)
+        assert seen == replies
+        assert forward(lab, "vm1-p") >= before + len(replies)  # guest -> container: fast path
+        pkt.close()
+    finally:
+        xsk.close()
+    endpoints.delete(lab.bridge, lab.switch, "vm1")
+    assert "vm1" not in links(lab)
+    assert not os.path.exists(rec["pins"])
+    assert endpoints.show(lab.bridge, lab.switch) == []
+
+
+def _has_uid(uid):
+    import pwd
+
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        return False
+
+
+def test_a_tap_endpoint_is_a_persistent_vnet_hdr_tap_on_the_bridge(two_containers):
+    lab = two_containers
+    rec = endpoints.add(lab.bridge, lab.switch, "vm2", path="tap", mac=GUEST, owner=1000, group=1000)
+    assert (rec["path"], rec["port"]) == ("tap", "vm2")
+    detail = sh("ip", "-n", lab.switch, "-d", "link", "show", "vm2")
+    assert "tun type tap" in detail and "vnet_hdr on" in detail and "persist on" in detail
+    owner = __import__("pwd").getpwuid(1000).pw_name if _has_uid(1000) else "1000"
+    assert f"user {owner} " in detail
+    assert f"master {lab.bridge}" in detail
+    args = endpoints.qemu_args(lab.bridge, lab.switch, "vm2")
+    assert args.startswith("-netdev tap,id=vm2,ifname=vm2,script=no,downscript=no,vhost=on")
+    res = xdpbr("-n", lab.switch, "-j", "endpoint", "show", lab.bridge)
+    assert res.returncode == 0 and '"path":"tap"' in res.stdout
+    assert xdpbr("-n", lab.switch, "endpoint", "del", lab.bridge, "vm2").returncode == 0
+    assert "vm2" not in links(lab)
+
+
+def test_endpoint_errors_are_clear_and_leave_nothing(two_containers):
+    lab = two_containers
+    with pytest.raises(UsageError, match="endpoint name"):
+        endpoints.add(lab.bridge, lab.switch, "a/b")
+    with pytest.raises(NotFound, match="bridge nobr does not exist"):
+        endpoints.add("nobr", lab.switch, "vm3")
+    endpoints.add(lab.bridge, lab.switch, "vm3")
+    with pytest.raises(XdpbrError, match="already exists"):
+        endpoints.add(lab.bridge, lab.switch, "vm3")
+    sh("ip", "-n", lab.switch, "link", "add", "vm5", "type", "veth", "peer", "vm5x")
+    with pytest.raises(XdpbrError, match="interface vm5 already exists"):
+        endpoints.add(lab.bridge, lab.switch, "vm5", path="tap")
+    endpoints.delete(lab.bridge, lab.switch, "vm3")
+    res = xdpbr("-n", lab.switch, "endpoint", "del", lab.bridge, "vm3")
+    assert res.returncode == 1 and res.stderr.startswith("xdpbr: no endpoint vm3 on ")
+    res = xdpbr("-n", lab.switch, "endpoint", "add", lab.bridge, "vm4", "--mac", "zz")
+    assert res.returncode == 2 and "--mac 'zz'" in res.stderr
+    assert "vm3" not in links(lab) and "vm4" not in links(lab)
