@@ -331,6 +331,7 @@ class Daemon:
         self.listeners = {}
         self.unadoptable = {}  # (bridge, netns) -> the error already logged
         self.attach_failed = {}  # (bridge, netns) -> (error, when) of a configured bridge
+        self.brokers = {}  # (bridge, netns) -> Broker
         self.stopping = False
         self.reload_requested = False
         self.metrics_spec = None
@@ -415,6 +416,15 @@ class Daemon:
                 except XdpbrError as exc:
                     log.warning("%s: cannot detach: %s", bc.label, exc)
 
+    def start_broker(self, bridge, netns):
+        """The AF_XDP broker socket of an adopted bridge (/run/xdpbr/BRIDGE.sock)."""
+        from control.broker import Broker
+
+        try:
+            self.brokers[(bridge, netns)] = Broker(bridge, netns, group=self.config.broker_group)
+        except (OSError, KeyError) as exc:
+            log.warning("%s: no AF_XDP broker: %s", bridge, exc)
+
     def scan(self):
         """Attach configured bridges, adopt newly attached ones, drop detached ones."""
         present = set(pins.attached_bridges())
@@ -423,6 +433,8 @@ class Daemon:
             if key not in present:
                 log.info("%s: detached, no longer managed", self.workers[key].label)
                 self.workers.pop(key).close()
+                if key in self.brokers:
+                    self.brokers.pop(key).stop()
             elif pin_identity(self.workers[key].session.dir) != self.workers[key].identity:
                 self.workers[key].resync()  # detached and attached again, or upgraded
         for bridge, netns in present - set(self.workers):
@@ -442,6 +454,7 @@ class Daemon:
                 continue
             self.unadoptable.pop((bridge, netns), None)
             self.workers[(bridge, netns)] = worker
+            self.start_broker(bridge, netns)
             worker.resync()
         for netns in list(self.listeners):
             if not any(n == netns for _, n in self.workers):
@@ -489,6 +502,8 @@ class Daemon:
                         worker.resync()  # retry a bridge that failed or was re-attached
                 self.scan()
         sd_notify("STOPPING=1")
+        for broker in self.brokers.values():
+            broker.stop()
         for worker in self.workers.values():
             worker.close()
         for listener in self.listeners.values():

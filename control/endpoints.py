@@ -63,7 +63,7 @@ def _bridge(netns, *argv):
         raise XdpbrError(str(exc)) from None
 
 
-def _ifindex(netns, ifname):
+def ifindex(netns, ifname):
     with entered(netns):
         import socket
 
@@ -74,7 +74,7 @@ def _ifindex(netns, ifname):
 
 
 def _is_bridge(netns, name):
-    if _ifindex(netns, name) is None:
+    if ifindex(netns, name) is None:
         return False
     info = json.loads(_ip(netns, "-j", "-d", "link", "show", "dev", name))
     return bool(info) and info[0].get("linkinfo", {}).get("info_kind") == "bridge"
@@ -105,7 +105,7 @@ def add(bridge, netns, name, *, path="afxdp", mac=None, queues=1, owner=0, group
             fix=f"xdpbr endpoint del {bridge} {name}",
         )
     for ifname in (name, f"{name}-p"):
-        if _ifindex(netns, ifname) is not None:
+        if ifindex(netns, ifname) is not None:
             raise XdpbrError(f"interface {ifname} already exists", fix="pick another endpoint name")
     why = None
     if path == "afxdp":
@@ -208,7 +208,7 @@ def show(bridge=None, netns=None):
     """Endpoints with their path (afxdp/tap), why, and whether their interface exists. (Which
     XSKMAP slots hold a socket cannot be read from userspace; the broker knows what it handed.)"""
     return [
-        dict(rec, present=_ifindex(rec["netns"], rec["ifname"]) is not None) for rec in records(bridge, netns)
+        dict(rec, present=ifindex(rec["netns"], rec["ifname"]) is not None) for rec in records(bridge, netns)
     ]
 
 
@@ -219,7 +219,7 @@ def delete(bridge, netns, name):
         raise NotFound(f"no endpoint {name} on {label(bridge, netns)}", fix=f"xdpbr endpoint show {bridge}")
     with open(path) as f:
         rec = json.load(f)
-    if _ifindex(netns, rec["ifname"]) is not None:
+    if ifindex(netns, rec["ifname"]) is not None:
         _ip(netns, "link", "del", rec["ifname"])  # a veth takes its peer with it
     if rec.get("pins"):
         _remove_pins(rec["pins"])

@@ -106,6 +106,11 @@ def new_socket(netns=None):
             raise Unsupported("this kernel has no AF_XDP sockets", errno=exc.errno) from None
 
 
+def from_fd(fd):
+    """A socket object for a handed-over AF_XDP fd (family given: getsockname() cannot tell)."""
+    return socket.socket(AF_XDP, socket.SOCK_RAW, 0, fileno=fd)
+
+
 class XskSocket:
     """A UMEM and its rings set up on an AF_XDP socket, then bound to (ifindex, queue)."""
 
