@@ -5,6 +5,7 @@ Scenarios (all of them when none is named):
   fastpath   the same ports accelerated by xdpbr in each mode: xdp, tc, xdp+tc, auto
   limit      a minimal XDP redirect to the other port: the ceiling of any XDP switch here
   tap-loop   the seed's slow path: two TAP endpoints relayed by a Python loop like QEMU's
+  afxdp-loop the same loop between two AF_XDP endpoints (rings, shared UMEM), with tap-loop
   vm         two TAP endpoints joined by a bridge, plain and accelerated (guest to guest)
   tcp        iperf3 through the bridge and through xdpbr in each mode, default offloads
   control    attach of a 64-port bridge (compile included), MAC learned -> fast path
@@ -25,7 +26,18 @@ import statistics
 import sys
 import time
 
-SCENARIOS = ("bridge", "fastpath", "limit", "tap-loop", "vm", "tcp", "control", "restart", "hotplug")
+SCENARIOS = (
+    "bridge",
+    "fastpath",
+    "limit",
+    "tap-loop",
+    "afxdp-loop",
+    "vm",
+    "tcp",
+    "control",
+    "restart",
+    "hotplug",
+)
 SIZES = (60, 1514)
 MIN_ROUNDS = 5
 LEARN_SAMPLES = 100
@@ -63,8 +75,12 @@ def frame_paths(scenarios, flows):
     if "limit" in scenarios:
         names.append("limit")
     paths = [(n, lambda n=n, i=i: VethPath(n, i, flows)) for i, n in enumerate(names)]
-    if "tap-loop" in scenarios:
+    if "tap-loop" in scenarios or "afxdp-loop" in scenarios:
         paths.append(("tap-loop", TapLoop))
+    if "afxdp-loop" in scenarios:
+        from bench.afxdp import AfxdpLoop
+
+        paths.append(("afxdp-loop", AfxdpLoop))
     if "vm" in scenarios:
         paths += [("vm-bridge", lambda: VmPath(None)), ("vm-auto", lambda: VmPath("auto"))]
     return paths
@@ -107,6 +123,8 @@ def run_frames(scenarios, rounds, window, flows):
         base = row["bridge"]["median"]
         for summary in row.values():
             summary["vs_bridge"] = summary["median"] / base if base else None
+        if "afxdp-loop" in row:
+            row["afxdp-loop"]["vs_tap_loop"] = row["afxdp-loop"]["median"] / row["tap-loop"]["median"]
         if "vm-bridge" in row:
             for name in ("vm-bridge", "vm-auto"):
                 row[name]["vs_vm_bridge"] = row[name]["median"] / row["vm-bridge"]["median"]
@@ -208,6 +226,10 @@ def targets(results):
             rows.append(
                 (f"{size} B: tc >= 1.2 x bridge", row["tc"]["vs_bridge"], row["tc"]["vs_bridge"] >= 1.2)
             )
+    for size, row in frames.items():
+        if "afxdp-loop" in row and size == "60":
+            value = row["afxdp-loop"]["vs_tap_loop"]
+            rows.append(("60 B: afxdp-loop >= 2.5 x tap-loop", value, value >= 2.5))
     tcp = results.get("tcp_gbit_s", {})
     if "auto" in tcp:
         rows.append(("tcp: default mode >= bridge", tcp["auto"]["vs_bridge"], tcp["auto"]["vs_bridge"] >= 1))
@@ -240,7 +262,7 @@ def run(scenarios, rounds, window, tcp_seconds, flows):
         "flows": flows,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    frame_scenarios = {"bridge", "fastpath", "limit", "tap-loop", "vm"} & set(scenarios)
+    frame_scenarios = {"bridge", "fastpath", "limit", "tap-loop", "afxdp-loop", "vm"} & set(scenarios)
     if frame_scenarios:
         results["frames"] = run_frames(frame_scenarios, rounds, window, flows)
     if "tcp" in scenarios:
@@ -265,6 +287,7 @@ def table(results):
         lines += ["", f"{size} B frames     Mframes/s (min-max)      vs bridge   offered Mframes/s"]
         for name, r in row.items():
             extra = f"   {r['vs_vm_bridge']:.2f} x vm-bridge" if "vs_vm_bridge" in r else ""
+            extra += f"   {r['vs_tap_loop']:.2f} x tap-loop" if "vs_tap_loop" in r else ""
             lines.append(
                 f"  {name:12} {r['median'] / 1e6:8.3f} ({r['min'] / 1e6:.3f}-{r['max'] / 1e6:.3f})"
                 f" {r['vs_bridge']:8.2f}x {r['offered'] / 1e6:12.2f}{extra}"

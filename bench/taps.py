@@ -98,7 +98,8 @@ class TapLoop:
             self.ns = self.lab.netns("taps")
             for ifname in ("tapa", "tapb"):
                 self.taps.append(TapEndpoint(ifname, self.ns))
-                sh("ip", "-n", self.ns, "link", "set", ifname, "up")
+                # a queue as deep as the AF_XDP loop's rings: the generator sends in bursts
+                sh("ip", "-n", self.ns, "link", "set", ifname, "txqueuelen", "16384", "up")
             self.undo.append(attach_program(self.ns, "tapb", self.programs.sink.fd))
             self.tapa_ifindex = ifindex(self.ns, "tapa")
         except BaseException:

@@ -8,6 +8,7 @@ and written here directly: a producer writes descriptors, then its index; a cons
 index, then the descriptors, then stores its own index (x86 keeps stores in order, KERNEL-FACTS).
 """
 
+import array
 import ctypes
 import ctypes.util
 import errno
@@ -26,7 +27,7 @@ XDP_MMAP_OFFSETS, XDP_RX_RING, XDP_TX_RING, XDP_UMEM_REG = 1, 2, 3, 4
 XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING, XDP_STATISTICS = 5, 6, 7
 XDP_PGOFF_RX_RING, XDP_PGOFF_TX_RING = 0, 0x80000000
 XDP_UMEM_PGOFF_FILL_RING, XDP_UMEM_PGOFF_COMPLETION_RING = 0x100000000, 0x180000000
-XDP_COPY, XDP_ZEROCOPY, XDP_USE_NEED_WAKEUP = 1 << 1, 1 << 2, 1 << 3
+XDP_SHARED_UMEM, XDP_COPY, XDP_ZEROCOPY, XDP_USE_NEED_WAKEUP = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 XDP_RING_NEED_WAKEUP = 1
 
 FRAME_SIZE = 2048
@@ -57,6 +58,7 @@ class Ring:
             offset=pgoff,
         )
         self.u32 = memoryview(self.map).cast("I")
+        self.q64 = memoryview(self.map)[desc : desc + size * entry].cast("Q")
         self.producer, self.consumer, self.flags = producer // 4, consumer // 4, flags // 4
         self.desc, self.size, self.mask, self.entry = desc, size, size - 1, entry
 
@@ -67,32 +69,47 @@ class Ring:
     def free(self):
         return self.size - (self.u32[self.producer] - self.u32[self.consumer]) % (1 << 32)
 
-    def produce(self, items):
-        """Write `items` (addresses, or (addr, len) pairs), then publish them; returns how many fit."""
+    def produce(self, addrs, lens=None):
+        """Write descriptors (addresses; with `lens`, struct xdp_desc), then publish them;
+        returns how many fit. Whole runs are copied with slice assignments, not per entry."""
         head = self.u32[self.producer]
-        n = min(len(items), self.free())
-        for i in range(n):
-            slot = self.desc + ((head + i) & self.mask) * self.entry
-            if self.entry == 8:
-                struct.pack_into("=Q", self.map, slot, items[i])
-            else:
-                struct.pack_into("=QII", self.map, slot, items[i][0], items[i][1], 0)
+        n = min(len(addrs), self.free())
+        if not n:
+            return 0
+        if self.entry == 8:
+            words = array.array("Q", addrs[:n])
+        else:
+            words = array.array("Q", [0]) * (2 * n)
+            words[0::2] = array.array("Q", addrs[:n])
+            words[1::2] = array.array("Q", lens[:n])  # len in the low half, options 0
+        per = self.entry // 8
+        start = head & self.mask
+        first = min(n, self.size - start)  # up to the end of the ring, then from its start
+        self.q64[start * per : (start + first) * per] = words[: first * per]
+        if first < n:
+            self.q64[0 : (n - first) * per] = words[first * per :]
         self.u32[self.producer] = (head + n) & 0xFFFFFFFF
         return n
 
     # consumer side (rx, completion)
-    def consume(self, limit=RING_SIZE):
-        """Read what the kernel produced (at most `limit`), then release it."""
+    def consume(self, limit=1 << 16):
+        """Read what the kernel produced (at most `limit`), then release it: a list of
+        addresses (fill/completion) or (addresses, lengths) (rx/tx)."""
         tail = self.u32[self.consumer]
         n = min((self.u32[self.producer] - tail) % (1 << 32), limit)
-        out = []
-        for i in range(n):
-            slot = self.desc + ((tail + i) & self.mask) * self.entry
-            out.append(struct.unpack_from("=Q" if self.entry == 8 else "=QI", self.map, slot))
+        per = self.entry // 8
+        start = tail & self.mask
+        first = min(n, self.size - start)
+        words = self.q64[start * per : (start + first) * per].tolist()
+        if first < n:
+            words += self.q64[0 : (n - first) * per].tolist()
         self.u32[self.consumer] = (tail + n) & 0xFFFFFFFF
-        return out
+        if per == 1:
+            return words
+        return words[0::2], [w & 0xFFFFFFFF for w in words[1::2]]
 
     def close(self):
+        self.q64.release()
         self.u32.release()
         self.map.close()
 
@@ -112,12 +129,20 @@ def from_fd(fd):
 
 
 class XskSocket:
-    """A UMEM and its rings set up on an AF_XDP socket, then bound to (ifindex, queue)."""
+    """A UMEM and its rings set up on an AF_XDP socket, then bound to (ifindex, queue).
 
-    def __init__(self, sock, ifindex, queue=0, *, zerocopy=False, frames=NUM_FRAMES):
+    With `share=` another XskSocket, this one uses that socket's UMEM (XDP_SHARED_UMEM, its
+    own fill and completion rings): a relay then moves descriptors between the two, and no
+    frame is copied (`forward`)."""
+
+    def __init__(
+        self, sock, ifindex, queue=0, *, zerocopy=False, frames=NUM_FRAMES, ring_size=RING_SIZE, share=None
+    ):
         self.sock, self.fd = sock, sock.fileno()
-        self.frames = frames
-        self.umem = mmap.mmap(-1, frames * FRAME_SIZE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.frames, self.share, self.ring_size = frames, share, ring_size
+        self.umem = (
+            share.umem if share else mmap.mmap(-1, frames * FRAME_SIZE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        )
         self.rings = []
         try:
             self._setup(ifindex, queue, zerocopy)
@@ -126,27 +151,34 @@ class XskSocket:
             raise
 
     def _setup(self, ifindex, queue, zerocopy):
-        self._umem_view = ctypes.c_char.from_buffer(self.umem)  # released in close()
-        base = ctypes.addressof(self._umem_view)
-        reg = _UMEM_REG.pack(base, len(self.umem), FRAME_SIZE, 0, 0, 0)
-        self.sock.setsockopt(SOL_XDP, XDP_UMEM_REG, reg)
+        if not self.share:
+            self._umem_view = ctypes.c_char.from_buffer(self.umem)  # released in close()
+            base = ctypes.addressof(self._umem_view)
+            reg = _UMEM_REG.pack(base, len(self.umem), FRAME_SIZE, 0, 0, 0)
+            self.sock.setsockopt(SOL_XDP, XDP_UMEM_REG, reg)
+        size = self.ring_size
         for opt in (XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING, XDP_RX_RING, XDP_TX_RING):
-            self.sock.setsockopt(SOL_XDP, opt, RING_SIZE)
+            self.sock.setsockopt(SOL_XDP, opt, size)
         off = _OFFSETS.unpack(self.sock.getsockopt(SOL_XDP, XDP_MMAP_OFFSETS, _OFFSETS.size))
-        self.rx = Ring(self.fd, XDP_PGOFF_RX_RING, off[0:4], RING_SIZE, 16)
-        self.tx = Ring(self.fd, XDP_PGOFF_TX_RING, off[4:8], RING_SIZE, 16)
-        self.fill = Ring(self.fd, XDP_UMEM_PGOFF_FILL_RING, off[8:12], RING_SIZE, 8)
-        self.comp = Ring(self.fd, XDP_UMEM_PGOFF_COMPLETION_RING, off[12:16], RING_SIZE, 8)
+        self.rx = Ring(self.fd, XDP_PGOFF_RX_RING, off[0:4], size, 16)
+        self.tx = Ring(self.fd, XDP_PGOFF_TX_RING, off[4:8], size, 16)
+        self.fill = Ring(self.fd, XDP_UMEM_PGOFF_FILL_RING, off[8:12], size, 8)
+        self.comp = Ring(self.fd, XDP_UMEM_PGOFF_COMPLETION_RING, off[12:16], size, 8)
         self.rings = [self.rx, self.tx, self.fill, self.comp]
+        self.copy_mode = not zerocopy  # copy mode transmits only inside sendto(): kick every batch
+        if self.share:  # the frames belong to the owner of the UMEM; flags are inherited
+            self.free_tx = []
+            self.copy_mode = self.share.copy_mode
+            self._bind(ifindex, queue, XDP_SHARED_UMEM, shared_fd=self.share.fd)
+            return
         # half the frames wait in the fill ring for the kernel, half are ours to send from
         half = self.frames // 2
-        self.fill.produce([i * FRAME_SIZE for i in range(min(half, RING_SIZE))])
+        self.fill.produce([i * FRAME_SIZE for i in range(min(half, size))])
         self.free_tx = [i * FRAME_SIZE for i in range(half, self.frames)]
-        self.copy_mode = not zerocopy  # copy mode transmits only inside sendto(): kick every batch
         self._bind(ifindex, queue, XDP_USE_NEED_WAKEUP | (XDP_ZEROCOPY if zerocopy else XDP_COPY))
 
-    def _bind(self, ifindex, queue, flags):
-        addr = ctypes.create_string_buffer(_SOCKADDR_XDP.pack(AF_XDP, flags, ifindex, queue, 0))
+    def _bind(self, ifindex, queue, flags, shared_fd=0):
+        addr = ctypes.create_string_buffer(_SOCKADDR_XDP.pack(AF_XDP, flags, ifindex, queue, shared_fd))
         deadline = time.monotonic() + BIND_RETRY_S
         while True:
             if _libc.bind(self.fd, addr, len(addr.raw)) == 0:
@@ -166,13 +198,13 @@ class XskSocket:
         """Queue frames on the TX ring and kick the kernel; returns how many were queued."""
         self.reclaim()
         n = min(len(frames), len(self.free_tx))
-        items = []
-        for frame in frames[:n]:
-            addr = self.free_tx.pop()
-            self.umem[addr : addr + len(frame)] = frame
-            items.append((addr, len(frame)))
-        sent = self.tx.produce(items)
-        self.free_tx.extend(addr for addr, _ in items[sent:])
+        addrs, lens = self.free_tx[-n:] if n else [], [len(f) for f in frames[:n]]
+        del self.free_tx[len(self.free_tx) - n :]
+        umem = self.umem
+        for addr, frame in zip(addrs, frames, strict=False):
+            umem[addr : addr + len(frame)] = frame
+        sent = self.tx.produce(addrs, lens)
+        self.free_tx.extend(addrs[sent:])
         if sent and (self.copy_mode or self.tx.needs_wakeup()):
             self._kick()
         return sent
@@ -180,7 +212,7 @@ class XskSocket:
     def _kick(self):
         """sendto() transmits up to 32 descriptors a call in copy mode: call it until the
         kernel has taken the whole TX ring (bounded)."""
-        for _ in range(RING_SIZE // 32 + 1):
+        for _ in range(self.ring_size // 32 + 1):
             try:
                 self.sock.send(b"", socket.MSG_DONTWAIT)
             except OSError as exc:
@@ -191,16 +223,17 @@ class XskSocket:
 
     def reclaim(self):
         """Frames the kernel finished sending come back to the TX pool."""
-        self.free_tx.extend(addr for (addr,) in self.comp.consume())
+        self.free_tx.extend(self.comp.consume())
 
     def recv(self, timeout=0.0):
         """Frames that arrived (bytes each), waiting up to `timeout` seconds for the first."""
-        got = self.rx.consume()
-        if not got and timeout:
+        addrs, lens = self.rx.consume()
+        if not addrs and timeout:
             select.select([self.fd], [], [], timeout)
-            got = self.rx.consume()
-        frames = [bytes(self.umem[addr : addr + length]) for addr, length in got]
-        self.fill.produce([addr - addr % FRAME_SIZE for addr, _ in got])  # the buffers go back
+            addrs, lens = self.rx.consume()
+        umem = self.umem
+        frames = [umem[addr : addr + length] for addr, length in zip(addrs, lens, strict=True)]
+        self.fill.produce([addr - addr % FRAME_SIZE for addr in addrs])  # the buffers go back
         if self.fill.needs_wakeup():
             select.select([self.fd], [], [], 0)  # poll() is the wakeup for the RX side
         return frames
@@ -224,8 +257,9 @@ class XskSocket:
             ring.close()
         self.rings = []
         self.sock.close()
-        self.__dict__.pop("_umem_view", None)
-        self.umem.close()
+        if not self.share:
+            self.__dict__.pop("_umem_view", None)
+            self.umem.close()
 
 
 class XskRedirect:
@@ -253,3 +287,20 @@ class XskRedirect:
 
     def close(self):
         self.bpf.cleanup()
+
+
+def forward(src, dst):
+    """Move what arrived on `src` to `dst`'s TX ring as descriptors (dst shares src's UMEM):
+    no frame is copied. Frames dst has sent go back to src's fill ring. Returns how many moved."""
+    addrs, lens = src.rx.consume()
+    moved = dst.tx.produce(addrs, lens) if addrs else 0
+    if moved < len(addrs):  # dst's TX ring is full: those frames are dropped, as a NIC would
+        src.fill.produce(addrs[moved:])
+    if moved:
+        dst._kick()
+    done = dst.comp.consume()
+    if done:
+        src.fill.produce(done)
+    if src.fill.needs_wakeup():
+        select.select([src.fd], [], [], 0)
+    return moved

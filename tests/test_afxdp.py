@@ -1,5 +1,6 @@
 """AF_XDP sockets driven from Python: frames in through an XSKMAP redirect, frames out of TX."""
 
+import select
 import socket
 
 import pytest
@@ -101,3 +102,52 @@ def test_many_frames_in_batches_with_the_buffers_recycled(endpoint):
     stats = xsk.statistics()
     assert got + stats["rx_dropped"] + stats["rx_ring_full"] + stats["rx_fill_ring_empty_descs"] >= total
     assert got >= total * 0.9, stats
+
+
+def test_a_relay_over_a_shared_umem_forwards_descriptors_and_frames_arrive_intact():
+    """Endpoint A's RX to endpoint B's TX without a copy (XDP_SHARED_UMEM), as afxdp-loop does."""
+    from loader.afxdp import forward
+
+    with Lab(prefix="xdpbr-test-xskfwd") as lab:
+        ns = lab.netns("x")
+        for gen, vmm in (("ga", "xa"), ("gb", "xb")):
+            sh("ip", "-n", ns, "link", "add", gen, "type", "veth", "peer", vmm)
+            for ifname in (gen, vmm):
+                sh("ip", "-n", ns, "link", "set", ifname, "up")
+        redirect = XskRedirect()
+        detach = attach_program(ns, "xa", redirect.prog.fd)
+        index = {n: int(sh("ip", "-n", ns, "-o", "link", "show", n).split(":")[0]) for n in ("xa", "xb")}
+        sock_a, sock_b = new_socket(ns), new_socket(ns)
+        redirect.put(0, sock_a)
+        a = XskSocket(sock_a, index["xa"], 0)
+        b = XskSocket(sock_b, index["xb"], 0, share=a)
+        with entered(ns):
+            ga = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+            gb = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+        ga.bind(("ga", 3))
+        gb.bind(("gb", 3))
+        gb.settimeout(2)
+        try:
+            frames = [udp_frame(PEER_MAC, EP_MAC, "10.9.0.1", "10.9.0.2", 60 + i) for i in range(100)]
+            for frame in frames:
+                ga.send(frame)
+            moved = 0
+            for _ in range(100):
+                moved += forward(a, b)
+                if moved >= len(frames):
+                    break
+                select.select([a.fd], [], [], 0.01)
+            assert moved == len(frames)
+            seen = []
+            while len(seen) < len(frames):
+                data = gb.recv(4096)
+                if data[:6] == bytes.fromhex(PEER_MAC.replace(":", "")):
+                    seen.append(data)
+            assert seen == frames
+        finally:
+            ga.close()
+            gb.close()
+            b.close()
+            a.close()
+            detach()
+            redirect.close()
