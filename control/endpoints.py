@@ -160,6 +160,7 @@ def _add_afxdp(bridge, netns, name, queues, journal):
         os.makedirs(pin_dir, exist_ok=True)
         journal.push(_remove_pins, pin_dir)
         bpfsys.obj_pin(redirect.map_fd, os.path.join(pin_dir, "xsks"))
+        bpfsys.obj_pin(redirect.stats_fd, os.path.join(pin_dir, "stats"))
         bpfsys.obj_pin(redirect.prog.fd, os.path.join(pin_dir, "prog"))
     finally:
         redirect.close()  # the attached program and the pins keep both alive
@@ -202,6 +203,26 @@ def records(bridge=None, netns=None):
             with open(os.path.join(RECORD_ROOT, lab, entry)) as f:
                 out.append(json.load(f))
     return out
+
+
+def counters(rec):
+    """Frames handed to the endpoint's sockets and frames that found none, and the XSKMAP's id
+    (redirect errors are counted by it); None for a TAP endpoint or one without pins."""
+    from loader.afxdp import read_xsk_stats
+
+    if (
+        rec["path"] != "afxdp"
+        or not rec.get("pins")
+        or not os.path.exists(os.path.join(rec["pins"], "stats"))
+    ):
+        return None
+    stats_fd = bpfsys.obj_get(os.path.join(rec["pins"], "stats"))
+    xsks_fd = bpfsys.obj_get(os.path.join(rec["pins"], "xsks"))
+    try:
+        return read_xsk_stats(stats_fd) | {"xskmap_id": bpfsys.map_info(xsks_fd).id}
+    finally:
+        os.close(stats_fd)
+        os.close(xsks_fd)
 
 
 def show(bridge=None, netns=None):

@@ -132,6 +132,24 @@ class PinnedMapReader:
             except (XdpbrError, OSError) as exc:
                 yield exc
 
+    def endpoints(self):
+        """(bridge label, endpoint record, counters or None) of every endpoint (`xdpbr endpoint`);
+        call after bridges(), whose scrape read the redirect errors."""
+        from control import endpoints
+
+        for rec in endpoints.records():
+            if self.bridge and (rec["bridge"], rec["netns"]) != (self.bridge, self.netns):
+                continue
+            try:
+                counters = endpoints.counters(rec)
+            except (XdpbrError, OSError):
+                counters = None  # deleted meanwhile
+            if counters is not None:
+                counters["redirect_errors"] = sum(
+                    n for (map_id, _), n in self.redirect_errors.items() if map_id == counters["xskmap_id"]
+                )
+            yield bridge_label(rec["bridge"], rec["netns"]), rec, counters
+
     def _read(self, name, ns):
         from control import state
         from control.attachment import Session
@@ -298,6 +316,8 @@ class XdpbrCollector(Collector):
         yield from passed.values()
         yield from received.values()
         yield from (port_info, prog_info, redirect_errors, sync_lag)
+        if hasattr(self.reader, "endpoints"):
+            yield from _endpoint_families(self.reader)
         yield from (family for family, _ in per_bridge)
         yield CounterMetricFamily(
             "xdpbr_scrape_errors", "Bridges that could not be read during a scrape.", value=self.scrape_errors
@@ -305,6 +325,42 @@ class XdpbrCollector(Collector):
         yield GaugeMetricFamily(
             "xdpbr_scrape_duration_seconds", "Time this scrape took.", value=time.perf_counter() - start
         )
+
+
+def _endpoint_families(reader):
+    """AF_XDP and TAP endpoints: path as info, frames to their sockets (counted in BPF by the
+    endpoint's XDP program), frames that found no socket, redirect errors. Frames from the
+    sockets enter the bridge at port <name>-p: xdpbr_received_packets_total{port="<name>-p"}.
+    Socket-level drops (XDP_STATISTICS) need the socket, which only its consumer holds."""
+    info = InfoMetricFamily(
+        "xdpbr_endpoint", "VM endpoint: its path (afxdp/tap) and why.", labels=["bridge", "endpoint"]
+    )
+    to_socket = {
+        unit: CounterMetricFamily(
+            f"xdpbr_endpoint_to_socket_{unit}",
+            f"{unit.capitalize()} the endpoint's XDP program handed to an AF_XDP socket.",
+            labels=["bridge", "endpoint"],
+        )
+        for unit in ("packets", "bytes")
+    }
+    no_socket = CounterMetricFamily(
+        "xdpbr_endpoint_no_socket_packets",
+        "Frames for the endpoint that found no socket on their queue (its VMM is not running).",
+        labels=["bridge", "endpoint"],
+    )
+    errors = CounterMetricFamily(
+        "xdpbr_endpoint_redirect_errors",
+        "Frames the kernel failed to put into the endpoint's sockets (ring full, no fill buffer).",
+        labels=["bridge", "endpoint"],
+    )
+    for b, rec, counters in reader.endpoints():
+        info.add_metric([b, rec["name"]], {"path": rec["path"], "reason": rec["why"]})
+        if counters:
+            to_socket["packets"].add_metric([b, rec["name"]], counters["to_socket"][0])
+            to_socket["bytes"].add_metric([b, rec["name"]], counters["to_socket"][1])
+            no_socket.add_metric([b, rec["name"]], counters["no_socket"][0])
+            errors.add_metric([b, rec["name"]], counters["redirect_errors"])
+    return [info, *to_socket.values(), no_socket, errors]
 
 
 def registry(reader=None, with_process=False):

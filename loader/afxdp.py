@@ -273,6 +273,7 @@ class XskRedirect:
         self.bpf = bcc_compile("the AF_XDP redirect program", src_file=f"{BPF_DIR}/afxdp.c")
         self.prog = self.bpf.load_func(b"xsk_redirect", BPF.XDP)
         self.map_fd = self.bpf[b"xdpbr_xsks"].map_fd
+        self.stats_fd = self.bpf[b"xdpbr_xsk_stats"].map_fd
 
     def put(self, queue, sock):
         """Frames of rx queue `queue` go to `sock` (bound or not yet: KERNEL-FACTS)."""
@@ -304,3 +305,25 @@ def forward(src, dst):
     if src.fill.needs_wakeup():
         select.select([src.fd], [], [], 0)
     return moved
+
+
+class XskCounter(ctypes.Structure):
+    """struct xdpbr_xsk_counter in bpf/afxdp.c."""
+
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+XSK_TO_SOCKET, XSK_NO_SOCKET = 0, 1
+
+
+def read_xsk_stats(stats_fd):
+    """{"to_socket": (packets, bytes), "no_socket": (packets, bytes)}, per-CPU slots summed."""
+    from loader import bpfsys
+
+    ncpu = bpfsys.possible_cpus()
+    out = {}
+    for name, index in (("to_socket", XSK_TO_SOCKET), ("no_socket", XSK_NO_SOCKET)):
+        values = (XskCounter * ncpu)()
+        bpfsys.map_lookup(stats_fd, ctypes.c_uint32(index), values)
+        out[name] = (sum(v.packets for v in values), sum(v.bytes for v in values))
+    return out

@@ -66,6 +66,7 @@ def test_an_afxdp_endpoint_exchanges_frames_with_a_container_on_the_fast_path(tw
                 break
         assert got == to_guest
         assert forward(lab, lab.c1.port) >= before + len(to_guest)  # container -> guest: fast path
+        assert endpoints.counters(rec)["to_socket"][0] >= len(to_guest)  # counted by the endpoint
         replies = [udp_frame(lab.c1.mac, GUEST, "10.200.0.31", lab.c1.ip, 100 + i) for i in range(20)]
         before = forward(lab, "vm1-p")
         assert xsk.send(replies) == len(replies)
@@ -130,3 +131,40 @@ def test_endpoint_errors_are_clear_and_leave_nothing(two_containers):
     res = xdpbr("-n", lab.switch, "endpoint", "add", lab.bridge, "vm4", "--mac", "zz")
     assert res.returncode == 2 and "--mac 'zz'" in res.stderr
     assert "vm3" not in links(lab) and "vm4" not in links(lab)
+
+
+def test_endpoint_metrics_count_frames_to_the_sockets_and_frames_that_found_none(two_containers):
+    from prometheus_client import CollectorRegistry
+
+    from control.metrics import PinnedMapReader, XdpbrCollector
+
+    lab = two_containers
+    assert lab.c1.ping(lab.c2.ip)
+    endpoints.add(lab.bridge, lab.switch, "vm6", mac=GUEST)
+    endpoints.add(lab.bridge, lab.switch, "vm7", path="tap")
+    attachment.attach(lab.bridge, lab.switch)
+    import socket as so
+
+    with entered(lab.c1.netns):
+        pkt = so.socket(so.AF_PACKET, so.SOCK_RAW, so.htons(3))
+    with pkt:
+        pkt.bind(("eth0", 3))
+        for _ in range(7):  # no VMM yet: no socket on the queue
+            pkt.send(udp_frame(GUEST, lab.c1.mac, lab.c1.ip, "10.200.0.31", 60))
+    registry = CollectorRegistry()
+    registry.register(XdpbrCollector(PinnedMapReader(lab.bridge, lab.switch)))
+    b = f"{lab.bridge}@{lab.switch}"
+    value = registry.get_sample_value
+    assert (
+        value("xdpbr_endpoint_info", {"bridge": b, "endpoint": "vm6", "path": "afxdp", "reason": "requested"})
+        == 1
+    )
+    assert (
+        value("xdpbr_endpoint_info", {"bridge": b, "endpoint": "vm7", "path": "tap", "reason": "requested"})
+        == 1
+    )
+    assert value("xdpbr_endpoint_no_socket_packets_total", {"bridge": b, "endpoint": "vm6"}) >= 7
+    assert value("xdpbr_endpoint_to_socket_packets_total", {"bridge": b, "endpoint": "vm6"}) == 0
+    assert value("xdpbr_endpoint_redirect_errors_total", {"bridge": b, "endpoint": "vm6"}) == 0
+    endpoints.delete(lab.bridge, lab.switch, "vm6")
+    endpoints.delete(lab.bridge, lab.switch, "vm7")
