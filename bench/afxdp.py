@@ -10,13 +10,12 @@ descriptors and copies no frame; an XDP sink counts what leaves B at the far end
 import select
 import time
 
-from bench.taps import IP_A, IP_B, _in_child
-from bench.veth import SWITCH_CPU, ifindex
+from bench.taps import RelayLoop
+from bench.veth import ifindex
 from control.lab import Lab, sh
 from loader.afxdp import XskRedirect, XskSocket, forward, new_socket
-from loader.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program
+from loader.trafficgen import BenchPrograms, attach_program
 
-MAC_A, MAC_B = "02:00:00:00:0d:01", "02:00:00:00:0d:02"
 RING = 16384
 
 
@@ -43,7 +42,7 @@ def relay(ns, redirect, deadline):
     return relayed
 
 
-class AfxdpLoop:
+class AfxdpLoop(RelayLoop):
     """Kernel -> AF_XDP endpoint A -> Python relay -> AF_XDP endpoint B -> XDP sink."""
 
     name = "afxdp-loop"
@@ -52,7 +51,7 @@ class AfxdpLoop:
         self.lab = Lab(prefix="xdpbr-bench-afxdp")
         self.programs = BenchPrograms()
         self.redirect = XskRedirect()
-        self.undo = []
+        self.undo = [self.redirect.close]
         try:
             self.ns = ns = self.lab.netns("xsk")
             for gen, vmm in (("ga", "xa"), ("gb", "xb")):
@@ -61,32 +60,10 @@ class AfxdpLoop:
                     sh("ip", "-n", ns, "link", "set", ifname, "up")
             self.undo.append(attach_program(ns, "xa", self.redirect.prog.fd))
             self.undo.append(attach_program(ns, "gb", self.programs.sink.fd))
-            self.ga = ifindex(ns, "ga")
+            self.source_ifindex = ifindex(ns, "ga")
         except BaseException:
             self.close()
             raise
 
-    def measure(self, size, window, warmup=0.5):
-        traffic = Traffic(MAC_B, MAC_A, IP_B, IP_A, size=size)
-        gen = LiveFrames(self.programs, self.ns, self.ga, traffic)
-        wait = _in_child(SWITCH_CPU, warmup + window + 0.3, lambda d: relay(self.ns, self.redirect, d))
-        try:
-            time.sleep(0.3)  # the child binds its sockets
-            gen.run_for(warmup, rate=2_000_000)
-            before, start = self.programs.sink_total(), time.monotonic()
-            offered = gen.run_for(window - 0.05, rate=2_000_000)
-            elapsed = time.monotonic() - start
-            received = self.programs.sink_total() - before
-        finally:
-            wait()
-        return received / elapsed, offered / elapsed
-
-    def close(self):
-        for fn in reversed(self.undo):
-            try:
-                fn()
-            except Exception:  # noqa: BLE001
-                pass
-        self.redirect.close()
-        self.programs.close()
-        self.lab.close()
+    def relay(self, deadline):
+        return relay(self.ns, self.redirect, deadline)

@@ -85,8 +85,45 @@ def relay(src, dst, deadline):
     return relayed
 
 
-class TapLoop:
-    """Kernel -> TAP A -> Python relay -> TAP B -> XDP sink."""
+class RelayLoop:
+    """Kernel -> endpoint A -> a Python relay in a child process -> endpoint B -> XDP sink.
+    Subclasses set lab, programs, ns, source_ifindex (where the generator sends), undo, and
+    give relay(deadline) -> frames relayed, run in the child."""
+
+    RATE = 2_000_000  # offered frames/s: more than any Python relay moves
+    SETTLE_S = 0.3  # the child sets up its sockets before frames come
+
+    def measure(self, size, window, warmup=0.5):
+        traffic = Traffic(GUEST_B, GUEST_A, IP_B, IP_A, size=size)  # the host sends to guest A
+        gen = LiveFrames(self.programs, self.ns, self.source_ifindex, traffic)
+        wait = _in_child(SWITCH_CPU, self.SETTLE_S + warmup + window, self.relay)
+        try:
+            time.sleep(self.SETTLE_S)
+            gen.run_for(warmup, rate=self.RATE)
+            before, start = self.programs.sink_total(), time.monotonic()
+            offered = gen.run_for(window - 0.05, rate=self.RATE)
+            elapsed = time.monotonic() - start
+            received = self.programs.sink_total() - before
+        finally:
+            wait()
+        self.after_round()
+        return received / elapsed, offered / elapsed
+
+    def after_round(self):
+        pass
+
+    def close(self):
+        for fn in reversed(self.undo):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - the lab's close takes the rest
+                pass
+        self.programs.close()
+        self.lab.close()
+
+
+class TapLoop(RelayLoop):
+    """Kernel -> TAP A -> Python relay (read, writev) -> TAP B -> XDP sink."""
 
     name = "tap-loop"
 
@@ -98,37 +135,20 @@ class TapLoop:
             self.ns = self.lab.netns("taps")
             for ifname in ("tapa", "tapb"):
                 self.taps.append(TapEndpoint(ifname, self.ns))
+                self.undo.append(self.taps[-1].close)
                 # a queue as deep as the AF_XDP loop's rings: the generator sends in bursts
                 sh("ip", "-n", self.ns, "link", "set", ifname, "txqueuelen", "16384", "up")
             self.undo.append(attach_program(self.ns, "tapb", self.programs.sink.fd))
-            self.tapa_ifindex = ifindex(self.ns, "tapa")
+            self.source_ifindex = ifindex(self.ns, "tapa")
         except BaseException:
             self.close()
             raise
 
-    def measure(self, size, window, warmup=0.5):
-        traffic = Traffic(GUEST_B, GUEST_A, IP_B, IP_A, size=size)  # the host sends to guest A
-        gen = LiveFrames(self.programs, self.ns, self.tapa_ifindex, traffic)
-        a, b = self.taps
-        wait = _in_child(SWITCH_CPU, warmup + window, lambda deadline: relay(a.fd, b.fd, deadline))
-        try:
-            gen.run_for(warmup, rate=2_000_000)
-            before, start = self.programs.sink_total(), time.monotonic()
-            offered = gen.run_for(window - 0.05, rate=2_000_000)
-            elapsed = time.monotonic() - start
-            received = self.programs.sink_total() - before
-        finally:
-            wait()
-        _drain(a.fd)
-        return received / elapsed, offered / elapsed
+    def relay(self, deadline):
+        return relay(self.taps[0].fd, self.taps[1].fd, deadline)
 
-    def close(self):
-        for fn in reversed(self.undo):
-            fn()
-        for tap in self.taps:
-            tap.close()
-        self.programs.close()
-        self.lab.close()
+    def after_round(self):
+        _drain(self.taps[0].fd)
 
 
 def _drain(fd):
