@@ -190,6 +190,36 @@ def _remove_pins(pin_dir):
         for entry in os.listdir(pin_dir):
             os.unlink(os.path.join(pin_dir, entry))
         os.rmdir(pin_dir)
+    parent = os.path.dirname(pin_dir)  # the bridge's directory goes with its last endpoint
+    if os.path.isdir(parent) and not os.listdir(parent):
+        os.rmdir(parent)
+
+
+def forget_namespace(netns):
+    """Records, pins and broker socket of every endpoint on bridges in `netns`, which is being
+    deleted (its devices, and so the endpoints' interfaces, go with it)."""
+    from control.broker import RUN_DIR
+
+    for root in (RECORD_ROOT, PIN_ROOT):
+        if not os.path.isdir(root):
+            continue
+        for lab in os.listdir(root):
+            if lab.partition("@")[2] != netns:
+                continue
+            top = os.path.join(root, lab)
+            for entry in os.listdir(top):
+                path = os.path.join(top, entry)
+                if os.path.isdir(path):
+                    for pin in os.listdir(path):
+                        os.unlink(os.path.join(path, pin))
+                    os.rmdir(path)
+                else:
+                    os.unlink(path)
+            os.rmdir(top)
+    if os.path.isdir(RUN_DIR):
+        for entry in os.listdir(RUN_DIR):
+            if entry.endswith(".sock") and entry[: -len(".sock")].partition("@")[2] == netns:
+                os.unlink(os.path.join(RUN_DIR, entry))
 
 
 def records(bridge=None, netns=None):

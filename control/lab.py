@@ -163,6 +163,10 @@ class Lab:
         for bridge, netns in pins.attached_bridges():
             if netns in self.namespaces:
                 pins.remove_dir(pins.pin_dir(bridge, netns))
+        from control import endpoints
+
+        for ns in self.namespaces:  # endpoints on the lab's bridges
+            endpoints.forget_namespace(ns)
         if os.path.isdir(config.HELD_DIR):  # `xdpbr detach` of the lab's bridges
             for label in os.listdir(config.HELD_DIR):
                 if label.partition("@")[2] in self.namespaces:

@@ -168,3 +168,18 @@ def test_endpoint_metrics_count_frames_to_the_sockets_and_frames_that_found_none
     assert value("xdpbr_endpoint_redirect_errors_total", {"bridge": b, "endpoint": "vm6"}) == 0
     endpoints.delete(lab.bridge, lab.switch, "vm6")
     endpoints.delete(lab.bridge, lab.switch, "vm7")
+
+
+def test_a_lab_that_goes_away_takes_its_endpoints_pins_and_broker_socket_with_it():
+    from control.broker import RUN_DIR
+    from control.lab import Lab
+
+    with Lab(prefix="xdpbr-test-epgone") as lab:
+        lab.make_bridge()
+        rec = endpoints.add(lab.bridge, lab.switch, "vm8")
+        label = endpoints.label(lab.bridge, lab.switch)
+        open(os.path.join(RUN_DIR, f"{label}.sock"), "w").close()  # as a SIGKILLed daemon leaves it
+        assert os.path.exists(rec["pins"])
+    assert not os.path.exists(os.path.dirname(rec["pins"]))
+    assert not os.path.exists(os.path.join(endpoints.RECORD_ROOT, label))
+    assert not os.path.exists(os.path.join(RUN_DIR, f"{label}.sock"))
