@@ -12,6 +12,7 @@ import time
 
 from bench.taps import RelayLoop
 from bench.veth import ifindex
+from control.attachment import Journal
 from control.lab import Lab, sh
 from loader.afxdp import XskRedirect, XskSocket, forward, new_socket
 from loader.trafficgen import BenchPrograms, attach_program
@@ -51,15 +52,16 @@ class AfxdpLoop(RelayLoop):
         self.lab = Lab(prefix="xdpbr-bench-afxdp")
         self.programs = BenchPrograms()
         self.redirect = XskRedirect()
-        self.undo = [self.redirect.close]
+        self.undo = Journal()
+        self.undo.push(self.redirect.close)
         try:
             self.ns = ns = self.lab.netns("xsk")
             for gen, vmm in (("ga", "xa"), ("gb", "xb")):
                 sh("ip", "-n", ns, "link", "add", gen, "type", "veth", "peer", vmm)
                 for ifname in (gen, vmm):
                     sh("ip", "-n", ns, "link", "set", ifname, "up")
-            self.undo.append(attach_program(ns, "xa", self.redirect.prog.fd))
-            self.undo.append(attach_program(ns, "gb", self.programs.sink.fd))
+            self.undo.push(attach_program(ns, "xa", self.redirect.prog.fd))
+            self.undo.push(attach_program(ns, "gb", self.programs.sink.fd))
             self.source_ifindex = ifindex(ns, "ga")
         except BaseException:
             self.close()

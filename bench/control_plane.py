@@ -33,6 +33,16 @@ def add_veth_ports(lab, count):
         os.unlink(batch.name)
 
 
+def start_daemon():
+    """`xdpbr daemon` of this checkout, quiet (benchmarks read the maps, not its log)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "control.cli", "daemon"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 class Attach64:
     """`xdpbr attach` of a bridge with 64 veth ports, compile included, detached in between."""
 
@@ -73,12 +83,7 @@ class LearnLag:
             self.c1, self.c2 = self.lab.container("c1"), self.lab.container("c2")
             self.lab.wait_forwarding()
             attachment.attach(self.lab.bridge, self.lab.switch, grace_s=86400)
-            self.daemon = subprocess.Popen(
-                [sys.executable, "-m", "control.cli", "daemon"],
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            self.daemon = start_daemon()
             self.session = Session(self.lab.bridge, self.lab.switch).open_pins()
             with entered(self.c1.netns):
                 self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)

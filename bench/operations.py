@@ -9,33 +9,21 @@ hotplug   with the daemon running, a veth is created and enslaved to the bridge 
           (target: median under 100 ms); each one is then deleted and must leave no slot.
 """
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
+from bench.control_plane import start_daemon
 from bench.veth import ifindex
 from control import attachment
-from control.attachment import Session
+from control.attachment import Journal, Session
 from control.lab import Lab, sh
 from loader import attach as at
 from loader.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_sinks
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATE = 100_000  # frames/s: well inside what every path carries, so a loss is a real loss
 RESTARTS = 3
 HOTPLUGS = 20
-
-
-def start_daemon():
-    return subprocess.Popen(
-        [sys.executable, "-m", "control.cli", "daemon"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 class RestartUnderLoad:
@@ -45,7 +33,7 @@ class RestartUnderLoad:
         self.mode = mode
         self.lab = Lab(prefix="xdpbr-bench-restart")
         self.programs = BenchPrograms()
-        self.undo, self.daemon = [], None
+        self.undo, self.daemon = Journal(), None
         try:
             lab = self.lab
             lab.make_bridge()
@@ -55,7 +43,7 @@ class RestartUnderLoad:
                 for host in (self.gen, self.sink):
                     host.run("sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1")
             assert self.gen.ping(self.sink.ip), "no connectivity"  # the bridge learns both
-            self.undo.append(attach_sinks(self.programs, self.sink.netns, "eth0"))
+            self.undo.push(attach_sinks(self.programs, self.sink.netns, "eth0"))
             sh("ip", "netns", "exec", lab.switch, "ethtool", "-K", self.gen.port, "gro", "on")
             attachment.attach(lab.bridge, lab.switch, mode=mode)
             self.daemon = start_daemon()
@@ -111,11 +99,7 @@ class RestartUnderLoad:
         if self.daemon:
             self.daemon.terminate()
             self.daemon.wait(10)
-        for fn in reversed(self.undo):
-            try:
-                fn()
-            except Exception:  # noqa: BLE001
-                pass
+        self.undo.rollback()
         self.programs.close()
         self.lab.close()
 

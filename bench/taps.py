@@ -19,6 +19,7 @@ import time
 
 from bench.veth import GENERATOR_CPU, SWITCH_CPU, ifindex
 from control import attachment
+from control.attachment import Journal
 from control.lab import Lab, sh
 from loader.packets import udp_frame
 from loader.tap import VNET_HDR_LEN, TapEndpoint, VnetHdr
@@ -113,11 +114,7 @@ class RelayLoop:
         pass
 
     def close(self):
-        for fn in reversed(self.undo):
-            try:
-                fn()
-            except Exception:  # noqa: BLE001 - the lab's close takes the rest
-                pass
+        self.undo.rollback()
         self.programs.close()
         self.lab.close()
 
@@ -130,15 +127,15 @@ class TapLoop(RelayLoop):
     def __init__(self):
         self.lab = Lab(prefix="xdpbr-bench-taploop")
         self.programs = BenchPrograms()
-        self.undo, self.taps = [], []
+        self.undo, self.taps = Journal(), []
         try:
             self.ns = self.lab.netns("taps")
             for ifname in ("tapa", "tapb"):
                 self.taps.append(TapEndpoint(ifname, self.ns))
-                self.undo.append(self.taps[-1].close)
+                self.undo.push(self.taps[-1].close)
                 # a queue as deep as the AF_XDP loop's rings: the generator sends in bursts
                 sh("ip", "-n", self.ns, "link", "set", ifname, "txqueuelen", "16384", "up")
-            self.undo.append(attach_program(self.ns, "tapb", self.programs.sink.fd))
+            self.undo.push(attach_program(self.ns, "tapb", self.programs.sink.fd))
             self.source_ifindex = ifindex(self.ns, "tapa")
         except BaseException:
             self.close()

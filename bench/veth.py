@@ -15,7 +15,9 @@ import subprocess
 import time
 
 from control import attachment
+from control.attachment import Journal
 from control.lab import Lab, sh
+from loader.netns import interface_index
 from loader.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program, attach_sinks
 
 # path -> (what it is, xdpbr mode or None)
@@ -33,7 +35,11 @@ GENERATOR_CPU, SWITCH_CPU = 0, 1
 
 
 def ifindex(netns, ifname):
-    return int(sh("ip", "-n", netns, "-o", "link", "show", ifname).split(":")[0])
+    """The interface's ifindex; a benchmark's own interfaces must exist."""
+    index = interface_index(netns, ifname)
+    if index is None:
+        raise RuntimeError(f"no interface {ifname} in {netns}")
+    return index
 
 
 def pin_napi_threads(netns, ifname, cpu):
@@ -59,7 +65,7 @@ class VethPath:
         self.mode = PATHS[name][1]
         self.lab = Lab(prefix=f"xdpbr-bench-{name.replace('+', '')}")
         self.programs = BenchPrograms()
-        self.undo = []
+        self.undo = Journal()
         try:
             self._build(index)
         except BaseException:
@@ -74,7 +80,7 @@ class VethPath:
         lab.wait_forwarding()
         for host in (self.gen, self.sink):  # no flooding, no aging out during a window
             sh("bridge", "-n", lab.switch, "fdb", "replace", host.mac, "dev", host.port, "master", "static")
-        self.undo.append(attach_sinks(self.programs, self.sink.netns, "eth0"))
+        self.undo.push(attach_sinks(self.programs, self.sink.netns, "eth0"))
         # the generator's XDP_TX needs NAPI at the switch port: GRO on, as for any veth that
         # receives XDP frames (modes with an XDP program there would have it anyway)
         sh("ip", "netns", "exec", lab.switch, "ethtool", "-K", self.gen.port, "gro", "on")
@@ -82,7 +88,7 @@ class VethPath:
             attachment.attach(lab.bridge, lab.switch, mode=self.mode, grace_s=86400)
         elif self.name == "limit":
             self.programs.set_limit_egress(lab.switch, ifindex(lab.switch, self.sink.port))
-            self.undo.append(attach_program(lab.switch, self.gen.port, self.programs.limit.fd))
+            self.undo.push(attach_program(lab.switch, self.gen.port, self.programs.limit.fd))
         pin_napi_threads(lab.switch, self.gen.port, cpu=SWITCH_CPU)
         self.gen_ifindex = ifindex(self.gen.netns, "eth0")
 
@@ -99,10 +105,6 @@ class VethPath:
         return (self.programs.sink_total() - before) / elapsed, offered / elapsed
 
     def close(self):
-        for fn in reversed(self.undo):
-            try:
-                fn()
-            except Exception:  # noqa: BLE001
-                pass
+        self.undo.rollback()
         self.programs.close()
         self.lab.close()

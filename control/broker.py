@@ -23,6 +23,7 @@ import threading
 from control import endpoints
 from loader import bpfsys
 from loader.afxdp import new_socket
+from loader.netns import interface_index
 
 log = logging.getLogger("xdpbr.broker")
 
@@ -138,7 +139,7 @@ class Broker:
             raise
         finally:
             os.close(xsks)
-        ifindex = endpoints.ifindex(self.netns, record["ifname"])
+        ifindex = interface_index(self.netns, record["ifname"])
         reply = {
             "ok": True,
             "ifname": record["ifname"],

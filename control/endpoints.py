@@ -21,7 +21,7 @@ from control.attachment import Journal
 from control.lab import sh
 from loader import bpfsys
 from loader.errors import NotFound, UsageError, XdpbrError
-from loader.netns import check_exists, entered
+from loader.netns import check_exists, entered, interface_index
 
 PIN_ROOT = "/sys/fs/bpf/xdpbr-endpoints"
 RECORD_ROOT = "/run/xdpbr/endpoints"
@@ -63,18 +63,8 @@ def _bridge(netns, *argv):
         raise XdpbrError(str(exc)) from None
 
 
-def ifindex(netns, ifname):
-    with entered(netns):
-        import socket
-
-        try:
-            return socket.if_nametoindex(ifname)
-        except OSError:
-            return None
-
-
 def _is_bridge(netns, name):
-    if ifindex(netns, name) is None:
+    if interface_index(netns, name) is None:
         return False
     info = json.loads(_ip(netns, "-j", "-d", "link", "show", "dev", name))
     return bool(info) and info[0].get("linkinfo", {}).get("info_kind") == "bridge"
@@ -82,12 +72,13 @@ def _is_bridge(netns, name):
 
 def afxdp_unavailable():
     """Why this host cannot give an endpoint AF_XDP, or None."""
-    import socket
+    from loader.afxdp import new_socket
+    from loader.errors import Unsupported
 
     try:
-        socket.socket(44, socket.SOCK_RAW).close()  # AF_XDP
-    except OSError as exc:
-        return f"no AF_XDP sockets in this kernel ({os.strerror(exc.errno)})"
+        new_socket().close()
+    except Unsupported as exc:
+        return str(exc)
     return None
 
 
@@ -105,7 +96,7 @@ def add(bridge, netns, name, *, path="afxdp", mac=None, queues=1, owner=0, group
             fix=f"xdpbr endpoint del {bridge} {name}",
         )
     for ifname in (name, f"{name}-p"):
-        if ifindex(netns, ifname) is not None:
+        if interface_index(netns, ifname) is not None:
             raise XdpbrError(f"interface {ifname} already exists", fix="pick another endpoint name")
     why = None
     if path == "afxdp":
@@ -259,7 +250,8 @@ def show(bridge=None, netns=None):
     """Endpoints with their path (afxdp/tap), why, and whether their interface exists. (Which
     XSKMAP slots hold a socket cannot be read from userspace; the broker knows what it handed.)"""
     return [
-        dict(rec, present=ifindex(rec["netns"], rec["ifname"]) is not None) for rec in records(bridge, netns)
+        dict(rec, present=interface_index(rec["netns"], rec["ifname"]) is not None)
+        for rec in records(bridge, netns)
     ]
 
 
@@ -270,7 +262,7 @@ def delete(bridge, netns, name):
         raise NotFound(f"no endpoint {name} on {label(bridge, netns)}", fix=f"xdpbr endpoint show {bridge}")
     with open(path) as f:
         rec = json.load(f)
-    if ifindex(netns, rec["ifname"]) is not None:
+    if interface_index(netns, rec["ifname"]) is not None:
         _ip(netns, "link", "del", rec["ifname"])  # a veth takes its peer with it
     if rec.get("pins"):
         _remove_pins(rec["pins"])

@@ -229,22 +229,8 @@ def map_keys(fd, key_type):
 
 
 def map_lookup_batch(fd, key_type, value_type, count):
-    """Read `count` entries of an array map in one syscall; returns (keys, values) arrays."""
-    keys = (key_type * count)()
-    values = (value_type * count)()
-    out_batch = ctypes.c_uint32()
-    attr = _BatchAttr(
-        in_batch=0,
-        out_batch=_addr(out_batch),
-        keys=_addr(keys),
-        values=_addr(values),
-        count=count,
-        map_fd=fd,
-    )
-    ret = _bpf(BPF_MAP_LOOKUP_BATCH, attr)
-    if ret < 0 and ret != -2:  # ENOENT: the batch reached the end
-        raise XdpbrError("BPF map batch lookup failed", errno=-ret)
-    return keys, values, attr.count
+    """Read `count` entries of an array map in one syscall; returns (keys, values, count)."""
+    return next(_batches(fd, key_type, value_type, count))
 
 
 def map_items(fd, key_type, value_type, chunk=4096):

@@ -66,6 +66,15 @@ def interface_names(name, ifindexes):
     return names
 
 
+def interface_index(name, ifname):
+    """The ifindex of `ifname` in namespace `name`, or None when there is no such interface."""
+    with entered(name):
+        try:
+            return socket.if_nametoindex(ifname)
+        except OSError:
+            return None
+
+
 def current_inode():
     return os.stat("/proc/thread-self/ns/net").st_ino
 
