@@ -11,10 +11,10 @@ import select
 import time
 
 from bench.taps import RelayLoop
-from bench.veth import ifindex
+from bench.veth import GENERATOR_CPU, ifindex, pin_napi_threads
 from control.attachment import Journal
 from control.lab import Lab, sh
-from loader.afxdp import XskRedirect, XskSocket, forward, new_socket
+from loader.afxdp import XskRedirect, XskSocket, forward
 from loader.trafficgen import BenchPrograms, attach_program
 
 RING = 16384
@@ -23,11 +23,11 @@ RING = 16384
 def relay(ns, redirect, deadline):
     """Child process: sockets on xa and xb sharing one UMEM, then RX(A) -> TX(B) as
     descriptors, in batches, until the deadline."""
-    sock_a, sock_b = new_socket(ns), new_socket(ns)
-    redirect.put(0, sock_a)
-    # rings deep enough for the generator's bursts (it sends ~30 ms of frames a call)
-    a = XskSocket(sock_a, ifindex(ns, "xa"), 0, frames=2 * RING, ring_size=RING)
-    b = XskSocket(sock_b, ifindex(ns, "xb"), 0, ring_size=RING, share=a)
+    # made by libxdp (xsk_socket__create, then __create_shared), rings deep enough for the
+    # generator's bursts (it sends ~30 ms of frames a call)
+    a = XskSocket.create("xa", 0, netns=ns, frames=2 * RING, ring_size=RING)
+    b = XskSocket.create("xb", 0, netns=ns, ring_size=RING, share=a)
+    redirect.put(0, a.sock)
     relayed = 0
     try:
         while time.monotonic() < deadline:
@@ -62,6 +62,12 @@ class AfxdpLoop(RelayLoop):
                     sh("ip", "-n", ns, "link", "set", ifname, "up")
             self.undo.push(attach_program(ns, "xa", self.redirect.prog.fd))
             self.undo.push(attach_program(ns, "gb", self.programs.sink.fd))
+            # The sink is the measurement, not the relay's work: frames B sends reach gb as skbs
+            # that veth copies into page-pool pages for XDP (skb_pp_cow_data); in softirq on
+            # the relay's CPU that took a third of it (perf). tap-loop's sink runs inline in
+            # writev() but costs ~1% (XDP on the TAP's buffer, before any skb). So gb's NAPI
+            # runs threaded on the generator's CPU.
+            pin_napi_threads(ns, "gb", cpu=GENERATOR_CPU)
             self.source_ifindex = ifindex(ns, "ga")
         except BaseException:
             self.close()

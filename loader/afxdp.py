@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import errno
 import mmap
+import os
 import select
 import socket
 import struct
@@ -25,6 +26,7 @@ AF_XDP = 44
 SOL_XDP = 283
 XDP_MMAP_OFFSETS, XDP_RX_RING, XDP_TX_RING, XDP_UMEM_REG = 1, 2, 3, 4
 XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING, XDP_STATISTICS = 5, 6, 7
+XDP_MAX_TX_SKB_BUDGET = 9  # Linux 6.17+: frames one copy-mode sendto() sends (default 32)
 XDP_PGOFF_RX_RING, XDP_PGOFF_TX_RING = 0, 0x80000000
 XDP_UMEM_PGOFF_FILL_RING, XDP_UMEM_PGOFF_COMPLETION_RING = 0x100000000, 0x180000000
 XDP_SHARED_UMEM, XDP_COPY, XDP_ZEROCOPY, XDP_USE_NEED_WAKEUP = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -43,36 +45,73 @@ _UMEM_REG = struct.Struct("=QQIIII")  # addr, len, chunk_size, headroom, flags, 
 _SOCKADDR_XDP = struct.Struct("=HHIII")  # family, flags, ifindex, queue_id, shared_umem_fd
 _STATISTICS = struct.Struct("=6Q")
 
+# a writable memoryview of raw memory (ctypes arrays export "<B", which memoryview cannot cast)
+_memory_at = ctypes.pythonapi.PyMemoryView_FromMemory
+_memory_at.restype, _memory_at.argtypes = ctypes.py_object, (ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int)
+PyBUF_WRITE = 0x200
+
 
 class Ring:
     """One AF_XDP ring in mmapped memory: `entry` is 8 (fill, completion: addresses) or 16
     (rx, tx: struct xdp_desc {u64 addr; u32 len; u32 options})."""
 
-    def __init__(self, fd, pgoff, offsets, size, entry):
+    def __init__(self, producer, consumer, flags, desc, size, entry, keep=()):
+        """`producer`, `consumer`, `flags`: one-word views; `desc`: the descriptors as u64
+        words; `keep`: what must outlive the views (the mmap)."""
+        self.prod, self.cons, self.flag, self.q64 = producer, consumer, flags, desc
+        self.size, self.mask, self.entry, self.keep = size, size - 1, entry, list(keep)
+
+    @classmethod
+    def mapped(cls, fd, pgoff, offsets, size, entry):
+        """Map the ring of socket `fd` at page offset `pgoff` (XDP_MMAP_OFFSETS: producer,
+        consumer, desc, flags)."""
         producer, consumer, desc, flags = offsets
-        self.map = mmap.mmap(
+        area = mmap.mmap(
             fd,
             desc + size * entry,
             mmap.MAP_SHARED | mmap.MAP_POPULATE,
             mmap.PROT_READ | mmap.PROT_WRITE,
             offset=pgoff,
         )
-        self.u32 = memoryview(self.map).cast("I")
-        self.q64 = memoryview(self.map)[desc : desc + size * entry].cast("Q")
-        self.producer, self.consumer, self.flags = producer // 4, consumer // 4, flags // 4
-        self.desc, self.size, self.mask, self.entry = desc, size, size - 1, entry
+        view = memoryview(area)
+        words = view.cast("I")
+        return cls(
+            words[producer // 4 : producer // 4 + 1],
+            words[consumer // 4 : consumer // 4 + 1],
+            words[flags // 4 : flags // 4 + 1],
+            view[desc : desc + size * entry].cast("Q"),
+            size,
+            entry,
+            keep=(words, view, area),
+        )
+
+    @classmethod
+    def from_libxdp(cls, ring, entry):
+        """The ring libxdp mapped, from its `struct xsk_ring_*` (loader/libxdp.XskRingStruct)."""
+
+        def words(address, nbytes, fmt):
+            return _memory_at(address, nbytes, PyBUF_WRITE).cast(fmt)
+
+        return cls(
+            words(ring.producer, 4, "I"),
+            words(ring.consumer, 4, "I"),
+            words(ring.flags, 4, "I"),
+            words(ring.ring, ring.size * entry, "Q"),
+            ring.size,
+            entry,
+        )
 
     def needs_wakeup(self):
-        return bool(self.u32[self.flags] & XDP_RING_NEED_WAKEUP)
+        return bool(self.flag[0] & XDP_RING_NEED_WAKEUP)
 
     # producer side (fill, tx)
     def free(self):
-        return self.size - (self.u32[self.producer] - self.u32[self.consumer]) % (1 << 32)
+        return self.size - (self.prod[0] - self.cons[0]) % (1 << 32)
 
     def produce(self, addrs, lens=None):
         """Write descriptors (addresses; with `lens`, struct xdp_desc), then publish them;
         returns how many fit. Whole runs are copied with slice assignments, not per entry."""
-        head = self.u32[self.producer]
+        head = self.prod[0]
         n = min(len(addrs), self.free())
         if not n:
             return 0
@@ -88,30 +127,54 @@ class Ring:
         self.q64[start * per : (start + first) * per] = words[: first * per]
         if first < n:
             self.q64[0 : (n - first) * per] = words[first * per :]
-        self.u32[self.producer] = (head + n) & 0xFFFFFFFF
+        self.prod[0] = (head + n) & 0xFFFFFFFF
         return n
 
     # consumer side (rx, completion)
     def consume(self, limit=1 << 16):
         """Read what the kernel produced (at most `limit`), then release it: a list of
         addresses (fill/completion) or (addresses, lengths) (rx/tx)."""
-        tail = self.u32[self.consumer]
-        n = min((self.u32[self.producer] - tail) % (1 << 32), limit)
+        tail = self.cons[0]
+        n = min((self.prod[0] - tail) % (1 << 32), limit)
         per = self.entry // 8
         start = tail & self.mask
         first = min(n, self.size - start)
         words = self.q64[start * per : (start + first) * per].tolist()
         if first < n:
             words += self.q64[0 : (n - first) * per].tolist()
-        self.u32[self.consumer] = (tail + n) & 0xFFFFFFFF
+        self.cons[0] = (tail + n) & 0xFFFFFFFF
         if per == 1:
             return words
         return words[0::2], [w & 0xFFFFFFFF for w in words[1::2]]
 
+    def move_to(self, other):
+        """Move descriptors from this ring (consumer side) to `other` (producer side, same
+        entry size) as raw words, no Python object per entry: RX -> TX, completion -> fill.
+        Returns how many moved."""
+        tail, head = self.cons[0], other.prod[0]
+        n = min((self.prod[0] - tail) % (1 << 32), other.free())
+        if not n:
+            return 0
+        per = self.entry // 8
+        start = tail & self.mask
+        first = min(n, self.size - start)
+        words = self.q64[start * per : (start + first) * per].tobytes()
+        if first < n:
+            words += self.q64[0 : (n - first) * per].tobytes()
+        words = memoryview(words).cast("Q")
+        start = head & other.mask
+        first = min(n, other.size - start)
+        other.q64[start * per : (start + first) * per] = words[: first * per]
+        if first < n:
+            other.q64[0 : (n - first) * per] = words[first * per :]
+        other.prod[0] = (head + n) & 0xFFFFFFFF  # published after the descriptors
+        self.cons[0] = (tail + n) & 0xFFFFFFFF
+        return n
+
     def close(self):
-        self.q64.release()
-        self.u32.release()
-        self.map.close()
+        for view in (self.prod, self.cons, self.flag, self.q64, *self.keep):
+            view.release() if isinstance(view, memoryview) else view.close()
+        self.keep = []
 
 
 def new_socket(netns=None):
@@ -129,8 +192,12 @@ def from_fd(fd):
 
 
 class XskSocket:
-    """A UMEM and its rings set up on an AF_XDP socket, then bound to (ifindex, queue).
+    """A UMEM and its four rings on one AF_XDP socket, bound to (interface, queue); frames
+    go in and out in batches over the ring memory.
 
+    Two ways to get one: `XskSocket(sock, ifindex, queue)` sets up a socket made elsewhere by
+    hand (a handed-over fd: what a VMM does, since libxdp 1.3.1 cannot adopt an fd), and
+    `XskSocket.create(ifname, queue)` lets libxdp make and bind it (xdpbr's own sockets).
     With `share=` another XskSocket, this one uses that socket's UMEM (XDP_SHARED_UMEM, its
     own fill and completion rings): a relay then moves descriptors between the two, and no
     frame is copied (`forward`)."""
@@ -138,17 +205,87 @@ class XskSocket:
     def __init__(
         self, sock, ifindex, queue=0, *, zerocopy=False, frames=NUM_FRAMES, ring_size=RING_SIZE, share=None
     ):
+        self._init_umem(frames, ring_size, share)
         self.sock, self.fd = sock, sock.fileno()
-        self.frames, self.share, self.ring_size = frames, share, ring_size
-        self.umem = (
-            share.umem if share else mmap.mmap(-1, frames * FRAME_SIZE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        )
-        self.rings = []
         try:
             self._setup(ifindex, queue, zerocopy)
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def create(
+        cls,
+        ifname,
+        queue=0,
+        *,
+        netns=None,
+        zerocopy=False,
+        frames=NUM_FRAMES,
+        ring_size=RING_SIZE,
+        share=None,
+    ):
+        """A socket made and bound by libxdp (xsk_umem__create, then xsk_socket__create or,
+        with `share=`, xsk_socket__create_shared) with INHIBIT_PROG_LOAD: the caller puts it
+        into its own XSKMAP. `ifname` is looked up in `netns`."""
+        deadline = time.monotonic() + BIND_RETRY_S
+        while True:
+            self = cls.__new__(cls)
+            self._init_umem(frames, ring_size, share)
+            try:
+                with entered(netns):
+                    err = self._create(ifname, queue, zerocopy)
+                if not err:
+                    return self
+            except BaseException:
+                self.close()
+                raise
+            self.close()
+            if err == errno.EBUSY and time.monotonic() < deadline:
+                time.sleep(0.005)  # a queue released just now: retry briefly (KERNEL-FACTS)
+                continue
+            raise XdpbrError(
+                f"libxdp cannot bind an AF_XDP socket to {ifname} queue {queue}",
+                errno=err,
+                fix="is another socket bound there?" if err == errno.EBUSY else None,
+            )
+
+    def _init_umem(self, frames, ring_size, share):
+        self.frames, self.share, self.ring_size = frames, share, ring_size
+        self.rings, self._undo, self.sock = [], [], None
+        self.umem = (
+            share.umem if share else mmap.mmap(-1, frames * FRAME_SIZE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        )
+
+    def _create(self, ifname, queue, zerocopy):
+        """One libxdp attempt; returns 0 or the errno of a failed bind."""
+        from loader import libxdp
+
+        structs = self._structs = [libxdp.XskRingStruct() for _ in range(4)]  # libxdp keeps pointers
+        rx, tx, fill, comp = (ctypes.byref(s) for s in structs)
+        if self.share:
+            umem = self.share._libxdp_umem
+        else:
+            self._umem_view = ctypes.c_char.from_buffer(self.umem)  # released in close()
+            umem = self._libxdp_umem = libxdp.umem_create(
+                ctypes.addressof(self._umem_view), len(self.umem), fill, comp, self.ring_size, FRAME_SIZE
+            )
+            self._undo.append(lambda: libxdp.umem_delete(umem))
+        bind_flags = XDP_USE_NEED_WAKEUP | (XDP_ZEROCOPY if zerocopy else XDP_COPY)
+        shared = (fill, comp) if self.share else (None, None)
+        xsk, ret = libxdp.socket_create(ifname, queue, umem, rx, tx, self.ring_size, bind_flags, *shared)
+        if ret < 0:
+            return -ret
+        self._undo.append(lambda: libxdp.socket_delete(xsk))
+        # a second file descriptor of the same socket, for poll, sendto and getsockopt; libxdp
+        # closes its own in xsk_socket__delete
+        self.sock = socket.socket(AF_XDP, socket.SOCK_RAW, 0, fileno=os.dup(libxdp.socket_fd(xsk)))
+        self.fd = self.sock.fileno()
+        self.rx, self.tx = Ring.from_libxdp(structs[0], 16), Ring.from_libxdp(structs[1], 16)
+        self.fill, self.comp = Ring.from_libxdp(structs[2], 8), Ring.from_libxdp(structs[3], 8)
+        self.rings = [self.rx, self.tx, self.fill, self.comp]
+        self._start(zerocopy)
+        return 0
 
     def _setup(self, ifindex, queue, zerocopy):
         if not self.share:
@@ -160,22 +297,40 @@ class XskSocket:
         for opt in (XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING, XDP_RX_RING, XDP_TX_RING):
             self.sock.setsockopt(SOL_XDP, opt, size)
         off = _OFFSETS.unpack(self.sock.getsockopt(SOL_XDP, XDP_MMAP_OFFSETS, _OFFSETS.size))
-        self.rx = Ring(self.fd, XDP_PGOFF_RX_RING, off[0:4], size, 16)
-        self.tx = Ring(self.fd, XDP_PGOFF_TX_RING, off[4:8], size, 16)
-        self.fill = Ring(self.fd, XDP_UMEM_PGOFF_FILL_RING, off[8:12], size, 8)
-        self.comp = Ring(self.fd, XDP_UMEM_PGOFF_COMPLETION_RING, off[12:16], size, 8)
+        self.rx = Ring.mapped(self.fd, XDP_PGOFF_RX_RING, off[0:4], size, 16)
+        self.tx = Ring.mapped(self.fd, XDP_PGOFF_TX_RING, off[4:8], size, 16)
+        self.fill = Ring.mapped(self.fd, XDP_UMEM_PGOFF_FILL_RING, off[8:12], size, 8)
+        self.comp = Ring.mapped(self.fd, XDP_UMEM_PGOFF_COMPLETION_RING, off[12:16], size, 8)
         self.rings = [self.rx, self.tx, self.fill, self.comp]
+        self._start(zerocopy)
+        if self.share:  # flags are inherited from the UMEM's owner
+            self._bind(ifindex, queue, XDP_SHARED_UMEM, shared_fd=self.share.fd)
+        else:
+            self._bind(ifindex, queue, XDP_USE_NEED_WAKEUP | (XDP_ZEROCOPY if zerocopy else XDP_COPY))
+
+    def _start(self, zerocopy):
+        """Hand the UMEM's frames out: half wait in the fill ring for the kernel, half are ours
+        to send from. A socket sharing a UMEM sends the owner's frames (descriptors)."""
         self.copy_mode = not zerocopy  # copy mode transmits only inside sendto(): kick every batch
-        if self.share:  # the frames belong to the owner of the UMEM; flags are inherited
+        if self.copy_mode:
+            self._raise_tx_budget()
+        if self.share:
             self.free_tx = []
             self.copy_mode = self.share.copy_mode
-            self._bind(ifindex, queue, XDP_SHARED_UMEM, shared_fd=self.share.fd)
             return
-        # half the frames wait in the fill ring for the kernel, half are ours to send from
         half = self.frames // 2
-        self.fill.produce([i * FRAME_SIZE for i in range(min(half, size))])
+        self.fill.produce([i * FRAME_SIZE for i in range(min(half, self.ring_size))])
         self.free_tx = [i * FRAME_SIZE for i in range(half, self.frames)]
-        self._bind(ifindex, queue, XDP_USE_NEED_WAKEUP | (XDP_ZEROCOPY if zerocopy else XDP_COPY))
+
+    def _raise_tx_budget(self):
+        """Let one sendto() send a whole TX ring instead of 32 frames: a relay of 16k-frame
+        batches then makes one system call a batch. Older kernels lack the option (ENOPROTOOPT)
+        and keep 32: the kick loop below covers them."""
+        try:
+            self.sock.setsockopt(SOL_XDP, XDP_MAX_TX_SKB_BUDGET, self.ring_size)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOPROTOOPT, errno.EINVAL):
+                raise
 
     def _bind(self, ifindex, queue, flags, shared_fd=0):
         addr = ctypes.create_string_buffer(_SOCKADDR_XDP.pack(AF_XDP, flags, ifindex, queue, shared_fd))
@@ -218,7 +373,7 @@ class XskSocket:
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EBUSY, errno.ENOBUFS):
                     raise
-            if self.tx.u32[self.tx.consumer] == self.tx.u32[self.tx.producer]:
+            if self.tx.cons[0] == self.tx.prod[0]:
                 return
 
     def reclaim(self):
@@ -256,7 +411,11 @@ class XskSocket:
         for ring in self.rings:
             ring.close()
         self.rings = []
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
+        undo, self._undo = self._undo, []
+        for step in reversed(undo):  # libxdp: the socket, then its UMEM
+            step()
         if not self.share:
             self.__dict__.pop("_umem_view", None)
             self.umem.close()
@@ -292,16 +451,15 @@ class XskRedirect:
 
 def forward(src, dst):
     """Move what arrived on `src` to `dst`'s TX ring as descriptors (dst shares src's UMEM):
-    no frame is copied. Frames dst has sent go back to src's fill ring. Returns how many moved."""
-    addrs, lens = src.rx.consume()
-    moved = dst.tx.produce(addrs, lens) if addrs else 0
-    if moved < len(addrs):  # dst's TX ring is full: those frames are dropped, as a NIC would
-        src.fill.produce(addrs[moved:])
+    no frame is copied, and no Python object is made per frame. Frames dst has sent go back to
+    src's fill ring. Returns how many moved."""
+    moved = src.rx.move_to(dst.tx)
+    if not dst.tx.free():  # what is left cannot go out: dropped, as a NIC would
+        addrs, _ = src.rx.consume()
+        src.fill.produce(addrs)
     if moved:
         dst._kick()
-    done = dst.comp.consume()
-    if done:
-        src.fill.produce(done)
+    dst.comp.move_to(src.fill)
     if src.fill.needs_wakeup():
         select.select([src.fd], [], [], 0)
     return moved
