@@ -21,7 +21,7 @@ from control.attachment import Journal
 from control.lab import sh
 from loader import bpfsys
 from loader.errors import NotFound, UsageError, XdpbrError
-from loader.netns import check_exists, entered, interface_index
+from loader.netns import check_exists, entered, interface_index, netns_path
 
 PIN_ROOT = "/sys/fs/bpf/xdpbr-endpoints"
 RECORD_ROOT = "/run/xdpbr/endpoints"
@@ -61,6 +61,14 @@ def _bridge(netns, *argv):
         return sh("bridge", "-n", netns, *argv) if netns else sh("bridge", *argv)
     except RuntimeError as exc:
         raise XdpbrError(str(exc)) from None
+
+
+def _ethtool(netns, *argv):
+    enter = ["nsenter", f"--net={netns_path(netns)}", "--"] if netns else []
+    try:
+        return sh(*enter, "ethtool", *argv)
+    except RuntimeError as exc:
+        raise XdpbrError(str(exc), fix="apt-get install ethtool") from None
 
 
 def _is_bridge(netns, name):
@@ -142,6 +150,12 @@ def _add_afxdp(bridge, netns, name, queues, journal):
     q = ["numtxqueues", str(queues), "numrxqueues", str(queues)]
     _ip(netns, "link", "add", name, *q, "type", "veth", "peer", port, *q)
     journal.push(_ip, netns, "link", "del", name)
+    # A frame the fast path or the bridge sends into the port may still carry a partial
+    # checksum (a container's veth offloads it); veth hands it on as is, and XDP on the other
+    # side turns it into an xdp_frame whose checksum nobody completes (KERNEL-FACTS), so the
+    # consumer would get a wrong one. With checksumming off on the port, the kernel completes
+    # the checksum (and segments GSO frames) on transmit, as a NIC would before the wire.
+    _ethtool(netns, "-K", port, "tx", "off")
     _ip(netns, "link", "set", port, "master", bridge, "up")
     _ip(netns, "link", "set", name, "up")
     redirect = XskRedirect()
