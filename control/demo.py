@@ -1,15 +1,22 @@
-"""`make demo`: a bridge with two VMs (TAP endpoints driven by a guest kernel, as QEMU would)
-and one container (veth), accelerated by xdpbr; ping, UDP and TCP between them, then the
-per-port counters of the fast path and the slow path. Everything is removed at the end."""
+"""`make demo`: a bridge with two VMs (TAP endpoints driven by a guest kernel, as QEMU would),
+one container (veth) and one AF_XDP endpoint (sockets from the daemon's broker, served by the
+Python endpoint as a VMM with `-netdev af-xdp` would), accelerated by xdpbr; ping, UDP and TCP
+between them, then the per-port counters of the fast path and the slow path. Everything is
+removed at the end."""
 
 import json
 import subprocess
 import sys
 import time
 
-from control import attachment, render, state
+from control import attachment, endpoints, render, state
+from control.broker import request, socket_path
 from control.lab import Lab
 from loader.errors import XdpbrError
+from loader.xsk_endpoint import AfxdpEndpoint
+
+XSK_NAME, XSK_MAC, XSK_IP = "vm3", "52:54:00:00:00:03", "10.200.0.103"
+UDP_COUNT = 1000
 
 
 def _say(text):
@@ -41,12 +48,16 @@ def main():
         for host in (vm1, vm2, ct1):
             print(f"  {host.name:4} {host.ip:12} port {host.port}")
 
+        _say(f"xdpbr -n {lab.switch} endpoint add br0 {XSK_NAME} --afxdp --mac {XSK_MAC}")
+        endpoints.add("br0", lab.switch, XSK_NAME, mac=XSK_MAC)
         _say(f"xdpbr -n {lab.switch} attach br0")
         attachment.attach("br0", lab.switch)
         daemon = subprocess.Popen([sys.executable, "-m", "control.cli", "daemon"], stderr=subprocess.DEVNULL)
+        xsk = None
         try:
-            time.sleep(0.5)
+            xsk = _afxdp_guest(lab)
             render.emit(state.show("br0", lab.switch), False, render.show_text)
+            _cli("-n", lab.switch, "endpoint", "show", "br0")
 
             pairs = [(vm1, vm2), (vm1, ct1), (ct1, vm2)]
             _say("ping")
@@ -59,6 +70,14 @@ def main():
             for a, b in pairs:
                 print(f"  {a.name} -> {b.name}: {_iperf(a, b)}")
 
+            _say(f"AF_XDP endpoint {XSK_NAME} ({XSK_IP}): ARP and ping answered by the Python endpoint")
+            for a in (ct1, vm1):
+                print(f"  {a.name} -> {XSK_NAME}: {'ok' if a.ping(XSK_IP, count=5) else 'FAILED'}")
+            print(f"  {XSK_NAME} answered {xsk.arp_replies} ARP requests and {xsk.echo_replies} pings")
+            print(f"  {ct1.name} -> {XSK_NAME}: {_udp_to_endpoint(ct1, xsk)} UDP datagrams arrived")
+            print(f"  {XSK_NAME} -> {ct1.name}: {_udp_from_endpoint(xsk, ct1)} UDP datagrams arrived")
+            print(f"  socket statistics (XDP_STATISTICS, held by the consumer): {xsk.statistics()}")
+
             _say(f"xdpbr -n {lab.switch} stats br0   (forward = fast path; every other reason = slow path)")
             render.emit(state.stats("br0", lab.switch), False, render.stats_text)
             _say("per port: packets on the fast path vs handed to the bridge")
@@ -66,11 +85,81 @@ def main():
             for port, (fast, slow) in sorted(path_totals(state.stats("br0", lab.switch), modes).items()):
                 print(f"  {port:8} {modes.get(port, '?'):7} fast path {fast:9}   bridge {slow:7}")
         finally:
+            if xsk:
+                xsk.close()
             daemon.terminate()
             daemon.wait(10)
-            _say("detaching and removing the namespaces")
+            _say("deleting the endpoint, detaching and removing the namespaces")
+            endpoints.delete("br0", lab.switch, XSK_NAME)
             attachment.detach("br0", lab.switch)
     return 0
+
+
+def _cli(*argv):
+    subprocess.run([sys.executable, "-m", "control.cli", *argv], check=False)
+
+
+def _afxdp_guest(lab):
+    """What a VM launcher does: ask the daemon's broker for the endpoint's sockets; the Python
+    endpoint then sets up its UMEM and rings on them and binds, as QEMU would."""
+    path = socket_path("br0", lab.switch)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            reply, fds = request(path, XSK_NAME)
+            break
+        except OSError:  # the daemon is still starting
+            if time.monotonic() > deadline:
+                raise XdpbrError(f"no broker at {path}", fix="see `xdpbr daemon` errors") from None
+            time.sleep(0.1)
+    if not reply.get("ok"):
+        raise XdpbrError(f"the broker refused {XSK_NAME}: {reply.get('error')}")
+    print(f"  broker {path}: {json.dumps(reply)} + {len(fds)} socket(s)")
+    return AfxdpEndpoint.adopt(reply, fds, XSK_MAC, XSK_IP).start()
+
+
+def _udp_to_endpoint(host, xsk):
+    script = (
+        "import socket\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+        f"for i in range({UDP_COUNT}): s.sendto(b'x'*64,('{XSK_IP}',4000))\n"
+    )
+    host.run("python3", "-c", script)
+    got, deadline = 0, time.monotonic() + 2
+    while got < UDP_COUNT and time.monotonic() < deadline:
+        got += sum(1 for f in xsk.take() if f[12:14] == b"\x08\x00" and f[23] == 17)
+        time.sleep(0.05)
+    return f"{got}/{UDP_COUNT}"
+
+
+def _udp_from_endpoint(xsk, host):
+    receiver = (
+        "import socket\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('0.0.0.0',4001)); s.settimeout(3)\n"
+        "print('ready',flush=True); n=0\n"
+        "try:\n"
+        f"    while n<{UDP_COUNT}: s.recv(2048); n+=1\n"
+        "except socket.timeout: pass\n"
+        "print(n)\n"
+    )
+    proc = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{host.netns}", "--", "python3", "-c", receiver],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        proc.stdout.readline()
+        frames = [xsk.udp(host.mac, host.ip, b"y" * 64, dport=4001) for _ in range(UDP_COUNT)]
+        sent = 0
+        for start in range(0, UDP_COUNT, 50):  # paced: the receiver is a Python loop too
+            sent += xsk.send(frames[start : start + 50])
+            time.sleep(0.005)
+        out, _ = proc.communicate(timeout=10)
+        return f"{int(out.strip() or 0)}/{sent}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def path_totals(rows, modes):
