@@ -3,6 +3,8 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+OVS_STAMP := $(VENV)/ovs/.stamp
+OVS_LIBS := libbpf1 libcap-ng0 libnuma1 libssl3 libunbound8 libxdp1
 
 # bcc (python3-bpfcc) needs kernel headers: Debian's linux-headers-amd64 serve when no package
 # matches the running kernel (loader/compile.py finds them).
@@ -34,8 +36,19 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-bench: setup
+bench: setup $(OVS_STAMP)
 	$(VENV)/bin/xdpbr bench --png docs/benchmarks.png
+
+# Open vSwitch (Debian's 3.1 is built with AF_XDP) for the afxdp-loop comparison: its libraries
+# from apt, the package itself only unpacked into .venv/ovs, so no OVS service is installed or
+# started on the host (bench/ovs.py runs a private instance in the benchmark's namespace).
+$(OVS_STAMP): $(STAMP)
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(OVS_LIBS)
+	rm -rf $(VENV)/ovs.download && mkdir -p $(VENV)/ovs.download
+	cd $(VENV)/ovs.download && apt-get -q -o APT::Sandbox::User=root download openvswitch-common openvswitch-switch
+	for deb in $(VENV)/ovs.download/*.deb; do dpkg-deb -x $$deb $(VENV)/ovs; done
+	rm -rf $(VENV)/ovs.download
+	touch $@
 
 # The daemon as a systemd service, running this checkout's CLI.
 install-service: setup

@@ -6,6 +6,7 @@ Scenarios (all of them when none is named):
   limit      a minimal XDP redirect to the other port: the ceiling of any XDP switch here
   tap-loop   the seed's slow path: two TAP endpoints relayed by a Python loop like QEMU's
   afxdp-loop the same loop between two AF_XDP endpoints (rings, shared UMEM), with tap-loop
+             and Open vSwitch's userspace datapath with AF_XDP ports (ovs-afxdp) alongside
   vm         two TAP endpoints joined by a bridge, plain and accelerated (guest to guest)
   tcp        iperf3 through the bridge and through xdpbr in each mode, default offloads
   control    attach of a 64-port bridge (compile included), MAC learned -> fast path
@@ -78,9 +79,15 @@ def frame_paths(scenarios, flows):
     if "tap-loop" in scenarios or "afxdp-loop" in scenarios:
         paths.append(("tap-loop", TapLoop))
     if "afxdp-loop" in scenarios:
+        from bench import ovs
         from bench.afxdp import AfxdpLoop
 
         paths.append(("afxdp-loop", AfxdpLoop))
+        why = ovs.unavailable()
+        if why:
+            _progress(f"ovs-afxdp skipped: {why}")
+        else:
+            paths.append(("ovs-afxdp", ovs.OvsAfxdpLoop))
     if "vm" in scenarios:
         paths += [("vm-bridge", lambda: VmPath(None)), ("vm-auto", lambda: VmPath("auto"))]
     return paths
@@ -123,8 +130,11 @@ def run_frames(scenarios, rounds, window, flows):
         base = row["bridge"]["median"]
         for summary in row.values():
             summary["vs_bridge"] = summary["median"] / base if base else None
-        if "afxdp-loop" in row:
-            row["afxdp-loop"]["vs_tap_loop"] = row["afxdp-loop"]["median"] / row["tap-loop"]["median"]
+        for name in ("afxdp-loop", "ovs-afxdp"):
+            if name in row:
+                row[name]["vs_tap_loop"] = row[name]["median"] / row["tap-loop"]["median"]
+        if "ovs-afxdp" in row:
+            row["afxdp-loop"]["vs_ovs_afxdp"] = row["afxdp-loop"]["median"] / row["ovs-afxdp"]["median"]
         if "vm-bridge" in row:
             for name in ("vm-bridge", "vm-auto"):
                 row[name]["vs_vm_bridge"] = row[name]["median"] / row["vm-bridge"]["median"]
@@ -288,6 +298,7 @@ def table(results):
         for name, r in row.items():
             extra = f"   {r['vs_vm_bridge']:.2f} x vm-bridge" if "vs_vm_bridge" in r else ""
             extra += f"   {r['vs_tap_loop']:.2f} x tap-loop" if "vs_tap_loop" in r else ""
+            extra += f", {r['vs_ovs_afxdp']:.2f} x ovs-afxdp" if "vs_ovs_afxdp" in r else ""
             lines.append(
                 f"  {name:12} {r['median'] / 1e6:8.3f} ({r['min'] / 1e6:.3f}-{r['max'] / 1e6:.3f})"
                 f" {r['vs_bridge']:8.2f}x {r['offered'] / 1e6:12.2f}{extra}"
