@@ -20,6 +20,22 @@ from loader.trafficgen import BenchPrograms, attach_program
 RING = 16384
 
 
+def build_endpoint_veths(ns, programs, undo):
+    """The generator's veth ga with endpoint A's side xa, and endpoint B's side xb with the
+    sink's veth gb (XDP sink attached, undone through `undo`)."""
+    for gen, endpoint in (("ga", "xa"), ("gb", "xb")):
+        sh("ip", "-n", ns, "link", "add", gen, "type", "veth", "peer", endpoint)
+        for ifname in (gen, endpoint):
+            sh("ip", "-n", ns, "link", "set", ifname, "up")
+    undo.push(attach_program(ns, "gb", programs.sink.fd))
+    # The sink is the measurement, not the relay's work: frames B sends reach gb as skbs that
+    # veth copies into page-pool pages for XDP (skb_pp_cow_data); in softirq on the relay's
+    # CPU that took a third of it (perf). tap-loop's sink runs inline in writev() but costs
+    # ~1% (XDP on the TAP's buffer, before any skb). So gb's NAPI runs threaded on the
+    # generator's CPU.
+    pin_napi_threads(ns, "gb", cpu=GENERATOR_CPU)
+
+
 def relay(ns, redirect, deadline):
     """Child process: sockets on xa and xb sharing one UMEM, then RX(A) -> TX(B) as
     descriptors, in batches, until the deadline."""
@@ -56,18 +72,8 @@ class AfxdpLoop(RelayLoop):
         self.undo.push(self.redirect.close)
         try:
             self.ns = ns = self.lab.netns("xsk")
-            for gen, vmm in (("ga", "xa"), ("gb", "xb")):
-                sh("ip", "-n", ns, "link", "add", gen, "type", "veth", "peer", vmm)
-                for ifname in (gen, vmm):
-                    sh("ip", "-n", ns, "link", "set", ifname, "up")
+            build_endpoint_veths(ns, self.programs, self.undo)
             self.undo.push(attach_program(ns, "xa", self.redirect.prog.fd))
-            self.undo.push(attach_program(ns, "gb", self.programs.sink.fd))
-            # The sink is the measurement, not the relay's work: frames B sends reach gb as skbs
-            # that veth copies into page-pool pages for XDP (skb_pp_cow_data); in softirq on
-            # the relay's CPU that took a third of it (perf). tap-loop's sink runs inline in
-            # writev() but costs ~1% (XDP on the TAP's buffer, before any skb). So gb's NAPI
-            # runs threaded on the generator's CPU.
-            pin_napi_threads(ns, "gb", cpu=GENERATOR_CPU)
             self.source_ifindex = ifindex(ns, "ga")
         except BaseException:
             self.close()

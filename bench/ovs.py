@@ -20,12 +20,13 @@ import subprocess
 import tempfile
 import time
 
+from bench.afxdp import build_endpoint_veths
 from bench.taps import RelayLoop
-from bench.veth import GENERATOR_CPU, SWITCH_CPU, ifindex, pin_napi_threads
+from bench.veth import SWITCH_CPU, ifindex
 from control.attachment import Journal
-from control.lab import Lab, sh
+from control.lab import Lab
 from loader.netns import netns_path
-from loader.trafficgen import BenchPrograms, attach_program
+from loader.trafficgen import BenchPrograms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNPACKED = os.path.join(ROOT, ".venv", "ovs")
@@ -77,12 +78,7 @@ class OvsAfxdpLoop(RelayLoop):
         self.undo.push(shutil.rmtree, self.dir, True)
         try:
             self.ns = ns = self.lab.netns("ovs")
-            for gen, port in (("ga", "xa"), ("gb", "xb")):
-                sh("ip", "-n", ns, "link", "add", gen, "type", "veth", "peer", port)
-                for ifname in (gen, port):
-                    sh("ip", "-n", ns, "link", "set", ifname, "up")
-            self.undo.push(attach_program(ns, "gb", self.programs.sink.fd))
-            pin_napi_threads(ns, "gb", cpu=GENERATOR_CPU)  # as in afxdp-loop
+            build_endpoint_veths(ns, self.programs, self.undo)  # as afxdp-loop's
             self._start_ovs()
             self.source_ifindex = ifindex(ns, "ga")
         except BaseException:

@@ -8,6 +8,7 @@ in them, also after a failure (use it as a context manager).
 import os
 import secrets
 import subprocess
+import sys
 
 from control import config
 from loader import pins, tracepoints
@@ -51,6 +52,31 @@ class Host:
             "ping", "-c", str(count), "-i", "0.05", "-W", "1", "-s", str(size), "-q", ip, check=False
         )
         return res.returncode == 0
+
+    def udp_listener(self, port, count, timeout=3.0):
+        """A process in this host that receives up to `count` UDP datagrams on `port` (until
+        `timeout` s pass without one) and prints each payload in hex, one a line (the output
+        is flushed when it exits). Returned once its socket is bound."""
+        script = (
+            "import socket\n"
+            f"s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', {port}))\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)\n"
+            f"s.settimeout({timeout}); print('ready', flush=True)\n"
+            "try:\n"
+            f"    for _ in range({count}): print(s.recv(65536).hex())\n"
+            "except socket.timeout:\n"
+            "    pass\n"
+        )
+        proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{self.netns}", "--", sys.executable, "-c", script],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if proc.stdout.readline().strip() != "ready":
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"{self.name}: the UDP listener on port {port} did not start")
+        return proc
 
     def __repr__(self):
         return f"Host({self.name}, {self.ip})"
