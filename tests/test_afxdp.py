@@ -1,16 +1,15 @@
 """AF_XDP sockets driven from Python: frames in through an XSKMAP redirect, frames out of TX."""
 
 import select
-import socket
 
 import pytest
 
 from control.lab import Lab, sh
 from loader.afxdp import XskRedirect, XskSocket, new_socket
 from loader.errors import XdpbrError
-from loader.netns import entered
 from loader.packets import udp_frame
 from loader.trafficgen import attach_program
+from tests.traffic import packet_socket
 
 pytestmark = pytest.mark.root
 
@@ -53,10 +52,7 @@ def endpoint(request):
             redirect.put(0, sock)  # into the map before it is bound, as the broker does
             ifindex = int(sh("ip", "-n", a, "-o", "link", "show", "xep").split(":")[0])
             xsk = XskSocket(sock, ifindex, 0)
-        with entered(b):
-            peer = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-        peer.bind(("xpeer", 0x0003))  # CPython applies htons() itself
-        peer.settimeout(2)
+        peer = packet_socket(b, "xpeer")
         try:
             yield xsk, peer, a
         finally:
@@ -137,12 +133,7 @@ def test_a_relay_over_a_shared_umem_forwards_descriptors_and_frames_arrive_intac
             a = XskSocket(new_socket(ns), index["xa"], 0)
             b = XskSocket(new_socket(ns), index["xb"], 0, share=a)
         redirect.put(0, a.sock)
-        with entered(ns):
-            ga = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-            gb = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-        ga.bind(("ga", 3))
-        gb.bind(("gb", 3))
-        gb.settimeout(2)
+        ga, gb = packet_socket(ns, "ga", receive=False), packet_socket(ns, "gb")
         try:
             frames = [udp_frame(PEER_MAC, EP_MAC, "10.9.0.1", "10.9.0.2", 60 + i) for i in range(100)]
             for frame in frames:

@@ -10,9 +10,9 @@ import pytest
 from control import attachment, endpoints, state
 from control.broker import request, socket_path
 from loader.afxdp import XskSocket, from_fd
-from loader.netns import entered
 from loader.packets import udp_frame
 from tests.conftest import wait_for
+from tests.traffic import packet_socket
 
 pytestmark = pytest.mark.root
 
@@ -30,11 +30,7 @@ def consumer(lab, reply, fds):
 
 
 def container_socket(lab):
-    with entered(lab.c1.netns):
-        pkt = so.socket(so.AF_PACKET, so.SOCK_RAW, so.htons(3))
-    pkt.bind(("eth0", 3))
-    pkt.settimeout(2)
-    return pkt
+    return packet_socket(lab.c1.netns, "eth0")
 
 
 def deliver(lab, xsk, count=10):

@@ -312,15 +312,10 @@ def macs(count, prefix):
 
 def send_from(host, sources, dst_mac):
     """One UDP frame from each source MAC, out of the host's eth0 (AF_PACKET)."""
-    import socket as so
-
-    from loader.netns import entered
     from loader.packets import udp_frame
+    from tests.traffic import packet_socket
 
-    with entered(host.netns):
-        sock = so.socket(so.AF_PACKET, so.SOCK_RAW)
-    with sock:
-        sock.bind(("eth0", 0))
+    with packet_socket(host.netns, "eth0", receive=False) as sock:
         for mac in sources:
             sock.send(udp_frame(dst_mac, mac, "10.200.0.250", "10.200.0.251", 60))
 

@@ -12,6 +12,7 @@ from loader.errors import NotFound, UsageError, XdpbrError
 from loader.netns import entered
 from loader.packets import udp_frame
 from tests.test_cli import xdpbr
+from tests.traffic import packet_socket
 
 pytestmark = pytest.mark.root
 
@@ -49,12 +50,7 @@ def test_an_afxdp_endpoint_exchanges_frames_with_a_container_on_the_fast_path(tw
             os.close(xsks)
         xsk = XskSocket(sock, int(sh("ip", "-n", lab.switch, "-o", "link", "show", "vm1").split(":")[0]), 0)
     try:
-        import socket as so
-
-        with entered(lab.c1.netns):
-            pkt = so.socket(so.AF_PACKET, so.SOCK_RAW, so.htons(3))
-        pkt.bind(("eth0", 3))
-        pkt.settimeout(2)
+        pkt = packet_socket(lab.c1.netns, "eth0")
         to_guest = [udp_frame(GUEST, lab.c1.mac, lab.c1.ip, "10.200.0.31", 60 + i) for i in range(20)]
         before = forward(lab, lab.c1.port)
         for frame in to_guest:
@@ -143,12 +139,7 @@ def test_endpoint_metrics_count_frames_to_the_sockets_and_frames_that_found_none
     endpoints.add(lab.bridge, lab.switch, "vm6", mac=GUEST)
     endpoints.add(lab.bridge, lab.switch, "vm7", path="tap")
     attachment.attach(lab.bridge, lab.switch)
-    import socket as so
-
-    with entered(lab.c1.netns):
-        pkt = so.socket(so.AF_PACKET, so.SOCK_RAW, so.htons(3))
-    with pkt:
-        pkt.bind(("eth0", 3))
+    with packet_socket(lab.c1.netns, "eth0", receive=False) as pkt:
         for _ in range(7):  # no VMM yet: no socket on the queue
             pkt.send(udp_frame(GUEST, lab.c1.mac, lab.c1.ip, "10.200.0.31", 60))
     registry = CollectorRegistry()

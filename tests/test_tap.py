@@ -15,6 +15,7 @@ from loader.tap import (
     VnetHdr,
 )
 from tests import frames as F
+from tests.traffic import packet_socket
 
 pytestmark = pytest.mark.root
 
@@ -112,11 +113,8 @@ def test_frames_xdp_redirects_into_the_tap_carry_complete_checksums(tap_lab):
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
     # a frame with its checksum complete (as from a NIC without offload): XDP may redirect it
     frame = F.ether(TAP_MAC, lab.c1.mac, F.IPV4, F.udp4(lab.c1.ip, TAP_IP, b"to-the-guest", csum="full"))
-    with entered(lab.c1.netns):
-        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-    tx.bind(("eth0", 0))
-    tx.send(frame)
-    tx.close()
+    with packet_socket(lab.c1.netns, "eth0", receive=False) as tx:
+        tx.send(frame)
     got = None
     for _ in range(20):
         item = lab.tap.recv(timeout=0.5)

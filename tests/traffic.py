@@ -14,6 +14,24 @@ from loader.netns import entered
 SO_RCVBUFFORCE = 33
 
 
+ETH_P_ALL = 0x0003
+
+
+def packet_socket(netns, ifname, receive=True, timeout=2.0):
+    """An AF_PACKET socket on `ifname` in `netns` that sends whole frames and, with `receive`,
+    gets every frame the interface sees (ETH_P_ALL; CPython applies htons() at bind)."""
+    proto = ETH_P_ALL if receive else 0
+    with entered(netns):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
+    try:
+        sock.bind((ifname, proto))
+    except OSError:
+        sock.close()
+        raise
+    sock.settimeout(timeout)
+    return sock
+
+
 def _socket(netns, kind):
     with entered(netns):
         return socket.socket(socket.AF_INET, kind)
