@@ -182,7 +182,7 @@ def test_udp_both_ways_between_a_container_and_an_afxdp_endpoint_arrives_intact(
         f"[s.sendto(f'to-vm1-{{i:03d}}'.encode()*(1+i%20),('{IP1}',4000)) for i in range(50)]\n"
     )
     assert lab.c1.ping(IP1, count=1)  # ARP first: frames queued on an unresolved neighbour
-    lab.c1.run("python3", "-c", script)  # may leave after later ones (seen in CI)
+    lab.c1.run("python3", "-c", script)  # may leave after later ones (seen in a fresh-host run)
     got = []
     assert wait_until(lambda: len(got.__iadd__(udp_payloads(vm1.take(), 4000))) >= 50)
     assert sorted(got) == sorted(payloads)  # each one intact, none lost or extra; UDP has no order
