@@ -107,9 +107,8 @@ def build_parser():
     ed = epsub.add_parser("del", help="xdpbr endpoint del BRIDGE NAME")
     ed.add_argument("bridge")
     ed.add_argument("name")
-    eq = epsub.add_parser("qemu-args", help="xdpbr endpoint qemu-args BRIDGE NAME")
-    eq.add_argument("bridge")
-    eq.add_argument("name")
+    eq = epsub.add_parser("qemu-args", help="xdpbr endpoint qemu-args [BRIDGE] NAME")
+    eq.add_argument("names", nargs="+", metavar="[BRIDGE] NAME", help="the bridge only if NAME is on several")
 
     be = sub.add_parser(
         "bench", help="measure the bridge, xdpbr and the seed's TAP path side by side (own namespaces)"
@@ -226,7 +225,10 @@ def _endpoint(args):
         if args.json:
             render.emit([], True, str)
     elif args.verb == "qemu-args":
-        print(endpoints.qemu_args(args.bridge, args.netns, args.name))
+        if len(args.names) > 2:
+            raise UsageError("endpoint qemu-args takes [BRIDGE] NAME")
+        bridge, name = args.names if len(args.names) == 2 else (None, args.names[0])
+        print(endpoints.qemu_args(bridge, args.netns, name))
     else:
         raise UsageError("endpoint needs a verb: add, show, del or qemu-args")
     return 0

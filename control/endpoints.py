@@ -285,13 +285,22 @@ def delete(bridge, netns, name):
         os.rmdir(os.path.dirname(path))
 
 
+def find(bridge, netns, name):
+    """The record of endpoint `name`; without `bridge`, the one of that name in `netns` (an
+    endpoint's name is its interface's, so it is unique in its namespace)."""
+    found = [
+        r for r in records(bridge, netns) if r["name"] == name and (r.get("netns") or None) == (netns or None)
+    ]
+    if not found:
+        where = f" on {label(bridge, netns)}" if bridge else ""
+        raise NotFound(f"no endpoint {name}{where}", fix="see `xdpbr endpoint show`")
+    return found[0]
+
+
 def qemu_args(bridge, netns, name):
-    """The QEMU arguments for the endpoint (-netdev ...), as one string."""
-    path = _record_path(bridge, netns, name)
-    if not os.path.exists(path):
-        raise NotFound(f"no endpoint {name} on {label(bridge, netns)}", fix=f"xdpbr endpoint show {bridge}")
-    with open(path) as f:
-        rec = json.load(f)
+    """The QEMU arguments for the endpoint (-netdev ...), as one string; `bridge` may be None
+    when the name is unique in the namespace."""
+    rec = find(bridge, netns, name)
     mac = f",mac={rec['mac']}" if rec.get("mac") else ""
     if rec["path"] == "tap":
         queues = f",queues={rec['queues']}" if rec["queues"] > 1 else ""

@@ -103,6 +103,10 @@ def test_a_tap_endpoint_is_a_persistent_vnet_hdr_tap_on_the_bridge(two_container
     assert f"master {lab.bridge}" in detail
     args = endpoints.qemu_args(lab.bridge, lab.switch, "vm2")
     assert args.startswith("-netdev tap,id=vm2,ifname=vm2,script=no,downscript=no,vhost=on")
+    by_name = xdpbr("-n", lab.switch, "endpoint", "qemu-args", "vm2")  # the grammar
+    assert by_name.returncode == 0 and by_name.stdout.strip() == args
+    missing = xdpbr("-n", lab.switch, "endpoint", "qemu-args", "vm9")
+    assert missing.returncode == 1 and "no endpoint vm9" in missing.stderr
     res = xdpbr("-n", lab.switch, "-j", "endpoint", "show", lab.bridge)
     assert res.returncode == 0 and '"path":"tap"' in res.stdout
     assert xdpbr("-n", lab.switch, "endpoint", "del", lab.bridge, "vm2").returncode == 0
