@@ -104,14 +104,40 @@ class Ring:
     def needs_wakeup(self):
         return bool(self.flag[0] & XDP_RING_NEED_WAKEUP)
 
+    def _read(self, n):
+        """The words of the `n` entries after the consumer index (a copy), wrapping at the
+        ring's end; not released."""
+        per, start = self.entry // 8, self.cons[0] & self.mask
+        first = min(n, self.size - start)
+        words = array.array("Q")
+        words.frombytes(self.q64[start * per : (start + first) * per].cast("B"))
+        words.frombytes(self.q64[0 : (n - first) * per].cast("B"))
+        return words
+
+    def _write(self, words):
+        """Write whole entries' `words` after the producer index, wrapping; not published."""
+        per, start = self.entry // 8, self.prod[0] & self.mask
+        n = len(words) // per
+        first = min(n, self.size - start)
+        self.q64[start * per : (start + first) * per] = words[: first * per]
+        self.q64[0 : (n - first) * per] = words[first * per :]
+
+    def _publish(self, n):
+        self.prod[0] = (self.prod[0] + n) & 0xFFFFFFFF  # after the descriptors (x86 order)
+
+    def _release(self, n):
+        self.cons[0] = (self.cons[0] + n) & 0xFFFFFFFF
+
+    def available(self):
+        return (self.prod[0] - self.cons[0]) % (1 << 32)
+
     # producer side (fill, tx)
     def free(self):
-        return self.size - (self.prod[0] - self.cons[0]) % (1 << 32)
+        return self.size - self.available()
 
     def produce(self, addrs, lens=None):
         """Write descriptors (addresses; with `lens`, struct xdp_desc), then publish them;
         returns how many fit. Whole runs are copied with slice assignments, not per entry."""
-        head = self.prod[0]
         n = min(len(addrs), self.free())
         if not n:
             return 0
@@ -121,29 +147,18 @@ class Ring:
             words = array.array("Q", [0]) * (2 * n)
             words[0::2] = array.array("Q", addrs[:n])
             words[1::2] = array.array("Q", lens[:n])  # len in the low half, options 0
-        per = self.entry // 8
-        start = head & self.mask
-        first = min(n, self.size - start)  # up to the end of the ring, then from its start
-        self.q64[start * per : (start + first) * per] = words[: first * per]
-        if first < n:
-            self.q64[0 : (n - first) * per] = words[first * per :]
-        self.prod[0] = (head + n) & 0xFFFFFFFF
+        self._write(words)
+        self._publish(n)
         return n
 
     # consumer side (rx, completion)
     def consume(self, limit=1 << 16):
         """Read what the kernel produced (at most `limit`), then release it: a list of
         addresses (fill/completion) or (addresses, lengths) (rx/tx)."""
-        tail = self.cons[0]
-        n = min((self.prod[0] - tail) % (1 << 32), limit)
-        per = self.entry // 8
-        start = tail & self.mask
-        first = min(n, self.size - start)
-        words = self.q64[start * per : (start + first) * per].tolist()
-        if first < n:
-            words += self.q64[0 : (n - first) * per].tolist()
-        self.cons[0] = (tail + n) & 0xFFFFFFFF
-        if per == 1:
+        n = min(self.available(), limit)
+        words = self._read(n).tolist()
+        self._release(n)
+        if self.entry == 8:
             return words
         return words[0::2], [w & 0xFFFFFFFF for w in words[1::2]]
 
@@ -151,30 +166,34 @@ class Ring:
         """Move descriptors from this ring (consumer side) to `other` (producer side, same
         entry size) as raw words, no Python object per entry: RX -> TX, completion -> fill.
         Returns how many moved."""
-        tail, head = self.cons[0], other.prod[0]
-        n = min((self.prod[0] - tail) % (1 << 32), other.free())
-        if not n:
-            return 0
-        per = self.entry // 8
-        start = tail & self.mask
-        first = min(n, self.size - start)
-        words = self.q64[start * per : (start + first) * per].tobytes()
-        if first < n:
-            words += self.q64[0 : (n - first) * per].tobytes()
-        words = memoryview(words).cast("Q")
-        start = head & other.mask
-        first = min(n, other.size - start)
-        other.q64[start * per : (start + first) * per] = words[: first * per]
-        if first < n:
-            other.q64[0 : (n - first) * per] = words[first * per :]
-        other.prod[0] = (head + n) & 0xFFFFFFFF  # published after the descriptors
-        self.cons[0] = (tail + n) & 0xFFFFFFFF
+        n = min(self.available(), other.free())
+        if n:
+            other._write(self._read(n))
+            other._publish(n)
+            self._release(n)
         return n
 
     def close(self):
         for view in (self.prod, self.cons, self.flag, self.q64, *self.keep):
             view.release() if isinstance(view, memoryview) else view.close()
         self.keep = []
+
+
+def _bind_flags(zerocopy):
+    return XDP_USE_NEED_WAKEUP | (XDP_ZEROCOPY if zerocopy else XDP_COPY)
+
+
+def _retry_busy(attempt, what):
+    """Call attempt() -> 0 or an errno until it succeeds; a queue released just now answers
+    EBUSY for 10-35 ms (KERNEL-FACTS), so EBUSY is retried for BIND_RETRY_S, then refused."""
+    deadline = time.monotonic() + BIND_RETRY_S
+    while err := attempt():
+        if err != errno.EBUSY:
+            raise XdpbrError(what, errno=err)
+        if time.monotonic() >= deadline:
+            fix = "is another socket bound there?"
+            raise XdpbrError(f"{what} (the queue stayed busy)", errno=err, fix=fix)
+        time.sleep(0.005)
 
 
 def new_socket(netns=None):
@@ -228,34 +247,34 @@ class XskSocket:
         """A socket made and bound by libxdp (xsk_umem__create, then xsk_socket__create or,
         with `share=`, xsk_socket__create_shared) with INHIBIT_PROG_LOAD: the caller puts it
         into its own XSKMAP. `ifname` is looked up in `netns`."""
-        deadline = time.monotonic() + BIND_RETRY_S
-        while True:
+        made = []
+
+        def attempt():  # a failed bind leaves libxdp's socket unusable: start afresh each time
             self = cls.__new__(cls)
             self._init_umem(frames, ring_size, share)
             try:
                 with entered(netns):
                     err = self._create(ifname, queue, zerocopy)
-                if not err:
-                    return self
             except BaseException:
                 self.close()
                 raise
-            self.close()
-            if err == errno.EBUSY and time.monotonic() < deadline:
-                time.sleep(0.005)  # a queue released just now: retry briefly (KERNEL-FACTS)
-                continue
-            raise XdpbrError(
-                f"libxdp cannot bind an AF_XDP socket to {ifname} queue {queue}",
-                errno=err,
-                fix="is another socket bound there?" if err == errno.EBUSY else None,
-            )
+            if err:
+                self.close()
+            else:
+                made.append(self)
+            return err
+
+        _retry_busy(attempt, f"libxdp cannot bind an AF_XDP socket to {ifname} queue {queue}")
+        return made[0]
 
     def _init_umem(self, frames, ring_size, share):
         self.frames, self.share, self.ring_size = frames, share, ring_size
         self.rings, self._undo, self.sock = [], [], None
-        self.umem = (
-            share.umem if share else mmap.mmap(-1, frames * FRAME_SIZE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        )
+        if share:
+            self.umem = share.umem
+        else:
+            self.umem = mmap.mmap(-1, frames * FRAME_SIZE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            self._umem_view = ctypes.c_char.from_buffer(self.umem)  # released in close()
 
     def _create(self, ifname, queue, zerocopy):
         """One libxdp attempt; returns 0 or the errno of a failed bind."""
@@ -266,14 +285,14 @@ class XskSocket:
         if self.share:
             umem = self.share._libxdp_umem
         else:
-            self._umem_view = ctypes.c_char.from_buffer(self.umem)  # released in close()
             umem = self._libxdp_umem = libxdp.umem_create(
                 ctypes.addressof(self._umem_view), len(self.umem), fill, comp, self.ring_size, FRAME_SIZE
             )
             self._undo.append(lambda: libxdp.umem_delete(umem))
-        bind_flags = XDP_USE_NEED_WAKEUP | (XDP_ZEROCOPY if zerocopy else XDP_COPY)
         shared = (fill, comp) if self.share else (None, None)
-        xsk, ret = libxdp.socket_create(ifname, queue, umem, rx, tx, self.ring_size, bind_flags, *shared)
+        xsk, ret = libxdp.socket_create(
+            ifname, queue, umem, rx, tx, self.ring_size, _bind_flags(zerocopy), *shared
+        )
         if ret < 0:
             return -ret
         self._undo.append(lambda: libxdp.socket_delete(xsk))
@@ -289,7 +308,6 @@ class XskSocket:
 
     def _setup(self, ifindex, queue, zerocopy):
         if not self.share:
-            self._umem_view = ctypes.c_char.from_buffer(self.umem)  # released in close()
             base = ctypes.addressof(self._umem_view)
             reg = _UMEM_REG.pack(base, len(self.umem), FRAME_SIZE, 0, 0, 0)
             self.sock.setsockopt(SOL_XDP, XDP_UMEM_REG, reg)
@@ -306,7 +324,7 @@ class XskSocket:
         if self.share:  # flags are inherited from the UMEM's owner
             self._bind(ifindex, queue, XDP_SHARED_UMEM, shared_fd=self.share.fd)
         else:
-            self._bind(ifindex, queue, XDP_USE_NEED_WAKEUP | (XDP_ZEROCOPY if zerocopy else XDP_COPY))
+            self._bind(ifindex, queue, _bind_flags(zerocopy))
 
     def _start(self, zerocopy):
         """Hand the UMEM's frames out: half wait in the fill ring for the kernel, half are ours
@@ -334,20 +352,11 @@ class XskSocket:
 
     def _bind(self, ifindex, queue, flags, shared_fd=0):
         addr = ctypes.create_string_buffer(_SOCKADDR_XDP.pack(AF_XDP, flags, ifindex, queue, shared_fd))
-        deadline = time.monotonic() + BIND_RETRY_S
-        while True:
-            if _libc.bind(self.fd, addr, len(addr.raw)) == 0:
-                return
-            err = ctypes.get_errno()
-            if err == errno.EBUSY and time.monotonic() < deadline:
-                time.sleep(0.005)
-                continue
-            what = f"cannot bind an AF_XDP socket to ifindex {ifindex} queue {queue}"
-            if err == errno.EBUSY:
-                raise XdpbrError(
-                    what + " (the queue stayed busy)", errno=err, fix="is another socket bound there?"
-                )
-            raise XdpbrError(what, errno=err)
+
+        def attempt():
+            return 0 if _libc.bind(self.fd, addr, len(addr.raw)) == 0 else ctypes.get_errno()
+
+        _retry_busy(attempt, f"cannot bind an AF_XDP socket to ifindex {ifindex} queue {queue}")
 
     def send(self, frames):
         """Queue frames on the TX ring and kick the kernel; returns how many were queued."""
@@ -373,7 +382,7 @@ class XskSocket:
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EBUSY, errno.ENOBUFS):
                     raise
-            if self.tx.cons[0] == self.tx.prod[0]:
+            if not self.tx.available():
                 return
 
     def reclaim(self):
