@@ -9,7 +9,7 @@ from loader.afxdp import XskRedirect, XskSocket, new_socket
 from loader.errors import XdpbrError
 from loader.packets import udp_frame
 from loader.trafficgen import attach_program
-from tests.traffic import packet_socket
+from tests.traffic import frames_on, packet_socket, xsk_frames
 
 pytestmark = pytest.mark.root
 
@@ -67,24 +67,14 @@ def test_frames_redirected_to_the_socket_arrive_intact(endpoint):
     frames = [udp_frame(EP_MAC, PEER_MAC, "10.9.0.2", "10.9.0.1", size) for size in (60, 200, 1514)]
     for frame in frames:
         peer.send(frame)
-    got = []
-    for _ in range(20):
-        got += xsk.recv(timeout=0.1)
-        if len(got) >= len(frames):
-            break
-    assert got == frames
+    assert xsk_frames(xsk, len(frames)) == frames
 
 
 def test_frames_sent_on_the_tx_ring_leave_the_interface(endpoint):
     xsk, peer, _ = endpoint
     frames = [udp_frame(PEER_MAC, EP_MAC, "10.9.0.1", "10.9.0.2", 60 + i) for i in range(64)]
     assert xsk.send(frames) == len(frames)
-    received = []
-    while len(received) < len(frames):
-        data = peer.recv(4096)
-        if data[6:12] == bytes.fromhex(EP_MAC.replace(":", "")):
-            received.append(data)
-    assert received == frames
+    assert frames_on(peer, len(frames), src=EP_MAC) == frames
     xsk.reclaim()
     assert xsk.statistics()["tx_invalid_descs"] == 0
 
@@ -145,12 +135,7 @@ def test_a_relay_over_a_shared_umem_forwards_descriptors_and_frames_arrive_intac
                     break
                 select.select([a.fd], [], [], 0.01)
             assert moved >= len(frames)  # and maybe the links' own IPv6 multicast
-            seen = []
-            while len(seen) < len(frames):
-                data = gb.recv(4096)
-                if data[:6] == bytes.fromhex(PEER_MAC.replace(":", "")):
-                    seen.append(data)
-            assert seen == frames
+            assert frames_on(gb, len(frames), dst=PEER_MAC) == frames
         finally:
             ga.close()
             gb.close()

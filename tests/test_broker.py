@@ -12,7 +12,7 @@ from control.broker import request, socket_path
 from loader.afxdp import XskSocket, from_fd
 from loader.packets import udp_frame
 from tests.conftest import wait_for
-from tests.traffic import packet_socket
+from tests.traffic import packet_socket, xsk_frames
 
 pytestmark = pytest.mark.root
 
@@ -39,12 +39,7 @@ def deliver(lab, xsk, count=10):
     with pkt:
         for i in range(count):
             pkt.send(udp_frame(GUEST, lab.c1.mac, lab.c1.ip, "10.200.0.41", 60 + i))
-    got, guest = [], bytes.fromhex(GUEST.replace(":", ""))
-    for _ in range(40):
-        got += [f for f in xsk.recv(timeout=0.05) if f[:6] == guest]  # not the hosts' multicast
-        if len(got) >= count:
-            break
-    return len(got)
+    return len(xsk_frames(xsk, count, dst=GUEST, tries=40))
 
 
 @pytest.fixture

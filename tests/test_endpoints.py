@@ -12,7 +12,7 @@ from loader.errors import NotFound, UsageError, XdpbrError
 from loader.netns import entered
 from loader.packets import udp_frame
 from tests.test_cli import xdpbr
-from tests.traffic import packet_socket
+from tests.traffic import frames_on, packet_socket, xsk_frames
 
 pytestmark = pytest.mark.root
 
@@ -55,23 +55,13 @@ def test_an_afxdp_endpoint_exchanges_frames_with_a_container_on_the_fast_path(tw
         before = forward(lab, lab.c1.port)
         for frame in to_guest:
             pkt.send(frame)
-        got, guest = [], bytes.fromhex(GUEST.replace(":", ""))
-        for _ in range(50):
-            got += [f for f in xsk.recv(timeout=0.05) if f[:6] == guest]  # not the hosts' multicast
-            if len(got) >= len(to_guest):
-                break
-        assert got == to_guest
+        assert xsk_frames(xsk, len(to_guest), dst=GUEST) == to_guest
         assert forward(lab, lab.c1.port) >= before + len(to_guest)  # container -> guest: fast path
         assert endpoints.counters(rec)["to_socket"][0] >= len(to_guest)  # counted by the endpoint
         replies = [udp_frame(lab.c1.mac, GUEST, "10.200.0.31", lab.c1.ip, 100 + i) for i in range(20)]
         before = forward(lab, "vm1-p")
         assert xsk.send(replies) == len(replies)
-        seen = []
-        while len(seen) < len(replies):
-            data = pkt.recv(4096)
-            if data[6:12] == bytes.fromhex(GUEST.replace(":", "")):
-                seen.append(data)
-        assert seen == replies
+        assert frames_on(pkt, len(replies), src=GUEST) == replies
         assert forward(lab, "vm1-p") >= before + len(replies)  # guest -> container: fast path
         pkt.close()
     finally:

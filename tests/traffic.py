@@ -10,6 +10,7 @@ import socket
 import threading
 
 from loader.netns import entered
+from loader.packets import mac
 
 SO_RCVBUFFORCE = 33
 
@@ -30,6 +31,30 @@ def packet_socket(netns, ifname, receive=True, timeout=2.0):
         raise
     sock.settimeout(timeout)
     return sock
+
+
+def frames_on(sock, count, *, src=None, dst=None):
+    """The next `count` frames an AF_PACKET socket receives from MAC `src` and/or to MAC `dst`;
+    others (the hosts' own IPv6 multicast) are skipped. The socket's timeout bounds each wait."""
+    want_src, want_dst = mac(src) if src else None, mac(dst) if dst else None
+    frames = []
+    while len(frames) < count:
+        data = sock.recv(65536)
+        if want_src in (None, data[6:12]) and want_dst in (None, data[:6]):
+            frames.append(data)
+    return frames
+
+
+def xsk_frames(xsk, count, dst=None, tries=50, timeout=0.05):
+    """Frames (to MAC `dst`, or all) an XskSocket receives, until `count` arrived or `tries`
+    waits of `timeout` s passed."""
+    want = mac(dst) if dst else None
+    frames = []
+    for _ in range(tries):
+        frames += [f for f in xsk.recv(timeout=timeout) if want in (None, f[:6])]
+        if len(frames) >= count:
+            break
+    return frames
 
 
 def _socket(netns, kind):
