@@ -23,6 +23,7 @@ import threading
 from control import endpoints
 from loader import bpfsys
 from loader.afxdp import new_socket
+from loader.errors import NotFound
 from loader.netns import interface_index
 
 log = logging.getLogger("xdpbr.broker")
@@ -116,8 +117,9 @@ class Broker:
         if not isinstance(request, dict) or not isinstance(request.get("endpoint"), str):
             return refuse('malformed request: expected one JSON line {"endpoint": "NAME"}')
         name = request["endpoint"]
-        record = next((r for r in endpoints.records(self.bridge, self.netns) if r["name"] == name), None)
-        if record is None:
+        try:
+            record = endpoints.find(self.bridge, self.netns, name)
+        except NotFound:
             return refuse(f"no endpoint {name!r} on {endpoints.label(self.bridge, self.netns)}")
         if not allowed(record, uid, groups):
             return refuse(f"permission denied: uid {uid} is not the owner or in the group of endpoint {name}")

@@ -58,7 +58,7 @@ class AfxdpEndpoint:
 
     def poll(self, timeout=0.0):
         """Receive, answer ARP and ping, keep the rest in `inbox`; returns how many arrived."""
-        if timeout and all(xsk.rx.prod[0] == xsk.rx.cons[0] for xsk in self.sockets):
+        if timeout and not any(xsk.rx.available() for xsk in self.sockets):
             select.select([xsk.fd for xsk in self.sockets], [], [], timeout)
         arrived = []
         for xsk in self.sockets:

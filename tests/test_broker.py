@@ -9,8 +9,8 @@ import pytest
 
 from control import attachment, endpoints, state
 from control.broker import request, socket_path
-from loader.afxdp import XskSocket, from_fd
 from loader.packets import udp_frame
+from loader.xsk_endpoint import AfxdpEndpoint
 from tests.conftest import wait_for
 from tests.traffic import packet_socket, xsk_frames
 
@@ -26,7 +26,7 @@ def open_fds():
 
 def consumer(lab, reply, fds):
     """What the VMM does with the handed fds: UMEM and rings on each, then bind."""
-    return [XskSocket(from_fd(fd), reply["ifindex"], q) for q, fd in enumerate(fds)]
+    return AfxdpEndpoint.adopt(reply, fds, GUEST).sockets
 
 
 def container_socket(lab):
