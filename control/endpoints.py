@@ -15,6 +15,7 @@ An endpoint that cannot get AF_XDP falls back to a TAP and `show` says why. Reco
 import fcntl
 import json
 import os
+import shutil
 import struct
 
 from control.attachment import Journal
@@ -49,32 +50,25 @@ def check_name(name):
         raise UsageError(f"endpoint name {name!r}: 1-{MAX_NAME} characters, no '/', ':', '@', '.' or spaces")
 
 
-def _ip(netns, *argv):
+def _run(netns, tool, *argv, fix=None):
+    """ip, bridge or ethtool against `netns` (`-n` where the tool has it, else nsenter); a
+    failure is one operator-facing line."""
+    if not netns:
+        cmd = [tool, *argv]
+    elif tool in ("ip", "bridge"):
+        cmd = [tool, "-n", netns, *argv]
+    else:
+        cmd = ["nsenter", f"--net={netns_path(netns)}", "--", tool, *argv]
     try:
-        return sh("ip", "-n", netns, *argv) if netns else sh("ip", *argv)
+        return sh(*cmd)
     except RuntimeError as exc:
-        raise XdpbrError(str(exc)) from None
-
-
-def _bridge(netns, *argv):
-    try:
-        return sh("bridge", "-n", netns, *argv) if netns else sh("bridge", *argv)
-    except RuntimeError as exc:
-        raise XdpbrError(str(exc)) from None
-
-
-def _ethtool(netns, *argv):
-    enter = ["nsenter", f"--net={netns_path(netns)}", "--"] if netns else []
-    try:
-        return sh(*enter, "ethtool", *argv)
-    except RuntimeError as exc:
-        raise XdpbrError(str(exc), fix="apt-get install ethtool") from None
+        raise XdpbrError(str(exc), fix=fix) from None
 
 
 def _is_bridge(netns, name):
     if interface_index(netns, name) is None:
         return False
-    info = json.loads(_ip(netns, "-j", "-d", "link", "show", "dev", name))
+    info = json.loads(_run(netns, "ip", "-j", "-d", "link", "show", "dev", name))
     return bool(info) and info[0].get("linkinfo", {}).get("info_kind") == "bridge"
 
 
@@ -118,7 +112,7 @@ def add(bridge, netns, name, *, path="afxdp", mac=None, queues=1, owner=0, group
         else:
             port = _add_tap(bridge, netns, name, queues, owner, group, journal)
         if mac:
-            _bridge(netns, "fdb", "replace", mac, "dev", port, "master", "static")
+            _run(netns, "bridge", "fdb", "replace", mac, "dev", port, "master", "static")
         record = {
             "bridge": bridge,
             "netns": netns,
@@ -148,16 +142,16 @@ def _add_afxdp(bridge, netns, name, queues, journal):
 
     port = f"{name}-p"
     q = ["numtxqueues", str(queues), "numrxqueues", str(queues)]
-    _ip(netns, "link", "add", name, *q, "type", "veth", "peer", port, *q)
-    journal.push(_ip, netns, "link", "del", name)
+    _run(netns, "ip", "link", "add", name, *q, "type", "veth", "peer", port, *q)
+    journal.push(_run, netns, "ip", "link", "del", name)
     # A frame the fast path or the bridge sends into the port may still carry a partial
     # checksum (a container's veth offloads it); veth hands it on as is, and XDP on the other
     # side turns it into an xdp_frame whose checksum nobody completes (KERNEL-FACTS), so the
     # consumer would get a wrong one. With checksumming off on the port, the kernel completes
     # the checksum (and segments GSO frames) on transmit, as a NIC would before the wire.
-    _ethtool(netns, "-K", port, "tx", "off")
-    _ip(netns, "link", "set", port, "master", bridge, "up")
-    _ip(netns, "link", "set", name, "up")
+    _run(netns, "ethtool", "-K", port, "tx", "off", fix="apt-get install ethtool")
+    _run(netns, "ip", "link", "set", port, "master", bridge, "up")
+    _run(netns, "ip", "link", "set", name, "up")
     redirect = XskRedirect()
     try:
         attach_program(netns, name, redirect.prog.fd)
@@ -185,16 +179,14 @@ def _add_tap(bridge, netns, name, queues, owner, group, journal):
         raise XdpbrError(f"cannot create TAP {name}", errno=exc.errno) from None
     finally:
         os.close(fd)
-    journal.push(_ip, netns, "link", "del", name)
-    _ip(netns, "link", "set", name, "master", bridge, "up")
+    journal.push(_run, netns, "ip", "link", "del", name)
+    _run(netns, "ip", "link", "set", name, "master", bridge, "up")
     return name
 
 
 def _remove_pins(pin_dir):
     if os.path.isdir(pin_dir):
-        for entry in os.listdir(pin_dir):
-            os.unlink(os.path.join(pin_dir, entry))
-        os.rmdir(pin_dir)
+        shutil.rmtree(pin_dir)
     parent = os.path.dirname(pin_dir)  # the bridge's directory goes with its last endpoint
     if os.path.isdir(parent) and not os.listdir(parent):
         os.rmdir(parent)
@@ -211,16 +203,7 @@ def forget_namespace(netns):
         for lab in os.listdir(root):
             if lab.partition("@")[2] != netns:
                 continue
-            top = os.path.join(root, lab)
-            for entry in os.listdir(top):
-                path = os.path.join(top, entry)
-                if os.path.isdir(path):
-                    for pin in os.listdir(path):
-                        os.unlink(os.path.join(path, pin))
-                    os.rmdir(path)
-                else:
-                    os.unlink(path)
-            os.rmdir(top)
+            shutil.rmtree(os.path.join(root, lab))  # records, or endpoints' pin directories
     if os.path.isdir(RUN_DIR):
         for entry in os.listdir(RUN_DIR):
             if entry.endswith(".sock") and entry[: -len(".sock")].partition("@")[2] == netns:
@@ -271,13 +254,10 @@ def show(bridge=None, netns=None):
 
 def delete(bridge, netns, name):
     check_name(name)
+    rec = find(bridge, netns, name)
     path = _record_path(bridge, netns, name)
-    if not os.path.exists(path):
-        raise NotFound(f"no endpoint {name} on {label(bridge, netns)}", fix=f"xdpbr endpoint show {bridge}")
-    with open(path) as f:
-        rec = json.load(f)
     if interface_index(netns, rec["ifname"]) is not None:
-        _ip(netns, "link", "del", rec["ifname"])  # a veth takes its peer with it
+        _run(netns, "ip", "link", "del", rec["ifname"])  # a veth takes its peer with it
     if rec.get("pins"):
         _remove_pins(rec["pins"])
     os.unlink(path)
@@ -293,7 +273,8 @@ def find(bridge, netns, name):
     ]
     if not found:
         where = f" on {label(bridge, netns)}" if bridge else ""
-        raise NotFound(f"no endpoint {name}{where}", fix="see `xdpbr endpoint show`")
+        show = f"xdpbr endpoint show {bridge}" if bridge else "xdpbr endpoint show"
+        raise NotFound(f"no endpoint {name}{where}", fix=f"see `{show}`")
     return found[0]
 
 
