@@ -25,7 +25,7 @@ from bench.taps import RelayLoop
 from bench.veth import SWITCH_CPU, ifindex
 from control.attachment import Journal
 from control.lab import Lab
-from loader.netns import netns_path
+from loader.netns import netns_path, nsenter_prefix
 from loader.trafficgen import BenchPrograms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +89,7 @@ class OvsAfxdpLoop(RelayLoop):
         env = dict(os.environ, OVS_RUNDIR=self.dir, OVS_LOGDIR=self.dir, OVS_DBDIR=self.dir)
         env["OVS_SYSCONFDIR"] = self.dir
         env["OVS_PKGDATADIR"] = os.path.dirname(self.bin["schema"])
-        cmd = ["nsenter", f"--net={netns_path(self.ns)}", "--", self.bin[tool], *argv]
+        cmd = [*nsenter_prefix(netns_path(self.ns)), self.bin[tool], *argv]
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=30)
         if res.returncode != 0:
             raise RuntimeError(f"{tool} {' '.join(argv)}: {res.stderr.strip()}")

@@ -22,7 +22,7 @@ from control.attachment import Journal
 from control.lab import sh
 from loader import bpfsys
 from loader.errors import NotFound, UsageError, XdpbrError
-from loader.netns import check_exists, entered, interface_index, netns_path
+from loader.netns import check_exists, entered, interface_index, netns_path, nsenter_prefix
 
 PIN_ROOT = "/sys/fs/bpf/xdpbr-endpoints"
 RECORD_ROOT = "/run/xdpbr/endpoints"
@@ -58,7 +58,7 @@ def _run(netns, tool, *argv, fix=None):
     elif tool in ("ip", "bridge"):
         cmd = [tool, "-n", netns, *argv]
     else:
-        cmd = ["nsenter", f"--net={netns_path(netns)}", "--", tool, *argv]
+        cmd = [*nsenter_prefix(netns_path(netns)), tool, *argv]
     try:
         return sh(*cmd)
     except RuntimeError as exc:

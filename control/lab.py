@@ -12,7 +12,7 @@ import sys
 
 from control import config
 from loader import pins, tracepoints
-from loader.netns import entered
+from loader.netns import entered, netns_path, nsenter_prefix
 from loader.tap import TapEndpoint
 from loader.vm import GuestRelay
 
@@ -37,7 +37,7 @@ class Host:
 
     def run(self, *argv, check=True, timeout=60):
         res = subprocess.run(
-            ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv],
+            [*nsenter_prefix(netns_path(self.netns)), *argv],
             capture_output=True,
             text=True,
             check=False,
@@ -68,7 +68,7 @@ class Host:
             "    pass\n"
         )
         proc = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{self.netns}", "--", sys.executable, "-c", script],
+            [*nsenter_prefix(netns_path(self.netns)), sys.executable, "-c", script],
             stdout=subprocess.PIPE,
             text=True,
         )
