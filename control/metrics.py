@@ -137,9 +137,7 @@ class PinnedMapReader:
         call after bridges(), whose scrape read the redirect errors."""
         from control import endpoints
 
-        for rec in endpoints.records():
-            if self.bridge and (rec["bridge"], rec["netns"]) != (self.bridge, self.netns):
-                continue
+        for rec in endpoints.records(self.bridge, self.netns):
             try:
                 counters = endpoints.counters(rec)
             except (XdpbrError, OSError):

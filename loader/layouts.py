@@ -7,6 +7,8 @@ the tests rather than a running host.
 
 import ctypes
 
+from loader.packets import mac as mac_bytes  # noqa: F401 - the one MAC parser, for map keys
+
 LAYOUT_VERSION = 1  # XDPBR_LAYOUT_VERSION
 MAX_PORTS = 1024  # XDPBR_MAX_PORTS default
 FDB_SIZE = 16384  # XDPBR_FDB_SIZE default
@@ -227,10 +229,6 @@ def port_index_map(ifindex):
 
 def stats_index(slot, attach, reason):
     return (slot * len(ATTACH_POINTS) + attach) * NR_REASONS + reason
-
-
-def mac_bytes(text):
-    return bytes(int(x, 16) for x in text.split(":"))
 
 
 def mac_text(raw):

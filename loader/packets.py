@@ -5,7 +5,11 @@ import struct
 
 
 def mac(text):
-    return bytes(int(x, 16) for x in text.split(":"))
+    """The six bytes of "52:54:00:12:34:56"; ValueError unless six hex octets."""
+    octets = text.split(":")
+    if len(octets) != 6:
+        raise ValueError(f"not a MAC address: {text!r}")
+    return bytes(int(x, 16) for x in octets)
 
 
 def csum16(data):
