@@ -55,11 +55,7 @@ class RestartUnderLoad:
     def forward_count(self):
         from control import state
 
-        return sum(
-            r["packets"]
-            for r in state.stats(self.lab.bridge, self.lab.switch)
-            if r["port"] == self.gen.port and r["reason"] == "forward"
-        )
+        return state.forwarded(self.lab.bridge, self.lab.switch, self.gen.port)
 
     def measure(self, seconds=8.0):
         """{sent, received, lost, fast_path, restarts, upgrades} over one bounded run."""

@@ -142,6 +142,11 @@ def stats(bridge=None, netns=None):
     return each_bridge(bridge, netns, _stats_one)
 
 
+def forwarded(bridge, netns, port):
+    """Frames the fast path forwarded from `port` so far (XDP and TC together)."""
+    return sum(r["packets"] for r in stats(bridge, netns) if r["port"] == port and r["reason"] == "forward")
+
+
 def _stats_one(name, ns, s):
     entries = s.ports()
     names = interface_names(ns, entries)

@@ -68,17 +68,9 @@ def test_the_broker_hands_over_working_sockets(broker_lab):
     assert len(fds) == 1
     (xsk,) = consumer(lab, reply, fds)
     try:
-        before = sum(
-            r["packets"]
-            for r in state.stats(lab.bridge, lab.switch)
-            if r["port"] == lab.c1.port and r["reason"] == "forward"
-        )
+        before = state.forwarded(lab.bridge, lab.switch, lab.c1.port)
         assert deliver(lab, xsk) == 10
-        after = sum(
-            r["packets"]
-            for r in state.stats(lab.bridge, lab.switch)
-            if r["port"] == lab.c1.port and r["reason"] == "forward"
-        )
+        after = state.forwarded(lab.bridge, lab.switch, lab.c1.port)
         assert after >= before + 10  # container -> AF_XDP endpoint on the fast path
         # sockets already handed over keep working when the daemon restarts
         lab.daemon.stop(signal.SIGKILL)

@@ -24,11 +24,7 @@ def links(lab):
 
 
 def forward(lab, port):
-    return sum(
-        r["packets"]
-        for r in state.stats(lab.bridge, lab.switch)
-        if r["port"] == port and r["reason"] == "forward"
-    )
+    return state.forwarded(lab.bridge, lab.switch, port)
 
 
 def test_an_afxdp_endpoint_exchanges_frames_with_a_container_on_the_fast_path(two_containers):

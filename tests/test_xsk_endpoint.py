@@ -89,11 +89,7 @@ G3 = "52:54:00:00:00:73"  # the TAP endpoint's guest
 def forwarded(lab, port):
     from control import state
 
-    return sum(
-        r["packets"]
-        for r in state.stats(lab.bridge, lab.switch)
-        if r["port"] == port and r["reason"] == "forward"
-    )
+    return state.forwarded(lab.bridge, lab.switch, port)
 
 
 def udp_payloads(frames, dport):
