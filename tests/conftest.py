@@ -5,8 +5,12 @@ with the pins of bridges inside it, also when the test fails.
 """
 
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -53,14 +57,47 @@ def bridge_lab(two_containers):
 
 
 class DaemonProcess:
+    """`xdpbr daemon` in a child process, started the way systemd starts it (Type=notify):
+    the constructor returns once the daemon says READY=1, i.e. its first scan is done and
+    every attached bridge is adopted and resynced. A fixed sleep instead raced a slow start
+    (a test froze a daemon that had not yet read the FDB)."""
+
+    READY_TIMEOUT_S = 30
+
     def __init__(self, *args):
+        self._dir = tempfile.mkdtemp(prefix="xdpbr-t-notify-")
+        notify_path = os.path.join(self._dir, "notify")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(notify_path)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "control.cli", "daemon", *args],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, "NOTIFY_SOCKET": notify_path},
         )
+        try:
+            self._wait_ready(notify)
+        except BaseException:
+            self.stop(signal.SIGKILL)
+            raise
+        finally:
+            notify.close()
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _wait_ready(self, notify):
+        deadline = time.monotonic() + self.READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"the daemon exited with {self.proc.returncode}: {self.proc.stderr.read()}")
+            notify.settimeout(0.2)
+            try:
+                if b"READY=1" in notify.recv(4096).split(b"\n"):
+                    return
+            except TimeoutError:
+                pass
+        pytest.fail(f"the daemon did not report READY=1 within {self.READY_TIMEOUT_S} s")
 
     def stop(self, sig=None):
         if self.proc.poll() is None:
@@ -74,13 +111,13 @@ class DaemonProcess:
 
 @pytest.fixture
 def daemon():
-    """Starts `xdpbr daemon`; tests attach first or let it adopt bridges attached later."""
+    """Starts `xdpbr daemon` and waits for READY=1; tests attach first or let it adopt bridges
+    attached later."""
     procs = []
 
     def start(*args):
         d = DaemonProcess(*args)
         procs.append(d)
-        time.sleep(0.3)
         return d
 
     yield start

@@ -296,10 +296,13 @@ def test_sync_lag_runs_from_the_bridge_learning_the_mac(two_containers, daemon):
     finally:
         d.proc.send_signal(signal.SIGCONT)
     assert wait_for(lambda: mirrored(lab, new_mac), timeout=3)
-    assert wait_for(lambda: daemon_counters(lab)[0] > events, timeout=3)  # written with the heartbeat
-    new_events, new_sum = daemon_counters(lab)
-    # the learn of new_mac alone accounts for the 0.5 s the daemon was stopped
-    assert new_sum - lag_sum >= 0.45e9, (new_events - events, (new_sum - lag_sum) / 1e9)
+
+    def frozen_time_counted():  # the counters reach the map with the next heartbeat (1 s)
+        new_events, new_sum = daemon_counters(lab)
+        # the learn of new_mac alone accounts for the 0.5 s the daemon was stopped
+        return new_events > events and new_sum - lag_sum >= 0.45e9
+
+    assert wait_for(frozen_time_counted, timeout=3), (events, lag_sum, daemon_counters(lab))
 
 
 def macs(count, prefix):
