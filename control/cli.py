@@ -197,15 +197,6 @@ def _endpoint(args):
     from control import endpoints
 
     if args.verb == "add":
-        if args.mac:
-            from loader.layouts import mac_bytes
-
-            try:
-                mac_bytes(args.mac)
-            except ValueError:
-                raise UsageError(
-                    f"--mac {args.mac!r}: expected six hex bytes like 52:54:00:12:34:56"
-                ) from None
         rec = endpoints.add(
             args.bridge,
             args.netns,

@@ -12,17 +12,22 @@ An endpoint that cannot get AF_XDP falls back to a TAP and `show` says why. Reco
 /run/xdpbr/endpoints/<bridge>[@netns]/<NAME>.json until `del`.
 """
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
 import struct
 
+from pyroute2.netlink.exceptions import NetlinkError
+
+from control import fdb
 from control.attachment import Journal
-from control.lab import sh
-from loader import bpfsys
+from control.ports import link_kind
+from loader import bpfsys, ethtool, packets
+from loader.attach import open_netlink
 from loader.errors import NotFound, UsageError, XdpbrError
-from loader.netns import check_exists, entered, interface_index, netns_path, nsenter_prefix
+from loader.netns import check_exists, entered, interface_index
 
 PIN_ROOT = "/sys/fs/bpf/xdpbr-endpoints"
 RECORD_ROOT = "/run/xdpbr/endpoints"
@@ -50,26 +55,45 @@ def check_name(name):
         raise UsageError(f"endpoint name {name!r}: 1-{MAX_NAME} characters, no '/', ':', '@', '.' or spaces")
 
 
-def _run(netns, tool, *argv, fix=None):
-    """ip, bridge or ethtool against `netns` (`-n` where the tool has it, else nsenter); a
-    failure is one operator-facing line."""
-    if not netns:
-        cmd = [tool, *argv]
-    elif tool in ("ip", "bridge"):
-        cmd = [tool, "-n", netns, *argv]
-    else:
-        cmd = [*nsenter_prefix(netns_path(netns)), tool, *argv]
+def check_guest_mac(mac):
+    """A guest's MAC is one unicast station: six octets, the group bit clear, not all zero (the
+    kernel would take a multicast one as an FDB entry and forward group traffic to one VM)."""
     try:
-        return sh(*cmd)
-    except RuntimeError as exc:
-        raise XdpbrError(str(exc), fix=fix) from None
+        octets = packets.mac(mac)
+    except ValueError:
+        raise UsageError(f"--mac {mac!r}: expected six hex bytes like 52:54:00:12:34:56") from None
+    if octets[0] & 1 or not any(octets):
+        raise UsageError(f"--mac {mac}: a guest's MAC must be unicast and not zero, like 52:54:00:12:34:56")
+
+
+def _netlink(netns, what, call):
+    """call(ipr) on RTNL in `netns`; a refusal is one line saying what could not be done."""
+    with contextlib.closing(open_netlink(netns)) as ipr:
+        try:
+            return call(ipr)
+        except NetlinkError as exc:
+            raise XdpbrError(f"cannot {what}", errno=exc.code) from None
 
 
 def _is_bridge(netns, name):
     if interface_index(netns, name) is None:
         return False
-    info = json.loads(_run(netns, "ip", "-j", "-d", "link", "show", "dev", name))
-    return bool(info) and info[0].get("linkinfo", {}).get("info_kind") == "bridge"
+    return _netlink(netns, f"read {name}", lambda ipr: link_kind(ipr.get_links(ifname=name)[0])) == "bridge"
+
+
+def _enslave(netns, ifname, bridge):
+    """`ip link set IFNAME master BRIDGE up`."""
+    _netlink(
+        netns,
+        f"add {ifname} to {bridge}",
+        lambda ipr: ipr.link(
+            "set", index=interface_index(netns, ifname), master=interface_index(netns, bridge), state="up"
+        ),
+    )
+
+
+def _delete_link(netns, ifname):
+    _netlink(netns, f"delete {ifname}", lambda ipr: ipr.link("del", index=interface_index(netns, ifname)))
 
 
 def afxdp_unavailable():
@@ -88,6 +112,8 @@ def add(bridge, netns, name, *, path="afxdp", mac=None, queues=1, owner=0, group
     """Create the endpoint; everything is rolled back if a step fails."""
     check_name(name)
     check_exists(netns)
+    if mac:
+        check_guest_mac(mac)
     if not 1 <= queues <= MAX_QUEUES:
         raise UsageError(f"--queues {queues}: expected 1 to {MAX_QUEUES}")
     if not _is_bridge(netns, bridge):
@@ -112,7 +138,11 @@ def add(bridge, netns, name, *, path="afxdp", mac=None, queues=1, owner=0, group
         else:
             port = _add_tap(bridge, netns, name, queues, owner, group, journal)
         if mac:
-            _run(netns, "bridge", "fdb", "replace", mac, "dev", port, "master", "static")
+            _netlink(
+                netns,
+                f"add the FDB entry {mac} on {port}",
+                lambda ipr: fdb.add_static_entry(ipr, interface_index(netns, port), mac),
+            )
         record = {
             "bridge": bridge,
             "netns": netns,
@@ -141,17 +171,23 @@ def _add_afxdp(bridge, netns, name, queues, journal):
     from loader.trafficgen import attach_program
 
     port = f"{name}-p"
-    q = ["numtxqueues", str(queues), "numrxqueues", str(queues)]
-    _run(netns, "ip", "link", "add", name, *q, "type", "veth", "peer", port, *q)
-    journal.push(_run, netns, "ip", "link", "del", name)
+    q = {"num_tx_queues": queues, "num_rx_queues": queues}
+    _netlink(
+        netns,
+        f"create the veth pair {name}/{port}",
+        lambda ipr: ipr.link("add", ifname=name, kind="veth", peer={"ifname": port, **q}, **q),
+    )
+    journal.push(_delete_link, netns, name)
     # A frame the fast path or the bridge sends into the port may still carry a partial
     # checksum (a container's veth offloads it); veth hands it on as is, and XDP on the other
     # side turns it into an xdp_frame whose checksum nobody completes (KERNEL-FACTS), so the
     # consumer would get a wrong one. With checksumming off on the port, the kernel completes
     # the checksum (and segments GSO frames) on transmit, as a NIC would before the wire.
-    _run(netns, "ethtool", "-K", port, "tx", "off", fix="apt-get install ethtool")
-    _run(netns, "ip", "link", "set", port, "master", bridge, "up")
-    _run(netns, "ip", "link", "set", name, "up")
+    with entered(netns):
+        ethtool.switch(port, ethtool.TX_CHECKSUM, False)  # `ethtool -K PORT tx off`
+    _enslave(netns, port, bridge)
+    up = {"index": interface_index(netns, name), "state": "up"}
+    _netlink(netns, f"set {name} up", lambda ipr: ipr.link("set", **up))
     redirect = XskRedirect()
     try:
         attach_program(netns, name, redirect.prog.fd)
@@ -179,8 +215,8 @@ def _add_tap(bridge, netns, name, queues, owner, group, journal):
         raise XdpbrError(f"cannot create TAP {name}", errno=exc.errno) from None
     finally:
         os.close(fd)
-    journal.push(_run, netns, "ip", "link", "del", name)
-    _run(netns, "ip", "link", "set", name, "master", bridge, "up")
+    journal.push(_delete_link, netns, name)
+    _enslave(netns, name, bridge)
     return name
 
 
@@ -257,7 +293,7 @@ def delete(bridge, netns, name):
     rec = find(bridge, netns, name)
     path = _record_path(bridge, netns, name)
     if interface_index(netns, rec["ifname"]) is not None:
-        _run(netns, "ip", "link", "del", rec["ifname"])  # a veth takes its peer with it
+        _delete_link(netns, rec["ifname"])  # a veth takes its peer with it
     if rec.get("pins"):
         _remove_pins(rec["pins"])
     os.unlink(path)

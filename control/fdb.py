@@ -171,6 +171,12 @@ class FdbMirror:
                 log.info("fdb mirror: every entry fits again")
 
 
+def add_static_entry(ipr, ifindex, mac):
+    """`bridge fdb replace MAC dev PORT master static`: the bridge forwards MAC to PORT before
+    it has seen a frame from it, and never ages the entry out."""
+    ipr.neigh("replace", family=AF_BRIDGE, ifindex=ifindex, lladdr=mac, state=NUD_NOARP, flags=NTF_MASTER)
+
+
 def refresh_kernel_entry(ipr, rec):
     """NTF_USE: tell the bridge the entry is in use, as a frame through it would (aging)."""
     ipr.neigh(

@@ -40,8 +40,19 @@ def entered(name):
         yield
         return
     check_exists(name)
+    with entered_path(netns_path(name)):
+        yield
+
+
+@contextlib.contextmanager
+def entered_path(path):
+    """Run the body inside the namespace whose file is `path` (/run/netns/..., /proc/PID/ns/net)."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(netns_path(name), os.O_RDONLY)
+    try:
+        target = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        os.close(home)
+        raise XdpbrError(f"cannot open network namespace {path}", errno=exc.errno) from None
     try:
         _setns(target)
         try:

@@ -7,9 +7,11 @@ namespace only by an nsid, so candidates (/run/netns/*, /proc/*/ns/net) are aske
 
 import glob
 import os
-import subprocess
+import socket
 
-from loader.netns import netns_path, nsenter_prefix
+from loader import ethtool
+from loader.errors import XdpbrError
+from loader.netns import entered_path, netns_path
 
 
 def peer_namespace_path(ipr, peer_netnsid, bridge_netns):
@@ -38,34 +40,29 @@ def peer_namespace_path(ipr, peer_netnsid, bridge_netns):
 
 
 def _ifname_in(ns_path, ifindex):
-    out = subprocess.run(
-        [*nsenter_prefix(ns_path), "ip", "-o", "link", "show"], capture_output=True, text=True, check=False
-    )
-    for line in out.stdout.splitlines():
-        idx, _, rest = line.partition(":")
-        if idx.strip() == str(ifindex):
-            return rest.split(":")[0].strip().split("@")[0]
-    return None
+    try:
+        with entered_path(ns_path):
+            return socket.if_indextoname(ifindex)
+    except (OSError, XdpbrError):
+        return None  # the interface or its namespace went away meanwhile
 
 
 def gro_enabled(ns_path, ifname):
-    out = subprocess.run(
-        [*nsenter_prefix(ns_path), "ethtool", "-k", ifname], capture_output=True, text=True, check=False
-    )
-    for line in out.stdout.splitlines():
-        if line.startswith("generic-receive-offload:"):
-            return line.split(":")[1].strip().startswith("on")
-    return None
+    """True or False, or None when it cannot be read (the peer went away meanwhile)."""
+    try:
+        with entered_path(ns_path):
+            return ethtool.enabled(ifname, ethtool.GRO)
+    except XdpbrError:
+        return None
 
 
 def set_gro(ns_path, ifname, on):
-    res = subprocess.run(
-        [*nsenter_prefix(ns_path), "ethtool", "-K", ifname, "gro", "on" if on else "off"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return res.returncode == 0
+    try:
+        with entered_path(ns_path):
+            ethtool.switch(ifname, ethtool.GRO, on)
+    except XdpbrError:
+        return False
+    return True
 
 
 class VethPeer:

@@ -9,7 +9,7 @@ from control.lab import sh
 from loader import bpfsys
 from loader.afxdp import XskSocket, new_socket
 from loader.errors import NotFound, UsageError, XdpbrError
-from loader.netns import entered
+from loader.netns import entered, netns_path, nsenter_prefix
 from loader.packets import udp_frame
 from tests.test_cli import xdpbr
 from tests.traffic import frames_on, packet_socket, xsk_frames
@@ -99,6 +99,26 @@ def test_a_tap_endpoint_is_a_persistent_vnet_hdr_tap_on_the_bridge(two_container
     assert "vm2" not in links(lab)
 
 
+def test_endpoints_get_their_queues_offloads_and_static_entry_from_the_kernel(two_containers):
+    """What `add` asks of netlink and ethtool, read back with iproute2's and ethtool's own eyes."""
+    lab = two_containers
+    endpoints.add(lab.bridge, lab.switch, "vm8", mac=GUEST, queues=3)
+    endpoints.add(lab.bridge, lab.switch, "vm9", mac="52:54:00:00:00:39", queues=2, path="tap")
+    for ifname in ("vm8", "vm8-p"):
+        detail = sh("ip", "-n", lab.switch, "-d", "link", "show", "dev", ifname)
+        assert "numtxqueues 3 numrxqueues 3" in detail, detail
+    # a TAP's queues are the fds its VMM opens by name (IFF_MULTI_QUEUE), not a fixed count
+    assert "vnet_hdr on multi_queue" in sh("ip", "-n", lab.switch, "-d", "link", "show", "dev", "vm9")
+    assert "master br0 state UP" in sh("ip", "-n", lab.switch, "link", "show", "dev", "vm8-p")
+    assert " UP " in sh("ip", "-n", lab.switch, "-br", "link", "show", "dev", "vm8")
+    fdb = sh("bridge", "-n", lab.switch, "fdb", "show", "br", lab.bridge)
+    assert f"{GUEST} dev vm8-p master {lab.bridge} static" in fdb, fdb
+    assert f"52:54:00:00:00:39 dev vm9 master {lab.bridge} static" in fdb, fdb
+    ethtool_k = [*nsenter_prefix(netns_path(lab.switch)), "ethtool", "-k"]
+    assert "tx-checksumming: off" in sh(*ethtool_k, "vm8-p")
+    assert "tx-checksumming: on" in sh(*ethtool_k, "vm8")  # the VMM's side keeps its own
+
+
 def test_endpoint_errors_are_clear_and_leave_nothing(two_containers):
     lab = two_containers
     with pytest.raises(UsageError, match="endpoint name"):
@@ -116,7 +136,32 @@ def test_endpoint_errors_are_clear_and_leave_nothing(two_containers):
     assert res.returncode == 1 and res.stderr.startswith("xdpbr: no endpoint vm3 on ")
     res = xdpbr("-n", lab.switch, "endpoint", "add", lab.bridge, "vm4", "--mac", "zz")
     assert res.returncode == 2 and "--mac 'zz'" in res.stderr
+    for group_or_zero in ("01:00:5e:00:00:01", "00:00:00:00:00:00"):
+        res = xdpbr("-n", lab.switch, "endpoint", "add", lab.bridge, "vm4", "--mac", group_or_zero)
+        why = "a guest's MAC must be unicast and not zero, like 52:54:00:12:34:56"
+        assert (res.returncode, res.stderr) == (2, f"xdpbr: --mac {group_or_zero}: {why}\n")
     assert "vm3" not in links(lab) and "vm4" not in links(lab)
+
+
+@pytest.mark.parametrize("path", ["afxdp", "tap"])
+def test_a_failing_last_step_rolls_the_whole_endpoint_back(two_containers, monkeypatch, path):
+    """The static FDB entry is the last thing `add` writes; when the kernel refuses it, the
+    interfaces, pins and record made before are gone again (the refusal is injected: this
+    kernel takes any unicast MAC)."""
+    from control import fdb
+
+    lab = two_containers
+    before = links(lab)
+
+    def refused(ipr, ifindex, mac):
+        raise XdpbrError("the FDB entry was refused")
+
+    monkeypatch.setattr(fdb, "add_static_entry", refused)
+    with pytest.raises(XdpbrError, match="refused"):
+        endpoints.add(lab.bridge, lab.switch, "vm4", mac=GUEST, path=path)
+    assert links(lab) == before
+    assert endpoints.records(lab.bridge, lab.switch) == []
+    assert not os.path.exists(os.path.join(endpoints.PIN_ROOT, endpoints.label(lab.bridge, lab.switch)))
 
 
 def test_endpoint_metrics_count_frames_to_the_sockets_and_frames_that_found_none(two_containers):
