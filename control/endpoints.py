@@ -81,19 +81,23 @@ def _is_bridge(netns, name):
     return _netlink(netns, f"read {name}", lambda ipr: link_kind(ipr.get_links(ifname=name)[0])) == "bridge"
 
 
+def _index(netns, ifname):
+    """The ifindex of `ifname`, which this command made or checked a moment ago."""
+    index = interface_index(netns, ifname)
+    if index is None:
+        raise NotFound(f"interface {ifname} went away meanwhile")
+    return index
+
+
 def _enslave(netns, ifname, bridge):
     """`ip link set IFNAME master BRIDGE up`."""
-    _netlink(
-        netns,
-        f"add {ifname} to {bridge}",
-        lambda ipr: ipr.link(
-            "set", index=interface_index(netns, ifname), master=interface_index(netns, bridge), state="up"
-        ),
-    )
+    link = {"index": _index(netns, ifname), "master": _index(netns, bridge), "state": "up"}
+    _netlink(netns, f"add {ifname} to {bridge}", lambda ipr: ipr.link("set", **link))
 
 
 def _delete_link(netns, ifname):
-    _netlink(netns, f"delete {ifname}", lambda ipr: ipr.link("del", index=interface_index(netns, ifname)))
+    index = _index(netns, ifname)
+    _netlink(netns, f"delete {ifname}", lambda ipr: ipr.link("del", index=index))
 
 
 def afxdp_unavailable():
@@ -141,7 +145,7 @@ def add(bridge, netns, name, *, path="afxdp", mac=None, queues=1, owner=0, group
             _netlink(
                 netns,
                 f"add the FDB entry {mac} on {port}",
-                lambda ipr: fdb.add_static_entry(ipr, interface_index(netns, port), mac),
+                lambda ipr: fdb.add_static_entry(ipr, _index(netns, port), mac),
             )
         record = {
             "bridge": bridge,
@@ -186,7 +190,7 @@ def _add_afxdp(bridge, netns, name, queues, journal):
     with entered(netns):
         ethtool.switch(port, ethtool.TX_CHECKSUM, False)  # `ethtool -K PORT tx off`
     _enslave(netns, port, bridge)
-    up = {"index": interface_index(netns, name), "state": "up"}
+    up = {"index": _index(netns, name), "state": "up"}
     _netlink(netns, f"set {name} up", lambda ipr: ipr.link("set", **up))
     redirect = XskRedirect()
     try:
