@@ -75,7 +75,9 @@ def build_parser():
     st = sub.add_parser("stats", help="cumulative counters by port, attach point and reason")
     st.add_argument("bridge", nargs="?")
     st.add_argument("--watch", action="store_true", help="print again every --interval seconds")
-    st.add_argument("--interval", type=float, default=1.0, metavar="SECONDS")
+    st.add_argument(
+        "--interval", type=float, default=1.0, metavar="SECONDS", help="with --watch: seconds between prints"
+    )
     st.add_argument("--count", type=int, default=0, metavar="N", help="with --watch: stop after N prints")
 
     dm = sub.add_parser("daemon", help="mirror FDB and port changes into the fast path (foreground)")
@@ -99,9 +101,15 @@ def build_parser():
     kind.add_argument("--afxdp", dest="path", action="store_const", const="afxdp", help="AF_XDP (default)")
     kind.add_argument("--tap", dest="path", action="store_const", const="tap", help="a TAP with vnet_hdr")
     ea.add_argument("--mac", help="the guest's MAC: a static FDB entry on the endpoint's port")
-    ea.add_argument("--queues", type=int, default=1)
-    ea.add_argument("--owner", type=int, default=0, metavar="UID")
-    ea.add_argument("--group", type=int, default=0, metavar="GID")
+    ea.add_argument("--queues", type=int, default=1, help="queues, one AF_XDP socket each (default 1)")
+    ea.add_argument(
+        "--owner",
+        type=int,
+        default=0,
+        metavar="UID",
+        help="who may take the sockets or open the TAP (default 0)",
+    )
+    ea.add_argument("--group", type=int, default=0, metavar="GID", help="the same for a group (default 0)")
     es = epsub.add_parser("show", help="xdpbr endpoint show [BRIDGE]")
     es.add_argument("bridge", nargs="?")
     ed = epsub.add_parser("del", help="xdpbr endpoint del BRIDGE NAME")

@@ -1,0 +1,73 @@
+"""Every command, verb and option of `xdpbr` has help text and a line in the README's usage
+block (sqlite-utils' test_docs): the CLI and its documentation cannot drift apart silently."""
+
+import argparse
+import os
+import re
+
+import pytest
+
+from control.cli import build_parser
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def _subparsers(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield name, helps.get(name), sub
+
+
+def commands():
+    """(words, help, parser) of every command and verb, e.g. (("endpoint", "add"), ...)."""
+    out = []
+    for name, text, sub in _subparsers(build_parser()):
+        verbs = list(_subparsers(sub))
+        out.append(((name,), text, sub))
+        out += [((name, verb), vtext, vsub) for verb, vtext, vsub in verbs]
+    return out
+
+
+def options(parser):
+    return [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
+
+
+def usage_lines():
+    text = open(README).read()
+    block = re.search(r"## Using it\n\n```\n(.*?)```", text, re.S).group(1)
+    lines = []
+    for line in block.splitlines():
+        if lines and line.startswith(" "):
+            lines[-1] += line  # a usage that goes on over the next line
+        else:
+            lines.append(line)
+    return lines
+
+
+def _documented(words, lines):
+    # `xdpbr`, the global options in brackets, then exactly these words
+    pattern = re.compile(r"^xdpbr(\s+\[[^\]]*\])*\s+" + r"\s+".join(map(re.escape, words)) + r"(\s|$)")
+    return [line for line in lines if pattern.search(line)]
+
+
+@pytest.mark.parametrize("words, text, parser", [pytest.param(*c, id=" ".join(c[0])) for c in commands()])
+def test_every_command_and_option_has_help_and_a_readme_line(words, text, parser):
+    assert text, f"`xdpbr {' '.join(words)}` has no help text"
+    if any(_subparsers(parser)):
+        return  # a command with verbs: each verb is checked on its own
+    lines = _documented(words, usage_lines())
+    assert lines, f"README's usage block has no line for `xdpbr {' '.join(words)}`"
+    for action in options(parser):
+        assert action.help, f"`xdpbr {' '.join(words)} {action.option_strings[-1]}` has no help text"
+        assert any(opt in line for opt in action.option_strings for line in lines), (
+            f"README's usage line for `xdpbr {' '.join(words)}` does not name {action.option_strings[-1]}"
+        )
+
+
+def test_the_global_options_are_documented():
+    usage = "\n".join(usage_lines())
+    for action in options(build_parser()):
+        assert action.help
+        assert any(opt in usage for opt in action.option_strings), f"{action.option_strings} not in README"
