@@ -23,7 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from control import fdb
 from control.attachment import Journal
-from control.ports import link_kind
+from control.ports import find_bridge
 from loader import bpfsys, ethtool, packets
 from loader.attach import open_netlink
 from loader.errors import NotFound, UsageError, XdpbrError
@@ -75,12 +75,6 @@ def _netlink(netns, what, call):
             raise XdpbrError(f"cannot {what}", errno=exc.code) from None
 
 
-def _is_bridge(netns, name):
-    if interface_index(netns, name) is None:
-        return False
-    return _netlink(netns, f"read {name}", lambda ipr: link_kind(ipr.get_links(ifname=name)[0])) == "bridge"
-
-
 def _index(netns, ifname):
     """The ifindex of `ifname`, which this command made or checked a moment ago."""
     index = interface_index(netns, ifname)
@@ -120,8 +114,7 @@ def add(bridge, netns, name, *, path="afxdp", mac=None, queues=1, owner=0, group
         check_guest_mac(mac)
     if not 1 <= queues <= MAX_QUEUES:
         raise UsageError(f"--queues {queues}: expected 1 to {MAX_QUEUES}")
-    if not _is_bridge(netns, bridge):
-        raise NotFound(f"bridge {bridge} does not exist", fix=f"ip link add {bridge} type bridge")
+    _netlink(netns, f"read {bridge}", lambda ipr: find_bridge(ipr, bridge, netns))  # or why it is none
     if os.path.exists(_record_path(bridge, netns, name)):
         raise XdpbrError(
             f"endpoint {name} already exists on {label(bridge, netns)}",

@@ -6,6 +6,7 @@ from loader.errors import NotFound, XdpbrError
 BRIDGE_VLAN_INFO_PVID = 1 << 1
 BRIDGE_VLAN_INFO_UNTAGGED = 1 << 2
 RTEXT_FILTER_BRVLAN = 1 << 1
+IFF_LOOPBACK = 0x8
 
 
 def _linkinfo(link):
@@ -17,6 +18,11 @@ def link_kind(link):
     return (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
 
 
+def _device_kind(link):
+    """What to call a device in an error: its link kind, else loopback or physical."""
+    return link_kind(link) or ("loopback" if link["flags"] & IFF_LOOPBACK else "physical")
+
+
 def find_bridge(ipr, name, netns=None):
     """BridgeInfo of bridge `name`, or a clear error when it is missing or not a bridge."""
     where = f' in network namespace "{netns}"' if netns else ""
@@ -26,7 +32,7 @@ def find_bridge(ipr, name, netns=None):
     link = links[0]
     if link_kind(link) != "bridge":
         raise XdpbrError(
-            f"{name} is not a bridge (it is a {link_kind(link) or 'physical'} device){where}",
+            f"{name} is not a bridge (it is a {_device_kind(link)} device){where}",
             fix="name the bridge its ports belong to (`ip link show type bridge`)",
         )
     data = _linkinfo(link).get_attr("IFLA_INFO_DATA")

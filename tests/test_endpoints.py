@@ -125,6 +125,8 @@ def test_endpoint_errors_are_clear_and_leave_nothing(two_containers):
         endpoints.add(lab.bridge, lab.switch, "a/b")
     with pytest.raises(NotFound, match="bridge nobr does not exist"):
         endpoints.add("nobr", lab.switch, "vm3")
+    with pytest.raises(XdpbrError, match=rf"^{lab.c1.port} is not a bridge \(it is a veth device\)"):
+        endpoints.add(lab.c1.port, lab.switch, "vm3")
     endpoints.add(lab.bridge, lab.switch, "vm3")
     with pytest.raises(XdpbrError, match="already exists"):
         endpoints.add(lab.bridge, lab.switch, "vm3")
