@@ -205,7 +205,7 @@ def _endpoint(args):
     from control import endpoints
 
     if args.verb == "add":
-        rec = endpoints.add(
+        endpoints.add(
             args.bridge,
             args.netns,
             args.name,
@@ -215,7 +215,8 @@ def _endpoint(args):
             owner=args.owner,
             group=args.group,
         )
-        render.emit([rec], args.json, render.endpoints_text)
+        added = [r for r in endpoints.show(args.bridge, args.netns) if r["name"] == args.name]
+        render.emit(added, args.json, render.endpoints_text)  # as `show` prints it, `present` too
     elif args.verb == "show":
         render.emit(endpoints.show(args.bridge, args.netns), args.json, render.endpoints_text)
     elif args.verb == "del":

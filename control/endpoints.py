@@ -118,7 +118,7 @@ def add(bridge, netns, name, *, path="afxdp", mac=None, queues=1, owner=0, group
     if os.path.exists(_record_path(bridge, netns, name)):
         raise XdpbrError(
             f"endpoint {name} already exists on {label(bridge, netns)}",
-            fix=f"xdpbr endpoint del {bridge} {name}",
+            fix=f"delete it first with `xdpbr endpoint del {bridge} {name}`",
         )
     for ifname in (name, f"{name}-p"):
         if interface_index(netns, ifname) is not None:

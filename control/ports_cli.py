@@ -18,7 +18,7 @@ def set_mode(bridge, netns, port_name, mode):
             if s.ipr.link_lookup(ifname=port_name):
                 raise XdpbrError(
                     f"{port_name} is not a port of bridge {bridge}",
-                    fix=f"ip link set {port_name} master {bridge}",
+                    fix=f"enslave it with `ip link set {port_name} master {bridge}`",
                 )
             raise NotFound(f"interface {port_name} does not exist")
         previous = s.requested_modes().get(port_name, "auto")

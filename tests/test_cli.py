@@ -196,7 +196,7 @@ def test_port_set_is_remembered_and_checked(two_containers):
     res = xdpbr("-n", lab.switch, "port", "set", "br0", "lo", "mode", "tc")
     assert (res.returncode, res.stderr) == (
         1,
-        "xdpbr: lo is not a port of bridge br0; ip link set lo master br0\n",
+        "xdpbr: lo is not a port of bridge br0; enslave it with `ip link set lo master br0`\n",
     )
     res = xdpbr("-n", lab.switch, "port", "set", "br0", "nope", "mode", "tc")
     assert (res.returncode, res.stderr) == (1, "xdpbr: interface nope does not exist\n")

@@ -1,5 +1,6 @@
 """`xdpbr endpoint`: AF_XDP and TAP endpoints on a bridge, frames through the fast path."""
 
+import json
 import os
 
 import pytest
@@ -103,7 +104,11 @@ def test_endpoints_get_their_queues_offloads_and_static_entry_from_the_kernel(tw
     """What `add` asks of netlink and ethtool, read back with iproute2's and ethtool's own eyes."""
     lab = two_containers
     endpoints.add(lab.bridge, lab.switch, "vm8", mac=GUEST, queues=3)
-    endpoints.add(lab.bridge, lab.switch, "vm9", mac="52:54:00:00:00:39", queues=2, path="tap")
+    cli = ["-j", "-n", lab.switch, "endpoint", "add", lab.bridge, "vm9", "--tap", "--queues", "2"]
+    res = xdpbr(*cli, "--mac", "52:54:00:00:00:39")
+    assert res.returncode == 0, res.stderr
+    (row,) = json.loads(res.stdout)
+    assert (row["name"], row["path"], row["queues"], row["present"]) == ("vm9", "tap", 2, True)
     for ifname in ("vm8", "vm8-p"):
         detail = sh("ip", "-n", lab.switch, "-d", "link", "show", "dev", ifname)
         assert "numtxqueues 3 numrxqueues 3" in detail, detail
