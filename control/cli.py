@@ -7,6 +7,7 @@ only and never start the compiler.
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -22,6 +23,22 @@ EXIT_USAGE = 2
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{message}; try `{self.prog} --help`")
+
+
+def _positive(kind):
+    """argparse type: a number above zero (a negative grace would wrap to an endless one)."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be above zero and finite")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def build_parser():
@@ -45,7 +62,7 @@ def build_parser():
     )
     a.add_argument(
         "--grace",
-        type=float,
+        type=_positive(float),
         default=10.0,
         metavar="SECONDS",
         help="how long the fast path runs without a daemon heartbeat (default 10)",
@@ -76,9 +93,15 @@ def build_parser():
     st.add_argument("bridge", nargs="?")
     st.add_argument("--watch", action="store_true", help="print again every --interval seconds")
     st.add_argument(
-        "--interval", type=float, default=1.0, metavar="SECONDS", help="with --watch: seconds between prints"
+        "--interval",
+        type=_positive(float),
+        default=1.0,
+        metavar="SECONDS",
+        help="with --watch: seconds between prints",
     )
-    st.add_argument("--count", type=int, default=0, metavar="N", help="with --watch: stop after N prints")
+    st.add_argument(
+        "--count", type=_positive(int), default=None, metavar="N", help="with --watch: stop after N prints"
+    )
 
     dm = sub.add_parser("daemon", help="mirror FDB and port changes into the fast path (foreground)")
     dm.add_argument("--once", action="store_true", help="resync every attached bridge once and exit")

@@ -21,7 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from control.exposition import RowFamily, render, start_server
-from loader.errors import XdpbrError
+from loader.errors import UsageError, XdpbrError
 from loader.layouts import (
     ATTACH_POINTS,
     CONTROL_ATTACH,
@@ -380,7 +380,7 @@ def parse_listen(spec):
     """'[ADDR:]PORT' -> (addr, port); a bare port binds loopback only."""
     addr, _, port = spec.rpartition(":")
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise XdpbrError(f"--metrics {spec!r}: expected [ADDR:]PORT", fix="for example --metrics 9435")
+        raise UsageError(f"--metrics {spec!r}: expected [ADDR:]PORT", fix="for example --metrics 9435")
     return (addr.strip("[]") or "127.0.0.1"), int(port)
 
 

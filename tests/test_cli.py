@@ -101,6 +101,22 @@ def test_usage_errors_exit_2():
     assert xdpbr().returncode == 2
 
 
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        # a negative grace would wrap to an endless one in the u64 the fast path reads
+        (["attach", "br0", "--grace", "-5"], "argument --grace: '-5': must be above zero and finite"),
+        (["attach", "br0", "--grace", "inf"], "argument --grace: 'inf': must be above zero and finite"),
+        (["stats", "--watch", "--interval", "0"], "argument --interval: '0': must be above zero and finite"),
+        (["stats", "--watch", "--count", "x"], "argument --count: 'x' is not a number"),
+        (["daemon", "--metrics", "70000"], "--metrics '70000': expected [ADDR:]PORT"),
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors(argv, line):
+    res = xdpbr(*argv)
+    assert (res.returncode, res.stderr.split(";")[0]) == (2, f"xdpbr: {line}")  # then the fix
+
+
 def test_bench_refuses_what_it_cannot_measure_before_building_anything():
     for argv, message in (
         (("bench", "fastpth"), "xdpbr: unknown scenario 'fastpth'; scenarios: bridge, fastpath, limit, "),
