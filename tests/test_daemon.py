@@ -17,6 +17,10 @@ from tests.conftest import wait_for
 
 pytestmark = pytest.mark.root
 
+# How long a test waits for the daemon to react. It reacts in milliseconds (bench: control,
+# hotplug); the wait only bounds a failure, so it is generous for a loaded CI machine.
+WAIT_S = 10
+
 
 def mirrored(lab, mac):
     with Session(lab.bridge, lab.switch) as s:
@@ -43,9 +47,9 @@ def test_fdb_entries_follow_kernel_events(two_containers, daemon):
     subprocess.run(
         ["bridge", "-n", lab.switch, "fdb", "add", mac, "dev", lab.c1.port, "master", "static"], check=True
     )
-    assert wait_for(lambda: mirrored(lab, mac), timeout=2)
+    assert wait_for(lambda: mirrored(lab, mac), timeout=WAIT_S)
     subprocess.run(["bridge", "-n", lab.switch, "fdb", "del", mac, "dev", lab.c1.port, "master"], check=True)
-    assert wait_for(lambda: not mirrored(lab, mac), timeout=2)
+    assert wait_for(lambda: not mirrored(lab, mac), timeout=WAIT_S)
 
 
 def test_a_station_learned_after_attach_gets_the_fast_path(two_containers, daemon):
@@ -53,7 +57,7 @@ def test_a_station_learned_after_attach_gets_the_fast_path(two_containers, daemo
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
     daemon()
     assert lab.c1.ping(lab.c2.ip, count=2)  # the bridge learns both stations (if it had not yet)
-    assert wait_for(lambda: mirrored(lab, lab.c1.mac) and mirrored(lab, lab.c2.mac), timeout=2)
+    assert wait_for(lambda: mirrored(lab, lab.c1.mac) and mirrored(lab, lab.c2.mac), timeout=WAIT_S)
     before = counter(lab, lab.c1.port, "xdp", "forward")
     assert lab.c1.ping(lab.c2.ip, count=3)
     assert counter(lab, lab.c1.port, "xdp", "forward") >= before + 3
@@ -135,7 +139,7 @@ def test_a_restarted_daemon_resumes_the_fast_path(two_containers, daemon):
     time.sleep(1.2)
     assert not state.show(lab.bridge, lab.switch)[0]["fast_path_active"]
     daemon()
-    assert wait_for(lambda: state.show(lab.bridge, lab.switch)[0]["fast_path_active"], timeout=3)
+    assert wait_for(lambda: state.show(lab.bridge, lab.switch)[0]["fast_path_active"], timeout=WAIT_S)
     assert lab.c1.ping(lab.c2.ip, count=2)
     before = counter(lab, lab.c1.port, "xdp", "forward")
     assert lab.c1.ping(lab.c2.ip, count=2)
@@ -147,12 +151,12 @@ def test_hot_plugged_ports_join_and_leave(two_containers, daemon):
     attachment.attach(lab.bridge, lab.switch)
     daemon()
     c3 = lab.container("c3")
-    assert wait_for(lambda: c3.port in ports(lab), timeout=3)
+    assert wait_for(lambda: c3.port in ports(lab), timeout=WAIT_S)
     assert (ports(lab)[c3.port]["mode"], ports(lab)[c3.port]["why"]) == ("tc", "auto")
     vm = lab.vm("vm9")
-    assert wait_for(lambda: vm.port in ports(lab) and ports(lab)[vm.port]["mode"] == "xdp+tc", timeout=3)
+    assert wait_for(lambda: vm.port in ports(lab) and ports(lab)[vm.port]["mode"] == "xdp+tc", timeout=WAIT_S)
     subprocess.run(["ip", "-n", lab.switch, "link", "del", c3.port], check=True)
-    assert wait_for(lambda: c3.port not in ports(lab), timeout=3)
+    assert wait_for(lambda: c3.port not in ports(lab), timeout=WAIT_S)
 
 
 def test_port_state_changes_are_followed(two_containers, daemon):
@@ -165,11 +169,12 @@ def test_port_state_changes_are_followed(two_containers, daemon):
     subprocess.run(
         ["bridge", "-n", lab.switch, "link", "set", "dev", lab.c1.port, "isolated", "on"], check=True
     )
-    assert wait_for(lambda: not lab.c1.ping(lab.c2.ip, count=1), timeout=3), "isolated ports must not talk"
+    isolated = wait_for(lambda: not lab.c1.ping(lab.c2.ip, count=1), timeout=WAIT_S)
+    assert isolated, "isolated ports must not talk"
     subprocess.run(
         ["bridge", "-n", lab.switch, "link", "set", "dev", lab.c1.port, "isolated", "off"], check=True
     )
-    assert wait_for(lambda: lab.c1.ping(lab.c2.ip, count=1), timeout=3)
+    assert wait_for(lambda: lab.c1.ping(lab.c2.ip, count=1), timeout=WAIT_S)
 
 
 def nft(lab, *argv):
@@ -260,7 +265,7 @@ def test_the_daemon_follows_an_upgrade_in_place(two_containers, daemon):
     attachment.attach(lab.bridge, lab.switch, mode="xdp")  # new programs, same maps
     new_id = state.show(lab.bridge, lab.switch)[0]["xdp_prog_id"]
     c3 = lab.container("c3")
-    assert wait_for(lambda: ports(lab).get(c3.port, {}).get("xdp_prog_id") == new_id, timeout=3)
+    assert wait_for(lambda: ports(lab).get(c3.port, {}).get("xdp_prog_id") == new_id, timeout=WAIT_S)
     time.sleep(1.0)
     assert {p["xdp_prog_id"] for p in ports(lab).values()} == {new_id}, (
         "the daemon must not restore old programs"
@@ -295,14 +300,14 @@ def test_sync_lag_runs_from_the_bridge_learning_the_mac(two_containers, daemon):
         time.sleep(0.5)
     finally:
         d.proc.send_signal(signal.SIGCONT)
-    assert wait_for(lambda: mirrored(lab, new_mac), timeout=3)
+    assert wait_for(lambda: mirrored(lab, new_mac), timeout=WAIT_S)
 
     def frozen_time_counted():  # the counters reach the map with the next heartbeat (1 s)
         new_events, new_sum = daemon_counters(lab)
         # the learn of new_mac alone accounts for the 0.5 s the daemon was stopped
         return new_events > events and new_sum - lag_sum >= 0.45e9
 
-    assert wait_for(frozen_time_counted, timeout=3), (events, lag_sum, daemon_counters(lab))
+    assert wait_for(frozen_time_counted, timeout=WAIT_S), (events, lag_sum, daemon_counters(lab))
 
 
 def macs(count, prefix):
@@ -330,7 +335,7 @@ def test_a_mac_flood_fills_the_mirror_but_pushes_no_station_out(two_containers, 
     attachment.attach(lab.bridge, lab.switch, mode="tc")
     daemon()
     assert lab.c1.ping(lab.c2.ip, count=2)
-    assert wait_for(lambda: mirrored(lab, lab.c1.mac) and mirrored(lab, lab.c2.mac), timeout=3)
+    assert wait_for(lambda: mirrored(lab, lab.c1.mac) and mirrored(lab, lab.c2.mac), timeout=WAIT_S)
     flood = macs(FDB_SIZE + 300, 0x06)
     send_from(lab.c1, flood, lab.c2.mac)  # the bridge learns them all (no fdb_max_learned)
     full = lambda: state.show(lab.bridge, lab.switch)[0]["fdb_mirror_full"]  # noqa: E731
@@ -347,7 +352,7 @@ def test_a_mac_flood_fills_the_mirror_but_pushes_no_station_out(two_containers, 
     assert refused
     full_before = counter(lab, lab.c1.port, "tc", "fdb_full")
     send_from(lab.c1, refused, lab.c2.mac)
-    assert wait_for(lambda: counter(lab, lab.c1.port, "tc", "fdb_full") >= full_before + 5, timeout=2)
+    assert wait_for(lambda: counter(lab, lab.c1.port, "tc", "fdb_full") >= full_before + 5, timeout=WAIT_S)
 
 
 def test_the_bridge_limit_on_learned_entries_holds(two_containers):
@@ -356,7 +361,7 @@ def test_the_bridge_limit_on_learned_entries_holds(two_containers):
     lab = two_containers
     bridge_limits.set_fdb_max_learned(lab.bridge, lab.switch, 100)
     send_from(lab.c1, macs(300, 0x0A), lab.c2.mac)
-    assert wait_for(lambda: bridge_limits.fdb_learned(lab.bridge, lab.switch) == (100, 100), timeout=2)
+    assert wait_for(lambda: bridge_limits.fdb_learned(lab.bridge, lab.switch) == (100, 100), timeout=WAIT_S)
 
 
 def test_a_tap_hot_plugged_while_traffic_flows_gets_the_fast_path_and_leaves_nothing(two_containers, daemon):
@@ -383,7 +388,7 @@ def test_a_tap_hot_plugged_while_traffic_flows_gets_the_fast_path_and_leaves_not
         text=True,
     )
     vm = lab.vm("vm8")  # QEMU creating a VM's TAP and enslaving it
-    assert wait_for(lambda: ports(lab).get(vm.port, {}).get("mode") == "xdp+tc", timeout=3)
+    assert wait_for(lambda: ports(lab).get(vm.port, {}).get("mode") == "xdp+tc", timeout=WAIT_S)
     lab.wait_forwarding(ports=[vm.port])
     assert vm.ping(lab.c1.ip, count=2)
     before = counter(lab, vm.port, "xdp", "forward")
@@ -394,7 +399,7 @@ def test_a_tap_hot_plugged_while_traffic_flows_gets_the_fast_path_and_leaves_not
     slot = ports(lab)[vm.port]["slot"]
     ifindex = ports(lab)[vm.port]["ifindex"]
     subprocess.run(["ip", "-n", lab.switch, "link", "del", vm.port], check=True)  # the VM goes away
-    assert wait_for(lambda: vm.port not in ports(lab), timeout=3)
+    assert wait_for(lambda: vm.port not in ports(lab), timeout=WAIT_S)
     with Session(lab.bridge, lab.switch) as s:
         s.open_pins()
         assert ifindex not in s.ports()

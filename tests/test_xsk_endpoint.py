@@ -8,6 +8,7 @@ import pytest
 
 from loader.packets import csum16, ether, ipv4, mac, udp4
 from loader.xsk_endpoint import AfxdpEndpoint
+from tests.conftest import wait_for
 
 GUEST_MAC, GUEST_IP = "52:54:00:00:00:51", "10.200.0.51"
 PEER_MAC, PEER_IP = "02:00:00:00:00:61", "10.200.0.61"
@@ -111,12 +112,6 @@ def udp_payloads(frames, dport):
     return out
 
 
-def wait_until(predicate, timeout=3.0):
-    from tests.conftest import wait_for
-
-    return wait_for(predicate, timeout=timeout)
-
-
 @pytest.fixture
 def guests(two_containers, daemon):
     """Bridge br0: containers c1, c2; AF_XDP endpoints vm1 and vm2 served by Python endpoints
@@ -139,7 +134,7 @@ def guests(two_containers, daemon):
         attachment.attach(lab.bridge, lab.switch)
         daemon()
         sock = socket_path(lab.bridge, lab.switch)
-        assert wait_until(lambda: os.path.exists(sock)), "no broker socket"
+        assert wait_for(lambda: os.path.exists(sock)), "no broker socket"
         for name, guest_mac, ip in (("vm1", G1, IP1), ("vm2", G2, IP2)):
             reply, fds = request(sock, name)
             assert reply["ok"], reply
@@ -180,7 +175,7 @@ def test_udp_both_ways_between_a_container_and_an_afxdp_endpoint_arrives_intact(
     assert lab.c1.ping(IP1, count=1)  # ARP first: frames queued on an unresolved neighbour
     lab.c1.run("python3", "-c", script)  # may leave after later ones (seen in a fresh-host run)
     got = []
-    assert wait_until(lambda: len(got.__iadd__(udp_payloads(vm1.take(), 4000))) >= 50)
+    assert wait_for(lambda: len(got.__iadd__(udp_payloads(vm1.take(), 4000))) >= 50)
     assert sorted(got) == sorted(payloads)  # each one intact, none lost or extra; UDP has no order
     assert forwarded(lab, lab.c1.port) >= before_c1 + 50  # container -> endpoint: fast path
 
@@ -209,8 +204,8 @@ def test_frames_between_two_afxdp_endpoints_and_a_tap_endpoint_arrive_intact(gue
     before = forwarded(lab, "vm1-p"), forwarded(lab, "vm2-p")
     assert vm1.send(to_vm2) == 40 and vm2.send(to_vm1) == 40
     got2, got1 = [], []
-    assert wait_until(lambda: len(got2.__iadd__(vm2.take(ours(G2)))) >= 40)
-    assert wait_until(lambda: len(got1.__iadd__(vm1.take(ours(G1)))) >= 40)
+    assert wait_for(lambda: len(got2.__iadd__(vm2.take(ours(G2)))) >= 40)
+    assert wait_for(lambda: len(got1.__iadd__(vm1.take(ours(G1)))) >= 40)
     assert (got2, got1) == (to_vm2, to_vm1)
     assert forwarded(lab, "vm1-p") >= before[0] + 40 and forwarded(lab, "vm2-p") >= before[1] + 40
     # TAP (vnet header, writev) -> AF_XDP, and back
@@ -218,7 +213,7 @@ def test_frames_between_two_afxdp_endpoints_and_a_tap_endpoint_arrive_intact(gue
     for frame in from_tap:
         assert tap.send(frame)
     got = []
-    assert wait_until(lambda: len(got.__iadd__(vm1.take(ours(G1)))) >= 20)
+    assert wait_for(lambda: len(got.__iadd__(vm1.take(ours(G1)))) >= 20)
     assert got == from_tap
     to_tap = [vm1.udp(G3, "10.200.0.73", bytes([i]) * 50) for i in range(20)]
     assert vm1.send(to_tap) == 20
