@@ -11,10 +11,11 @@ import select
 import time
 
 from bench.taps import RelayLoop
-from bench.veth import GENERATOR_CPU, ifindex, pin_napi_threads
+from bench.veth import GENERATOR_CPU, pin_napi_threads
 from control.attachment import Journal
 from control.lab import Lab, sh
 from loader.afxdp import XskRedirect, XskSocket, forward
+from loader.netns import existing_index
 from loader.trafficgen import BenchPrograms, attach_program
 
 RING = 16384
@@ -74,7 +75,7 @@ class AfxdpLoop(RelayLoop):
             self.ns = ns = self.lab.netns("xsk")
             build_endpoint_veths(ns, self.programs, self.undo)
             self.undo.push(attach_program(ns, "xa", self.redirect.prog.fd))
-            self.source_ifindex = ifindex(ns, "ga")
+            self.source_ifindex = existing_index(ns, "ga")
         except BaseException:
             self.close()
             raise

@@ -14,11 +14,11 @@ import threading
 import time
 
 from bench.control_plane import start_daemon
-from bench.veth import ifindex
 from control import attachment
 from control.attachment import Journal, Session
 from control.lab import Lab, sh
 from loader import attach as at
+from loader.netns import existing_index
 from loader.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_sinks
 
 RATE = 100_000  # frames/s: well inside what every path carries, so a loss is a real loss
@@ -60,7 +60,7 @@ class RestartUnderLoad:
     def measure(self, seconds=8.0):
         """{sent, received, lost, fast_path, restarts, upgrades} over one bounded run."""
         traffic = Traffic(self.gen.mac, self.sink.mac, self.gen.ip, self.sink.ip, size=60)
-        gen = LiveFrames(self.programs, self.gen.netns, ifindex(self.gen.netns, "eth0"), traffic)
+        gen = LiveFrames(self.programs, self.gen.netns, existing_index(self.gen.netns, "eth0"), traffic)
         events = {"restarts": 0, "upgrades": 0}
 
         def disturb():
@@ -128,7 +128,7 @@ class HotPlug:
         ns = self.lab.switch
         sh("ip", "-n", ns, "link", "add", f"hp{i}", "type", "veth", "peer", f"hq{i}")
         sh("ip", "-n", ns, "link", "set", f"hq{i}", "up")
-        index = ifindex(ns, f"hp{i}")
+        index = existing_index(ns, f"hp{i}")
         sh("ip", "-n", ns, "link", "set", f"hp{i}", "up")
         sh("ip", "-n", ns, "link", "set", f"hp{i}", "master", self.lab.bridge)
         start = time.monotonic()

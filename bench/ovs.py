@@ -22,10 +22,10 @@ import time
 
 from bench.afxdp import build_endpoint_veths
 from bench.taps import RelayLoop
-from bench.veth import SWITCH_CPU, ifindex
+from bench.veth import SWITCH_CPU
 from control.attachment import Journal
 from control.lab import Lab
-from loader.netns import netns_path, nsenter_prefix
+from loader.netns import existing_index, netns_path, nsenter_prefix
 from loader.trafficgen import BenchPrograms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +80,7 @@ class OvsAfxdpLoop(RelayLoop):
             self.ns = ns = self.lab.netns("ovs")
             build_endpoint_veths(ns, self.programs, self.undo)  # as afxdp-loop's
             self._start_ovs()
-            self.source_ifindex = ifindex(ns, "ga")
+            self.source_ifindex = existing_index(ns, "ga")
         except BaseException:
             self.close()
             raise

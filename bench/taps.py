@@ -17,10 +17,11 @@ import os
 import select
 import time
 
-from bench.veth import GENERATOR_CPU, SWITCH_CPU, ifindex
+from bench.veth import GENERATOR_CPU, SWITCH_CPU
 from control import attachment
 from control.attachment import Journal
 from control.lab import Lab, sh
+from loader.netns import existing_index
 from loader.packets import udp_frame
 from loader.tap import VNET_HDR_LEN, TapEndpoint, VnetHdr
 from loader.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program
@@ -136,7 +137,7 @@ class TapLoop(RelayLoop):
                 # a queue as deep as the AF_XDP loop's rings: the generator sends in bursts
                 sh("ip", "-n", self.ns, "link", "set", ifname, "txqueuelen", "16384", "up")
             self.undo.push(attach_program(self.ns, "tapb", self.programs.sink.fd))
-            self.source_ifindex = ifindex(self.ns, "tapa")
+            self.source_ifindex = existing_index(self.ns, "tapa")
         except BaseException:
             self.close()
             raise

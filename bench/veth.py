@@ -17,7 +17,7 @@ import time
 from control import attachment
 from control.attachment import Journal
 from control.lab import Lab, sh
-from loader.netns import interface_index
+from loader.netns import existing_index
 from loader.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program, attach_sinks
 
 # path -> (what it is, xdpbr mode or None)
@@ -32,14 +32,6 @@ PATHS = {
 }
 PER_CALL = 1_000_000  # ~0.2-0.3 s of frames flat out: amortises the ~30 ms a call costs
 GENERATOR_CPU, SWITCH_CPU = 0, 1
-
-
-def ifindex(netns, ifname):
-    """The interface's ifindex; a benchmark's own interfaces must exist."""
-    index = interface_index(netns, ifname)
-    if index is None:
-        raise RuntimeError(f"no interface {ifname} in {netns}")
-    return index
 
 
 def pin_napi_threads(netns, ifname, cpu):
@@ -87,10 +79,10 @@ class VethPath:
         if self.mode:
             attachment.attach(lab.bridge, lab.switch, mode=self.mode, grace_s=86400)
         elif self.name == "limit":
-            self.programs.set_limit_egress(lab.switch, ifindex(lab.switch, self.sink.port))
+            self.programs.set_limit_egress(lab.switch, existing_index(lab.switch, self.sink.port))
             self.undo.push(attach_program(lab.switch, self.gen.port, self.programs.limit.fd))
         pin_napi_threads(lab.switch, self.gen.port, cpu=SWITCH_CPU)
-        self.gen_ifindex = ifindex(self.gen.netns, "eth0")
+        self.gen_ifindex = existing_index(self.gen.netns, "eth0")
 
     def traffic(self, size):
         return Traffic(self.gen.mac, self.sink.mac, self.gen.ip, self.sink.ip, size=size, flows=self.flows)

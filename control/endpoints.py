@@ -27,7 +27,7 @@ from control.ports import find_bridge
 from loader import bpfsys, ethtool, packets
 from loader.attach import open_netlink
 from loader.errors import NotFound, UsageError, XdpbrError
-from loader.netns import check_exists, entered, interface_index
+from loader.netns import check_exists, entered, existing_index, interface_index
 
 PIN_ROOT = "/sys/fs/bpf/xdpbr-endpoints"
 RECORD_ROOT = "/run/xdpbr/endpoints"
@@ -75,22 +75,14 @@ def _netlink(netns, what, call):
             raise XdpbrError(f"cannot {what}", errno=exc.code) from None
 
 
-def _index(netns, ifname):
-    """The ifindex of `ifname`, which this command made or checked a moment ago."""
-    index = interface_index(netns, ifname)
-    if index is None:
-        raise NotFound(f"interface {ifname} went away meanwhile")
-    return index
-
-
 def _enslave(netns, ifname, bridge):
     """`ip link set IFNAME master BRIDGE up`."""
-    link = {"index": _index(netns, ifname), "master": _index(netns, bridge), "state": "up"}
+    link = {"index": existing_index(netns, ifname), "master": existing_index(netns, bridge), "state": "up"}
     _netlink(netns, f"add {ifname} to {bridge}", lambda ipr: ipr.link("set", **link))
 
 
 def _delete_link(netns, ifname):
-    index = _index(netns, ifname)
+    index = existing_index(netns, ifname)
     _netlink(netns, f"delete {ifname}", lambda ipr: ipr.link("del", index=index))
 
 
@@ -138,7 +130,7 @@ def add(bridge, netns, name, *, path="afxdp", mac=None, queues=1, owner=0, group
             _netlink(
                 netns,
                 f"add the FDB entry {mac} on {port}",
-                lambda ipr: fdb.add_static_entry(ipr, _index(netns, port), mac),
+                lambda ipr: fdb.add_static_entry(ipr, existing_index(netns, port), mac),
             )
         record = {
             "bridge": bridge,
@@ -183,7 +175,7 @@ def _add_afxdp(bridge, netns, name, queues, journal):
     with entered(netns):
         ethtool.switch(port, ethtool.TX_CHECKSUM, False)  # `ethtool -K PORT tx off`
     _enslave(netns, port, bridge)
-    up = {"index": _index(netns, name), "state": "up"}
+    up = {"index": existing_index(netns, name), "state": "up"}
     _netlink(netns, f"set {name} up", lambda ipr: ipr.link("set", **up))
     redirect = XskRedirect()
     try:

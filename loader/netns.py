@@ -86,6 +86,16 @@ def interface_index(name, ifname):
             return None
 
 
+def existing_index(name, ifname):
+    """The ifindex of `ifname` in namespace `name`, which must exist (one that xdpbr made or
+    checked a moment ago); NotFound naming it otherwise."""
+    index = interface_index(name, ifname)
+    if index is None:
+        where = f' in network namespace "{name}"' if name else ""
+        raise NotFound(f"interface {ifname} does not exist{where}")
+    return index
+
+
 def current_inode():
     return os.stat("/proc/thread-self/ns/net").st_ino
 
