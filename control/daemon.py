@@ -95,7 +95,13 @@ class Listener(threading.Thread):
 
 class NeighListener(threading.Thread):
     """FDB events of one namespace on a raw netlink socket (loader.neigh: cheap to decode, so
-    a flood of new MACs does not starve the daemon)."""
+    a flood of new MACs does not starve the daemon).
+
+    The thread owns its socket and closes it when it ends. A netlink socket cannot be
+    shut down (EOPNOTSUPP) and closing it under a blocked recv() does not wake the reader,
+    so the read has a timeout and stop() is noticed within STOP_POLL_S."""
+
+    STOP_POLL_S = 0.5
 
     def __init__(self, netns, events):
         super().__init__(daemon=True, name=f"neigh-{netns or 'default'}")
@@ -107,11 +113,20 @@ class NeighListener(threading.Thread):
     def run(self):
         try:
             self.sock = neigh.subscribe(self.netns)
+            self.sock.settimeout(self.STOP_POLL_S)
         finally:
             self.ready.set()
+        try:
+            self._read()
+        finally:
+            self.sock.close()
+
+    def _read(self):
         while self.alive:
             try:
                 msgs = neigh.receive(self.sock)
+            except TimeoutError:
+                continue
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
                     self.events.put((self.netns, None, 0))  # overrun: resync everything
@@ -119,17 +134,11 @@ class NeighListener(threading.Thread):
                 if self.alive:
                     log.warning("FDB listener for %s stopped: %s", self.netns or "default namespace", exc)
                 return
-            if msgs:
+            if msgs and self.alive:
                 self.events.put((self.netns, msgs, time.monotonic_ns()))
 
     def stop(self):
         self.alive = False
-        if self.sock:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-                self.sock.close()
-            except OSError:
-                pass
 
 
 def pin_identity(directory):

@@ -453,3 +453,26 @@ def test_an_upgrade_rebuilds_maps_whose_layout_changed_and_keeps_the_others(two_
     assert counter(lab, lab.c1.port, "tc", "forward") >= fast_before  # counters were kept
     assert lab.c1.ping(lab.c2.ip, count=3)
     assert counter(lab, lab.c1.port, "tc", "forward") >= fast_before + 2
+
+
+def test_a_bridge_that_comes_and_goes_leaves_no_socket_or_thread_in_the_daemon(two_containers, daemon):
+    """A service outlives many attach/detach cycles (and namespaces coming and going): each
+    adoption opens netlink listeners, a broker and their threads, and dropping the bridge must
+    give every one of them back."""
+    from control.broker import socket_path
+
+    lab = two_containers
+    d = daemon()
+
+    def resources():
+        return len(os.listdir(f"/proc/{d.proc.pid}/fd")), len(os.listdir(f"/proc/{d.proc.pid}/task"))
+
+    baseline = resources()
+    broker = socket_path(lab.bridge, lab.switch)
+    for _ in range(3):
+        attachment.attach(lab.bridge, lab.switch, mode="xdp")
+        assert wait_for(lambda: os.path.exists(broker), timeout=WAIT_S), "not adopted"
+        assert lab.c1.ping(lab.c2.ip, count=1)  # FDB events reach the listener
+        attachment.detach(lab.bridge, lab.switch)
+        assert wait_for(lambda: not os.path.exists(broker), timeout=WAIT_S), "not dropped"
+    assert wait_for(lambda: resources() == baseline, timeout=WAIT_S), (baseline, resources())
