@@ -40,6 +40,7 @@ log = logging.getLogger("xdpbr.daemon")
 HEARTBEAT_S = 1.0
 AGING_REFRESH_S = 1.0
 NETFILTER_CHECK_S = 2.0
+NETLINK_RECYCLE_S = 60.0  # Session.reopen_netlink: bounds what pyroute2 keeps per request
 PIN_SCAN_S = 0.5
 ATTACH_RETRY_S = 30.0  # a configured bridge that failed to attach is tried again this often
 # a learn time older than this before the event is a leftover (learned while no daemon ran)
@@ -305,6 +306,9 @@ class BridgeWorker:
             self.session.write_bridge_state(heartbeat=True)
         bpfsys.map_update(self.session.maps["xdpbr_control"], U32(CONTROL_DAEMON), self.counters)
 
+    def recycle_netlink(self):
+        self.session.reopen_netlink()
+
     def refresh_aging(self):
         """NTF_USE for entries the fast path used since their last refresh."""
         if not self.healthy:
@@ -482,6 +486,7 @@ class Daemon:
             (HEARTBEAT_S, BridgeWorker.heartbeat),
             (AGING_REFRESH_S, BridgeWorker.refresh_aging),
             (NETFILTER_CHECK_S, BridgeWorker.check_netfilter),
+            (NETLINK_RECYCLE_S, BridgeWorker.recycle_netlink),
         ]
         due = [0.0] * len(periodic)
         next_scan = 0.0
