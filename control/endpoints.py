@@ -66,24 +66,23 @@ def check_guest_mac(mac):
         raise UsageError(f"--mac {mac}: a guest's MAC must be unicast and not zero, like 52:54:00:12:34:56")
 
 
-def _netlink(netns, what, call):
-    """call(ipr) on RTNL in `netns`; a refusal is one line saying what could not be done."""
-    with contextlib.closing(open_netlink(netns)) as ipr:
-        try:
-            return call(ipr)
-        except NetlinkError as exc:
-            raise XdpbrError(f"cannot {what}", errno=exc.code) from None
+def _asked(what, call):
+    """call() against RTNL; a refusal is one line saying what could not be done."""
+    try:
+        return call()
+    except NetlinkError as exc:
+        raise XdpbrError(f"cannot {what}", errno=exc.code) from None
 
 
-def _enslave(netns, ifname, bridge):
-    """`ip link set IFNAME master BRIDGE up`."""
-    link = {"index": existing_index(netns, ifname), "master": existing_index(netns, bridge), "state": "up"}
-    _netlink(netns, f"add {ifname} to {bridge}", lambda ipr: ipr.link("set", **link))
-
-
-def _delete_link(netns, ifname):
+def _enslave(ipr, netns, ifname, br):
+    """`ip link set IFNAME master BRIDGE up` (br: the bridge's BridgeInfo)."""
     index = existing_index(netns, ifname)
-    _netlink(netns, f"delete {ifname}", lambda ipr: ipr.link("del", index=index))
+    _asked(f"add {ifname} to {br.name}", lambda: ipr.link("set", index=index, master=br.ifindex, state="up"))
+
+
+def _delete_link(ipr, netns, ifname):
+    index = existing_index(netns, ifname)
+    _asked(f"delete {ifname}", lambda: ipr.link("del", index=index))
 
 
 def afxdp_unavailable():
@@ -106,7 +105,12 @@ def add(bridge, netns, name, *, path="afxdp", mac=None, queues=1, owner=0, group
         check_guest_mac(mac)
     if not 1 <= queues <= MAX_QUEUES:
         raise UsageError(f"--queues {queues}: expected 1 to {MAX_QUEUES}")
-    _netlink(netns, f"read {bridge}", lambda ipr: find_bridge(ipr, bridge, netns))  # or why it is none
+    with contextlib.closing(open_netlink(netns)) as ipr:  # one RTNL socket for the whole command
+        return _add(ipr, bridge, netns, name, path, mac, queues, owner, group)
+
+
+def _add(ipr, bridge, netns, name, path, mac, queues, owner, group):
+    br = _asked(f"read {bridge}", lambda: find_bridge(ipr, bridge, netns))  # or why it is none
     if os.path.exists(_record_path(bridge, netns, name)):
         raise XdpbrError(
             f"endpoint {name} already exists on {label(bridge, netns)}",
@@ -123,15 +127,12 @@ def add(bridge, netns, name, *, path="afxdp", mac=None, queues=1, owner=0, group
     journal = Journal()
     try:
         if path == "afxdp":
-            port = _add_afxdp(bridge, netns, name, queues, journal)
+            port = _add_afxdp(ipr, br, netns, name, queues, journal)
         else:
-            port = _add_tap(bridge, netns, name, queues, owner, group, journal)
+            port = _add_tap(ipr, br, netns, name, queues, owner, group, journal)
         if mac:
-            _netlink(
-                netns,
-                f"add the FDB entry {mac} on {port}",
-                lambda ipr: fdb.add_static_entry(ipr, existing_index(netns, port), mac),
-            )
+            port_index = existing_index(netns, port)
+            _asked(f"add the FDB entry {mac} on {port}", lambda: fdb.add_static_entry(ipr, port_index, mac))
         record = {
             "bridge": bridge,
             "netns": netns,
@@ -155,18 +156,17 @@ def add(bridge, netns, name, *, path="afxdp", mac=None, queues=1, owner=0, group
         raise
 
 
-def _add_afxdp(bridge, netns, name, queues, journal):
+def _add_afxdp(ipr, br, netns, name, queues, journal):
     from loader.afxdp import XskRedirect
     from loader.trafficgen import attach_program
 
     port = f"{name}-p"
     q = {"num_tx_queues": queues, "num_rx_queues": queues}
-    _netlink(
-        netns,
+    _asked(
         f"create the veth pair {name}/{port}",
-        lambda ipr: ipr.link("add", ifname=name, kind="veth", peer={"ifname": port, **q}, **q),
+        lambda: ipr.link("add", ifname=name, kind="veth", peer={"ifname": port, **q}, **q),
     )
-    journal.push(_delete_link, netns, name)
+    journal.push(_delete_link, ipr, netns, name)
     # A frame the fast path or the bridge sends into the port may still carry a partial
     # checksum (a container's veth offloads it); veth hands it on as is, and XDP on the other
     # side turns it into an xdp_frame whose checksum nobody completes (KERNEL-FACTS), so the
@@ -174,13 +174,13 @@ def _add_afxdp(bridge, netns, name, queues, journal):
     # the checksum (and segments GSO frames) on transmit, as a NIC would before the wire.
     with entered(netns):
         ethtool.switch(port, ethtool.TX_CHECKSUM, False)  # `ethtool -K PORT tx off`
-    _enslave(netns, port, bridge)
-    up = {"index": existing_index(netns, name), "state": "up"}
-    _netlink(netns, f"set {name} up", lambda ipr: ipr.link("set", **up))
+    _enslave(ipr, netns, port, br)
+    index = existing_index(netns, name)
+    _asked(f"set {name} up", lambda: ipr.link("set", index=index, state="up"))
     redirect = XskRedirect()
     try:
         attach_program(netns, name, redirect.prog.fd)
-        pin_dir = _pin_dir(bridge, netns, name)
+        pin_dir = _pin_dir(br.name, netns, name)
         os.makedirs(pin_dir, exist_ok=True)
         journal.push(_remove_pins, pin_dir)
         bpfsys.obj_pin(redirect.map_fd, os.path.join(pin_dir, "xsks"))
@@ -191,7 +191,7 @@ def _add_afxdp(bridge, netns, name, queues, journal):
     return port
 
 
-def _add_tap(bridge, netns, name, queues, owner, group, journal):
+def _add_tap(ipr, br, netns, name, queues, owner, group, journal):
     flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (IFF_MULTI_QUEUE if queues > 1 else 0)
     with entered(netns):
         fd = os.open("/dev/net/tun", os.O_RDWR)
@@ -204,8 +204,8 @@ def _add_tap(bridge, netns, name, queues, owner, group, journal):
         raise XdpbrError(f"cannot create TAP {name}", errno=exc.errno) from None
     finally:
         os.close(fd)
-    journal.push(_delete_link, netns, name)
-    _enslave(netns, name, bridge)
+    journal.push(_delete_link, ipr, netns, name)
+    _enslave(ipr, netns, name, br)
     return name
 
 
@@ -282,7 +282,8 @@ def delete(bridge, netns, name):
     rec = find(bridge, netns, name)
     path = _record_path(bridge, netns, name)
     if interface_index(netns, rec["ifname"]) is not None:
-        _delete_link(netns, rec["ifname"])  # a veth takes its peer with it
+        with contextlib.closing(open_netlink(netns)) as ipr:
+            _delete_link(ipr, netns, rec["ifname"])  # a veth takes its peer with it
     if rec.get("pins"):
         _remove_pins(rec["pins"])
     os.unlink(path)
