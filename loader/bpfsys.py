@@ -7,6 +7,7 @@ kernel operation with no policy; failures raise XdpbrError with the errno kept.
 import ctypes
 import ctypes.util
 import os
+import struct
 
 from loader.errors import NotFound, XdpbrError
 
@@ -18,6 +19,7 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
@@ -51,6 +53,21 @@ class _ObjAttr(ctypes.Structure):
 
 class _InfoAttr(ctypes.Structure):
     _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16),
+    ]
 
 
 class _GetIdAttr(ctypes.Structure):
@@ -134,6 +151,32 @@ def _bpf(cmd, attr):
 
 def _addr(buf):
     return ctypes.addressof(buf) if buf is not None else 0
+
+
+BPF_PROG_TYPE_XDP = 6
+XDP_DROP, XDP_PASS = 1, 2
+
+
+def load_xdp_returning(verdict, name=b"xdpbr_probe"):
+    """Load a two-instruction XDP program (`r0 = verdict; exit`) without a compiler: what a
+    probe needs to ask the kernel whether it allows an XDP operation. Returns its fd."""
+    # BPF_ALU64|BPF_MOV|BPF_K to r0, then BPF_JMP|BPF_EXIT (struct bpf_insn, 8 bytes each)
+    insns = struct.pack("<BBhi", 0xB7, 0, 0, verdict) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+    code = ctypes.create_string_buffer(insns, len(insns))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    attr = _ProgLoadAttr(
+        prog_type=BPF_PROG_TYPE_XDP,
+        insn_cnt=len(insns) // 8,
+        insns=_addr(code),
+        license=_addr(license_),
+        prog_name=name,
+    )
+    fd = _bpf(BPF_PROG_LOAD, attr)
+    if fd < 0:
+        raise XdpbrError(
+            "cannot load a minimal XDP program", errno=-fd, fix="run as root on a kernel with BPF"
+        )
+    return fd
 
 
 def obj_get(path):

@@ -20,12 +20,21 @@ sys.path.insert(0, ROOT)
 
 
 def pytest_collection_modifyitems(config, items):
-    if os.geteuid() == 0:
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="needs root: BPF, netlink and network namespaces")
+        for item in items:
+            if "root" in item.keywords:
+                item.add_marker(skip)
         return
-    skip = pytest.mark.skip(reason="needs root: BPF, netlink and network namespaces")
-    for item in items:
-        if "root" in item.keywords:
-            item.add_marker(skip)
+    if any("live_frames" in item.keywords for item in items):
+        from loader.probe import live_frames_refusal
+
+        refusal = live_frames_refusal()  # probed once: a two-instruction program, one run
+        if refusal:
+            skip = pytest.mark.skip(reason=refusal)
+            for item in items:
+                if "live_frames" in item.keywords:
+                    item.add_marker(skip)
 
 
 @pytest.fixture

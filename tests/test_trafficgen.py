@@ -58,6 +58,7 @@ def test_the_generator_cycles_through_the_flows(programs, vlan):
     assert sorted(set(ports)) == [10000, 10001, 10002]
 
 
+@pytest.mark.live_frames
 def test_what_is_sent_is_counted_exactly_and_received(programs):
     with Lab(prefix="xdpbr-test-gen") as lab:
         a, b = lab.netns("a"), lab.netns("b")
