@@ -70,7 +70,12 @@ def frame_paths(scenarios, flows):
 
     names = ["bridge"]
     if "bridge" in scenarios:
-        names.append("bridge+nf")
+        # Loading br_netfilter would switch bridge-nf-call-* on in every namespace of the
+        # host (the production bridges' too): the row runs only where the module already is.
+        if os.path.isdir("/proc/sys/net/bridge"):
+            names.append("bridge+nf")
+        else:
+            _progress("bridge+nf skipped: br_netfilter is not loaded, and the benchmark does not load it")
     if "fastpath" in scenarios:
         names += ["xdp", "tc", "xdp+tc", "auto"]
     if "limit" in scenarios:

@@ -2,7 +2,6 @@
 Debian, one stream): the Linux bridge and xdpbr in each mode."""
 
 import json
-import time
 
 from control import attachment
 from control.lab import Lab
@@ -28,14 +27,10 @@ class TcpPath:
 
     def measure(self, seconds):
         """Gbit/s received by the server over one iperf3 run of `seconds`."""
-        self.b.run("iperf3", "-s", "-1", "-D", "-p", str(PORT))
-        time.sleep(0.3)
-        try:
+        with self.b.iperf3_server(PORT):
             res = self.a.run(
                 "iperf3", "-c", self.b.ip, "-p", str(PORT), "-t", str(seconds), "-J", timeout=seconds + 30
             )
-        finally:
-            self.b.run("pkill", "-f", f"iperf3 -s -1 -D -p {PORT}", check=False)
         return json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
 
     def close(self):

@@ -34,17 +34,30 @@ PER_CALL = 1_000_000  # ~0.2-0.3 s of frames flat out: amortises the ~30 ms a ca
 GENERATOR_CPU, SWITCH_CPU = 0, 1
 
 
-def pin_napi_threads(netns, ifname, cpu):
-    """Threaded NAPI for an interface, its kthreads pinned to `cpu`."""
-    subprocess.run(
-        ["ip", "netns", "exec", netns, "sh", "-c", f"echo 1 > /sys/class/net/{ifname}/threaded"], check=True
-    )
+def _napi_threads(ifname):
+    """{pid} of the kernel threads named napi/<ifname>-<napi id>, in any namespace."""
+    pids = set()
     for comm in glob.glob("/proc/[0-9]*/comm"):
         try:
             with open(comm) as f:
-                name = f.read().strip()
-            if name.startswith(f"napi/{ifname}-"):
-                os.sched_setaffinity(int(comm.split("/")[2]), {cpu % os.cpu_count()})
+                if f.read().strip().startswith(f"napi/{ifname}-"):
+                    pids.add(int(comm.split("/")[2]))
+        except OSError:
+            continue
+    return pids
+
+
+def pin_napi_threads(netns, ifname, cpu):
+    """Threaded NAPI for an interface, its kthreads pinned to `cpu`. Only the threads that
+    switching it on created are touched: another namespace's interface of the same name (the
+    host's own) keeps its threads where they are."""
+    before = _napi_threads(ifname)
+    subprocess.run(
+        ["ip", "netns", "exec", netns, "sh", "-c", f"echo 1 > /sys/class/net/{ifname}/threaded"], check=True
+    )
+    for pid in _napi_threads(ifname) - before:
+        try:
+            os.sched_setaffinity(pid, {cpu % os.cpu_count()})
         except OSError:
             continue
 

@@ -21,20 +21,19 @@ import struct
 import threading
 
 from control import endpoints
-from loader import bpfsys
+from loader import bpfsys, instance
 from loader.afxdp import new_socket
 from loader.errors import NotFound
 from loader.netns import interface_index
 
 log = logging.getLogger("xdpbr.broker")
 
-RUN_DIR = "/run/xdpbr"
 MAX_REQUEST = 4096
 REQUEST_TIMEOUT_S = 2.0
 
 
 def socket_path(bridge, netns=None):
-    return os.path.join(RUN_DIR, f"{endpoints.label(bridge, netns)}.sock")
+    return os.path.join(instance.run_dir(), f"{endpoints.label(bridge, netns)}.sock")
 
 
 def _peer(conn):
@@ -65,7 +64,7 @@ class Broker:
     def __init__(self, bridge, netns=None, group=None):
         self.bridge, self.netns = bridge, netns
         self.path = socket_path(bridge, netns)
-        os.makedirs(RUN_DIR, exist_ok=True)
+        os.makedirs(instance.run_dir(), exist_ok=True)
         if os.path.exists(self.path):
             os.unlink(self.path)  # a previous daemon's
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

@@ -14,6 +14,7 @@ import time
 
 from control import config, render
 from control.model import MODES, NETFILTER_CHOICES, XDP_MODES
+from loader import instance
 from loader.errors import UsageError, XdpbrError
 
 EXIT_ERROR = 1
@@ -46,6 +47,12 @@ def build_parser():
     p.add_argument("-j", "--json", action="store_true", help="print JSON")
     p.add_argument("-n", "--netns", metavar="NETNS", help="the bridge lives in this network namespace")
     p.add_argument("-v", "--verbose", action="store_true", help="show library output and debug logs")
+    p.add_argument(
+        "--instance",
+        metavar="NAME",
+        help="which xdpbr on this host: its pins, run dir, config and state carry -NAME "
+        "(default $XDPBR_INSTANCE, else the host's own)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     a = sub.add_parser("attach", help="accelerate a bridge (replaces xdpbr's programs atomically)")
@@ -109,7 +116,9 @@ def build_parser():
         "--metrics", metavar="[ADDR:]PORT", help="serve Prometheus metrics (a bare port: loopback)"
     )
     dm.add_argument(
-        "--config", metavar="FILE", help="configuration (default /etc/xdpbr/xdpbr.toml if present)"
+        "--config",
+        metavar="FILE",
+        help="configuration (default /etc/xdpbr/xdpbr[-INSTANCE].toml if present)",
     )
 
     me = sub.add_parser("metrics", help="print the Prometheus metrics once")
@@ -260,6 +269,9 @@ def _label(args):
     return f"{args.bridge}@{args.netns}" if args.netns else args.bridge
 
 
+BENCH_INSTANCE = "bench"  # the benchmark's own pins, run dir and daemons: never the host's xdpbr
+
+
 def _bench(args):
     from bench import chart
     from bench import run as bench_run
@@ -267,6 +279,7 @@ def _bench(args):
     if args.netns:
         raise UsageError("bench builds namespaces of its own; drop -n")
     scenarios = bench_run.check_scenarios(args.scenarios)
+    instance.select(BENCH_INSTANCE)
     if args.rounds < bench_run.MIN_ROUNDS:
         raise UsageError(f"--rounds {args.rounds}: at least {bench_run.MIN_ROUNDS} rounds")
     if not 1 <= args.flows <= 1024:
@@ -330,6 +343,10 @@ def main(argv=None):
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.instance is not None:
+            instance.select(args.instance)  # also for the processes this one starts
+        else:
+            instance.check(instance.name())
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_JournalFormatter() if os.environ.get("JOURNAL_STREAM") else _TextFormatter())
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])

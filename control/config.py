@@ -1,4 +1,4 @@
-"""/etc/xdpbr/xdpbr.toml: what the daemon accelerates and how it runs.
+"""/etc/xdpbr/xdpbr[-INSTANCE].toml: what the daemon accelerates and how it runs.
 
     [daemon]
     metrics = "127.0.0.1:9435"   # optional: serve Prometheus metrics ([ADDR:]PORT)
@@ -29,12 +29,16 @@ import re
 import tomllib
 
 from control.model import MODES, NETFILTER_CHOICES, XDP_MODES
+from loader import instance
 from loader.errors import XdpbrError
 
-DEFAULT_PATH = "/etc/xdpbr/xdpbr.toml"
-# `xdpbr detach` holds a bridge here until `xdpbr attach`: the daemon does not re-attach it,
-# also after a restart or a reboot
-HELD_DIR = "/var/lib/xdpbr/detached"
+
+def held_dir():
+    """`xdpbr detach` holds a bridge here until `xdpbr attach`: the daemon does not re-attach
+    it, also after a restart or a reboot."""
+    return os.path.join(instance.state_dir(), "detached")
+
+
 ON_STOP = ("keep", "detach")
 IFNAMSIZ = 16
 
@@ -134,7 +138,7 @@ def _check_ifname(reader, table, index, key, value):
         )
 
 
-def load(path=DEFAULT_PATH):
+def load(path):
     """Read and validate the configuration; raises ConfigError naming file, line and key."""
     try:
         with open(path, "rb") as f:
@@ -217,21 +221,23 @@ def load(path=DEFAULT_PATH):
 
 
 def load_default():
-    """The configuration at DEFAULT_PATH, or an empty one when there is no file."""
-    if not os.path.exists(DEFAULT_PATH):
+    """The instance's configuration (/etc/xdpbr/xdpbr[-INSTANCE].toml), or an empty one when
+    there is no file."""
+    path = instance.config_path()
+    if not os.path.exists(path):
         return Config()
-    return load(DEFAULT_PATH)
+    return load(path)
 
 
 def held_by_operator(label):
-    return os.path.exists(os.path.join(HELD_DIR, label))
+    return os.path.exists(os.path.join(held_dir(), label))
 
 
 def hold(label, held):
     """Remember (or forget) that an operator detached bridge `label` ('br0' or 'br0@netns')."""
-    path = os.path.join(HELD_DIR, label)
+    path = os.path.join(held_dir(), label)
     if held:
-        os.makedirs(HELD_DIR, exist_ok=True)
+        os.makedirs(held_dir(), exist_ok=True)
         with open(path, "w") as f:
             f.write("detached with `xdpbr detach`; `xdpbr attach` gives it back to the daemon\n")
     elif os.path.exists(path):

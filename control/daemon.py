@@ -345,6 +345,7 @@ class Daemon:
         self.unadoptable = {}  # (bridge, netns) -> the error already logged
         self.attach_failed = {}  # (bridge, netns) -> (error, when) of a configured bridge
         self.brokers = {}  # (bridge, netns) -> Broker
+        self.once = False  # `--once`: resync and exit, no broker
         self.stopping = False
         self.reload_requested = False
         self.metrics_spec = None
@@ -467,19 +468,22 @@ class Daemon:
                 continue
             self.unadoptable.pop((bridge, netns), None)
             self.workers[(bridge, netns)] = worker
-            self.start_broker(bridge, netns)
+            if not self.once:  # a one-shot resync serves no VMM: it must not replace a daemon's socket
+                self.start_broker(bridge, netns)
             worker.resync()
         for netns in list(self.listeners):
             if not any(n == netns for _, n in self.workers):
                 self.listeners.pop(netns).stop()
 
     def run(self, once=False):
+        self.once = once
         pins.ensure_bpffs()
         for bc in self.config.bridges:
             self.apply_limits(bc)
         self.scan()
         sd_notify("READY=1")
         if once:
+            self.release()
             return 0
         # periodic work per bridge: (seconds, BridgeWorker method)
         periodic = [
@@ -516,14 +520,19 @@ class Daemon:
                         worker.resync()  # retry a bridge that failed or was re-attached
                 self.scan()
         sd_notify("STOPPING=1")
+        self.release()
+        self.stop_configured()
+        return 0
+
+    def release(self):
+        """Close every broker socket, session and listener this daemon opened."""
         for broker in self.brokers.values():
             broker.stop()
         for worker in self.workers.values():
             worker.close()
         for listener in self.listeners.values():
             listener.stop()
-        self.stop_configured()
-        return 0
+        self.brokers, self.workers, self.listeners = {}, {}, {}
 
 
 def sd_notify(state):

@@ -4,12 +4,12 @@ AF_XDP endpoint NAME (how QEMU's af-xdp netdev is used with a veth today):
   NAME       the VMM side of a veth pair, running bpf/afxdp.c: every frame goes to the AF_XDP
              socket of its rx queue in the endpoint's XSKMAP
   NAME-p     the bridge side, a port of BRIDGE (accelerated like any port)
-  pins       /sys/fs/bpf/xdpbr-endpoints/<bridge>[@netns]/<NAME>/{xsks,prog}: the XSKMAP
+  pins       /sys/fs/bpf/xdpbr-endpoints[-INSTANCE]/<bridge>[@netns]/<NAME>/{xsks,prog}: the XSKMAP
              (QEMU >= 10.1 `map-path=`) and the program, so both outlive this command
 TAP endpoint NAME: a persistent TAP with vnet_hdr, owned by --owner/--group, a port of BRIDGE.
 `--mac` becomes a static FDB entry on the bridge port, so the first frame needs no flood.
 An endpoint that cannot get AF_XDP falls back to a TAP and `show` says why. Records live in
-/run/xdpbr/endpoints/<bridge>[@netns]/<NAME>.json until `del`.
+/run/xdpbr[-INSTANCE]/endpoints/<bridge>[@netns]/<NAME>.json until `del`.
 """
 
 import contextlib
@@ -24,13 +24,11 @@ from pyroute2.netlink.exceptions import NetlinkError
 from control import fdb
 from control.attachment import Journal
 from control.ports import find_bridge
-from loader import bpfsys, ethtool, packets
+from loader import bpfsys, ethtool, instance, packets
 from loader.attach import open_netlink
 from loader.errors import NotFound, UsageError, XdpbrError
 from loader.netns import check_exists, entered, existing_index, interface_index
 
-PIN_ROOT = "/sys/fs/bpf/xdpbr-endpoints"
-RECORD_ROOT = "/run/xdpbr/endpoints"
 MAX_NAME = 13  # IFNAMSIZ - 1, minus the bridge side's "-p"
 MAX_QUEUES = 64  # the XSKMAP's size
 
@@ -42,12 +40,16 @@ def label(bridge, netns):
     return f"{bridge}@{netns}" if netns else bridge
 
 
+def record_root():
+    return os.path.join(instance.run_dir(), "endpoints")
+
+
 def _record_path(bridge, netns, name):
-    return os.path.join(RECORD_ROOT, label(bridge, netns), f"{name}.json")
+    return os.path.join(record_root(), label(bridge, netns), f"{name}.json")
 
 
 def _pin_dir(bridge, netns, name):
-    return os.path.join(PIN_ROOT, label(bridge, netns), name)
+    return os.path.join(instance.endpoint_pin_root(), label(bridge, netns), name)
 
 
 def check_name(name):
@@ -220,30 +222,30 @@ def _remove_pins(pin_dir):
 def forget_namespace(netns):
     """Records, pins and broker socket of every endpoint on bridges in `netns`, which is being
     deleted (its devices, and so the endpoints' interfaces, go with it)."""
-    from control.broker import RUN_DIR
-
-    for root in (RECORD_ROOT, PIN_ROOT):
+    for root in (record_root(), instance.endpoint_pin_root()):
         if not os.path.isdir(root):
             continue
         for lab in os.listdir(root):
             if lab.partition("@")[2] != netns:
                 continue
             shutil.rmtree(os.path.join(root, lab))  # records, or endpoints' pin directories
-    if os.path.isdir(RUN_DIR):
-        for entry in os.listdir(RUN_DIR):
+    run_dir = instance.run_dir()
+    if os.path.isdir(run_dir):
+        for entry in os.listdir(run_dir):
             if entry.endswith(".sock") and entry[: -len(".sock")].partition("@")[2] == netns:
-                os.unlink(os.path.join(RUN_DIR, entry))
+                os.unlink(os.path.join(run_dir, entry))
 
 
 def records(bridge=None, netns=None):
     out = []
-    if not os.path.isdir(RECORD_ROOT):
+    root = record_root()
+    if not os.path.isdir(root):
         return out
-    for lab in sorted(os.listdir(RECORD_ROOT)):
+    for lab in sorted(os.listdir(root)):
         if bridge and lab != label(bridge, netns):
             continue
-        for entry in sorted(os.listdir(os.path.join(RECORD_ROOT, lab))):
-            with open(os.path.join(RECORD_ROOT, lab, entry)) as f:
+        for entry in sorted(os.listdir(os.path.join(root, lab))):
+            with open(os.path.join(root, lab, entry)) as f:
                 out.append(json.load(f))
     return out
 

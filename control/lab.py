@@ -5,10 +5,13 @@ unique prefix; close() deletes them all, stops the VM loops and removes xdpbr pi
 in them, also after a failure (use it as a context manager).
 """
 
+import contextlib
 import os
 import secrets
+import select
 import subprocess
 import sys
+import time
 
 from control import config
 from loader import pins, tracepoints
@@ -77,6 +80,31 @@ class Host:
             proc.wait()
             raise RuntimeError(f"{self.name}: the UDP listener on port {port} did not start")
         return proc
+
+    @contextlib.contextmanager
+    def iperf3_server(self, port, timeout=10.0):
+        """`iperf3 -s -1` in this host for one test, ready when entered; on exit this process,
+        and no other iperf3 on the host, is stopped if it is still running."""
+        proc = subprocess.Popen(
+            [*nsenter_prefix(netns_path(self.netns)), "iperf3", "-s", "-1", "-p", str(port), "--forceflush"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline, seen = time.monotonic() + timeout, b""
+            while b"Server listening" not in seen:  # raw reads: select() cannot see a file's buffer
+                left = deadline - time.monotonic()
+                if proc.poll() is not None or left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+                    raise RuntimeError(
+                        f"{self.name}: iperf3 -s -p {port} did not start: {seen.decode().strip()}"
+                    )
+                seen += os.read(proc.stdout.fileno(), 4096)
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()
 
     def __repr__(self):
         return f"Host({self.name}, {self.ip})"
@@ -193,8 +221,8 @@ class Lab:
 
         for ns in self.namespaces:  # endpoints on the lab's bridges
             endpoints.forget_namespace(ns)
-        if os.path.isdir(config.HELD_DIR):  # `xdpbr detach` of the lab's bridges
-            for label in os.listdir(config.HELD_DIR):
+        if os.path.isdir(config.held_dir()):  # `xdpbr detach` of the lab's bridges
+            for label in os.listdir(config.held_dir()):
                 if label.partition("@")[2] in self.namespaces:
                     config.hold(label, False)
         if not pins.attached_bridges():

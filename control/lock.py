@@ -6,16 +6,15 @@ import fcntl
 import os
 import time
 
+from loader import instance
 from loader.errors import XdpbrError
-
-LOCK_DIR = "/run/xdpbr"
-LOCK_PATH = os.path.join(LOCK_DIR, "lock")
 
 
 @contextlib.contextmanager
 def writer_lock(timeout=10.0):
-    os.makedirs(LOCK_DIR, exist_ok=True)
-    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+    lock_path = os.path.join(instance.run_dir(), "lock")
+    os.makedirs(instance.run_dir(), exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -25,7 +24,7 @@ def writer_lock(timeout=10.0):
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
                     raise XdpbrError(
-                        f"another xdpbr is changing the host (lock {LOCK_PATH} held for {timeout:.0f} s)",
+                        f"another xdpbr is changing the host (lock {lock_path} held for {timeout:.0f} s)",
                         fix="wait for it to finish",
                     ) from None
                 time.sleep(0.02)

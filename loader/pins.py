@@ -1,7 +1,7 @@
 """The bpffs layout of one accelerated bridge and the checks before reusing it.
 
-/sys/fs/bpf/xdpbr/<bridge>           a bridge in the namespace xdpbr runs in
-/sys/fs/bpf/xdpbr/<bridge>@<netns>   a bridge in network namespace <netns> (`-n`)
+/sys/fs/bpf/xdpbr[-INSTANCE]/<bridge>           a bridge in the namespace xdpbr runs in
+/sys/fs/bpf/xdpbr[-INSTANCE]/<bridge>@<netns>   a bridge in network namespace <netns> (`-n`)
 
 Interface names cannot contain '/', so the name is a single path component; '@' separates the
 namespace, so two namespaces with a bridge of the same name never share pins.
@@ -9,12 +9,11 @@ namespace, so two namespaces with a bridge of the same name never share pins.
 
 import os
 
-from loader import bpfsys
+from loader import bpfsys, instance
 from loader.errors import NotFound, XdpbrError
 from loader.layouts import LAYOUT_VERSION, U32, Meta, map_specs
 
-BPFFS = "/sys/fs/bpf"
-ROOT = os.path.join(BPFFS, "xdpbr")
+BPFFS = instance.BPFFS
 PROG_PINS = {"xdp": "prog_xdp", "tc": "prog_tc", "clock": "prog_clock"}
 
 
@@ -29,7 +28,7 @@ def ensure_bpffs():
 def pin_dir(bridge, netns=None):
     if "@" in bridge:
         raise XdpbrError(f"bridge name {bridge!r} contains '@', which xdpbr uses in pin paths")
-    return os.path.join(ROOT, f"{bridge}@{netns}" if netns else bridge)
+    return os.path.join(instance.bpf_root(), f"{bridge}@{netns}" if netns else bridge)
 
 
 def split_pin_name(entry):
@@ -40,9 +39,10 @@ def split_pin_name(entry):
 
 def attached_bridges():
     """(bridge, netns) of every bridge with pins, sorted."""
-    if not os.path.isdir(ROOT):
+    root = instance.bpf_root()
+    if not os.path.isdir(root):
         return []
-    return sorted(split_pin_name(e) for e in os.listdir(ROOT) if os.path.isdir(os.path.join(ROOT, e)))
+    return sorted(split_pin_name(e) for e in os.listdir(root) if os.path.isdir(os.path.join(root, e)))
 
 
 class PinnedMaps:

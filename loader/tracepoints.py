@@ -3,24 +3,25 @@ xdp:xdp_redirect_err and xdp:xdp_devmap_xmit, and FDB learn times noted on
 bridge:br_fdb_update. Attached with bpf_links (BPF_LINK_CREATE on a tracepoint perf event)
 that are pinned, so they go on without any xdpbr process.
 
-Pins, beside the bridges' directories in /sys/fs/bpf/xdpbr/: the maps xdpbr_redirect_errors
-and xdpbr_fdb_learned, the links link_<tracepoint>. Installed by the first attach, removed
-with the last detach. Limits: xdp_devmap_xmit names devices by ifindex only, and an ifindex is
-per namespace, so its drops are attributed to the bridge port with that ifindex; learn times
-are keyed by (MAC, VLAN) host-wide, so two bridges learning one MAC at once share a time.
+Pins, beside the bridges' directories in the instance's /sys/fs/bpf/xdpbr[-INSTANCE]/: the
+maps xdpbr_redirect_errors and xdpbr_fdb_learned, the links link_<tracepoint>. Installed by the
+instance's first attach, removed with its last detach. Limits: xdp_devmap_xmit names devices by
+ifindex only, and an ifindex is per namespace, so its drops are attributed to the bridge port
+with that ifindex; learn times are keyed by (MAC, VLAN) host-wide, so two bridges learning one
+MAC at once share a time.
 """
 
 import ctypes
 import ctypes.util
 import os
 
-from loader import bpfsys, pins
+from loader import bpfsys, instance
 from loader.compile import BPF_DIR, bcc_compile
 from loader.errors import XdpbrError
 
 SOURCE = os.path.join(BPF_DIR, "host_tracepoints.c")
-REDIRECT_ERRORS_PIN = os.path.join(pins.ROOT, "xdpbr_redirect_errors")
-FDB_LEARNED_PIN = os.path.join(pins.ROOT, "xdpbr_fdb_learned")
+REDIRECT_ERRORS_PIN = "xdpbr_redirect_errors"  # names in the instance's bpffs root
+FDB_LEARNED_PIN = "xdpbr_fdb_learned"
 # (system, tracepoint) -> program
 TRACEPOINTS = {
     ("xdp", "xdp_redirect_err"): b"count_redirect_err",
@@ -74,12 +75,16 @@ class _LinkCreateAttr(ctypes.Structure):
     ]
 
 
+def _pin(name):
+    return os.path.join(instance.bpf_root(), name)
+
+
 def _link_pin(tracepoint):
-    return os.path.join(pins.ROOT, f"link_{tracepoint[1]}")
+    return _pin(f"link_{tracepoint[1]}")
 
 
 def _pins():
-    return [REDIRECT_ERRORS_PIN, FDB_LEARNED_PIN, *(_link_pin(t) for t in TRACEPOINTS)]
+    return [_pin(REDIRECT_ERRORS_PIN), _pin(FDB_LEARNED_PIN), *(_link_pin(t) for t in TRACEPOINTS)]
 
 
 def installed():
@@ -130,7 +135,8 @@ def install():
     remove()
     from bcc import BPF
 
-    bpf = bcc_compile("the host tracepoint programs", src_file=SOURCE, cflags=[f'-DXDPBR_ROOT="{pins.ROOT}"'])
+    cflags = [f'-DXDPBR_ROOT="{instance.bpf_root()}"']
+    bpf = bcc_compile("the host tracepoint programs", src_file=SOURCE, cflags=cflags)
     try:
         for tracepoint, func in TRACEPOINTS.items():
             _attach_pinned(bpf.load_func(func, BPF.TRACEPOINT).fd, tracepoint)
@@ -151,7 +157,7 @@ def remove():
 def read_redirect_errors():
     """{(map_id, ifindex): errors} with per-CPU values summed; {} when not installed."""
     try:
-        fd = bpfsys.obj_get(REDIRECT_ERRORS_PIN)
+        fd = bpfsys.obj_get(_pin(REDIRECT_ERRORS_PIN))
     except XdpbrError:
         return {}
     try:
@@ -177,7 +183,7 @@ class LearnTimes:
         when unknown (added by hand, learned before the programs were installed)."""
         if self.fd is None:
             try:
-                self.fd = bpfsys.obj_get(FDB_LEARNED_PIN)
+                self.fd = bpfsys.obj_get(_pin(FDB_LEARNED_PIN))
             except XdpbrError:
                 return None  # not installed (yet): try again at the next event
         key = LearnKey(vid=vid)

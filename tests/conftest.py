@@ -1,10 +1,14 @@
 """Fixtures: real namespaces, a compiled fast path for PROG_TEST_RUN, a running daemon.
 
 Every namespace starts with a unique `xdpbr-t-<hex>` prefix and is deleted in a finaliser,
-with the pins of bridges inside it, also when the test fails.
+with the pins of bridges inside it, also when the test fails. The whole run is one xdpbr
+instance of its own (`test-<hex>`, set before any xdpbr module reads a path), so neither the
+tests nor the daemons they start see or touch the host's own xdpbr; its directories are removed
+when the run ends.
 """
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -17,6 +21,37 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+os.environ["XDPBR_INSTANCE"] = f"test-{secrets.token_hex(4)}"  # inherited by every CLI and daemon
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_instance():
+    """Removes this run's instance directories at the end (labs already took their bridges)."""
+    from loader import instance
+
+    yield instance.name()
+    remove_instance_state()
+
+
+def remove_instance_state():
+    """Every directory of the selected instance, whatever is left in them."""
+    from loader import instance
+
+    for directory in (instance.bpf_root(), instance.endpoint_pin_root()):
+        _remove_bpffs_tree(directory)
+    for directory in (instance.run_dir(), instance.state_dir()):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _remove_bpffs_tree(directory):
+    if not os.path.isdir(directory):
+        return
+    for parent, dirs, files in os.walk(directory, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(parent, name))
+        for name in dirs:
+            os.rmdir(os.path.join(parent, name))
+    os.rmdir(directory)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -73,7 +108,7 @@ class DaemonProcess:
 
     READY_TIMEOUT_S = 30
 
-    def __init__(self, *args):
+    def __init__(self, *args, env=None):
         self._dir = tempfile.mkdtemp(prefix="xdpbr-t-notify-")
         notify_path = os.path.join(self._dir, "notify")
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -84,7 +119,7 @@ class DaemonProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "NOTIFY_SOCKET": notify_path},
+            env={**os.environ, **(env or {}), "NOTIFY_SOCKET": notify_path},
         )
         try:
             self._wait_ready(notify)
@@ -124,8 +159,8 @@ def daemon():
     attached later."""
     procs = []
 
-    def start(*args):
-        d = DaemonProcess(*args)
+    def start(*args, env=None):
+        d = DaemonProcess(*args, env=env)
         procs.append(d)
         return d
 

@@ -476,3 +476,23 @@ def test_a_bridge_that_comes_and_goes_leaves_no_socket_or_thread_in_the_daemon(t
         attachment.detach(lab.bridge, lab.switch)
         assert wait_for(lambda: not os.path.exists(broker), timeout=WAIT_S), "not dropped"
     assert wait_for(lambda: resources() == baseline, timeout=WAIT_S), (baseline, resources())
+
+
+def test_daemon_once_resyncs_and_leaves_the_running_daemons_broker_socket_alone(two_containers, daemon):
+    from control import broker
+    from tests.test_cli import xdpbr
+
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    sock = broker.socket_path(lab.bridge, lab.switch)
+    running = daemon()
+    assert wait_for(lambda: os.path.exists(sock), timeout=WAIT_S)
+    inode = os.stat(sock).st_ino
+    res = xdpbr("daemon", "--once")
+    assert res.returncode == 0, res.stderr
+    assert os.stat(sock).st_ino == inode, "--once replaced the running daemon's broker socket"
+    running.stop()
+    assert not os.path.exists(sock)
+    res = xdpbr("daemon", "--once")  # alone: it resyncs and leaves no socket behind
+    assert res.returncode == 0, res.stderr
+    assert not os.path.exists(sock)

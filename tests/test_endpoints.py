@@ -7,7 +7,7 @@ import pytest
 
 from control import attachment, endpoints, state
 from control.lab import sh
-from loader import bpfsys
+from loader import bpfsys, instance
 from loader.afxdp import XskSocket, new_socket
 from loader.errors import NotFound, UsageError, XdpbrError
 from loader.netns import entered, netns_path, nsenter_prefix
@@ -168,7 +168,8 @@ def test_a_failing_last_step_rolls_the_whole_endpoint_back(two_containers, monke
         endpoints.add(lab.bridge, lab.switch, "vm4", mac=GUEST, path=path)
     assert links(lab) == before
     assert endpoints.records(lab.bridge, lab.switch) == []
-    assert not os.path.exists(os.path.join(endpoints.PIN_ROOT, endpoints.label(lab.bridge, lab.switch)))
+    pin_root = instance.endpoint_pin_root()
+    assert not os.path.exists(os.path.join(pin_root, endpoints.label(lab.bridge, lab.switch)))
 
 
 def test_endpoint_metrics_count_frames_to_the_sockets_and_frames_that_found_none(two_containers):
@@ -204,15 +205,16 @@ def test_endpoint_metrics_count_frames_to_the_sockets_and_frames_that_found_none
 
 
 def test_a_lab_that_goes_away_takes_its_endpoints_pins_and_broker_socket_with_it():
-    from control.broker import RUN_DIR
     from control.lab import Lab
+
+    run_dir = instance.run_dir()
 
     with Lab(prefix="xdpbr-test-epgone") as lab:
         lab.make_bridge()
         rec = endpoints.add(lab.bridge, lab.switch, "vm8")
         label = endpoints.label(lab.bridge, lab.switch)
-        open(os.path.join(RUN_DIR, f"{label}.sock"), "w").close()  # as a SIGKILLed daemon leaves it
+        open(os.path.join(run_dir, f"{label}.sock"), "w").close()  # as a SIGKILLed daemon leaves it
         assert os.path.exists(rec["pins"])
     assert not os.path.exists(os.path.dirname(rec["pins"]))
-    assert not os.path.exists(os.path.join(endpoints.RECORD_ROOT, label))
-    assert not os.path.exists(os.path.join(RUN_DIR, f"{label}.sock"))
+    assert not os.path.exists(os.path.join(endpoints.record_root(), label))
+    assert not os.path.exists(os.path.join(run_dir, f"{label}.sock"))
