@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(PY) -m control.demo
+	$(PY) -m testbed.demo
 
 test: setup
 	$(VENV)/bin/ruff check .

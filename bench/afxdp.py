@@ -12,11 +12,11 @@ import time
 
 from bench.taps import RelayLoop
 from bench.veth import GENERATOR_CPU, pin_napi_threads
-from control.attachment import Journal
-from control.lab import Lab, sh
 from loader.afxdp import XskRedirect, XskSocket, forward
+from loader.journal import Journal
 from loader.netns import existing_index
-from loader.trafficgen import BenchPrograms, attach_program
+from testbed.lab import Lab, sh
+from testbed.trafficgen import BenchPrograms, attach_program
 
 RING = 16384
 

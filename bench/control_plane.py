@@ -11,11 +11,11 @@ import time
 from control import attachment
 from control.attachment import Session
 from control.fdb import mirror_key
-from control.lab import Lab
 from loader import bpfsys
 from loader.layouts import FdbEntry
 from loader.netns import entered
-from loader.packets import udp_frame
+from testbed.frames import udp_frame
+from testbed.lab import Lab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -18,9 +18,9 @@ from bench.control_plane import add_veth_ports
 from control import attachment, metrics
 from control.attachment import Session
 from control.exposition import render
-from control.lab import Lab
 from loader import bpfsys
 from loader.layouts import ATTACH_POINTS, REASON_INDEX, U32, Counter, stats_index
+from testbed.lab import Lab
 
 REASONS_USED = ("forward", "broadcast", "multicast", "unknown_source", "checksum_partial")
 

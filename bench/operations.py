@@ -15,11 +15,12 @@ import time
 
 from bench.control_plane import start_daemon
 from control import attachment
-from control.attachment import Journal, Session
-from control.lab import Lab, sh
+from control.attachment import Session
 from loader import attach as at
+from loader.journal import Journal
 from loader.netns import existing_index
-from loader.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_sinks
+from testbed.lab import Lab, sh
+from testbed.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_sinks
 
 RATE = 100_000  # frames/s: well inside what every path carries, so a loss is a real loss
 RESTARTS = 3

@@ -23,10 +23,10 @@ import time
 from bench.afxdp import build_endpoint_veths
 from bench.taps import RelayLoop
 from bench.veth import SWITCH_CPU
-from control.attachment import Journal
-from control.lab import Lab
+from loader.journal import Journal
 from loader.netns import existing_index, netns_path, nsenter_prefix
-from loader.trafficgen import BenchPrograms
+from testbed.lab import Lab
+from testbed.trafficgen import BenchPrograms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNPACKED = os.path.join(ROOT, ".venv", "ovs")

@@ -27,6 +27,8 @@ import statistics
 import sys
 import time
 
+from loader.errors import UsageError
+
 SCENARIOS = (
     "bridge",
     "fastpath",
@@ -341,9 +343,42 @@ def table(results):
 
 
 def check_scenarios(names):
-    from loader.errors import UsageError
 
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise UsageError(f"unknown scenario {unknown[0]!r}; scenarios: {', '.join(SCENARIOS)}")
     return [n for n in SCENARIOS if n in names] if names else list(SCENARIOS)
+
+
+INSTANCE = "bench"  # the benchmark's own pins, run dir and daemons: never the host's xdpbr
+MAX_WINDOW_S, MAX_TCP_S = 600, 600
+
+
+def command(args):
+    """`xdpbr bench`: checks the options, runs the scenarios, prints and charts the results."""
+    from bench import chart
+    from control import render
+    from loader import instance
+
+    if args.netns:
+        raise UsageError("bench builds namespaces of its own; drop -n")
+    scenarios = check_scenarios(args.scenarios)
+    if args.rounds < MIN_ROUNDS:
+        raise UsageError(f"--rounds {args.rounds}: at least {MIN_ROUNDS} rounds")
+    if not 1 <= args.flows <= 1024:
+        raise UsageError(f"--flows {args.flows}: expected 1 to 1024")
+    if not 0.1 <= args.window <= MAX_WINDOW_S:
+        raise UsageError(f"--window {args.window}: expected 0.1 to {MAX_WINDOW_S} seconds")
+    if not 1 <= args.tcp_seconds <= MAX_TCP_S:
+        raise UsageError(f"--tcp-seconds {args.tcp_seconds}: expected 1 to {MAX_TCP_S} seconds")
+    instance.select(INSTANCE)
+    results = run(scenarios, args.rounds, args.window, args.tcp_seconds, args.flows)
+    png = chart.write_png(results, args.png) if args.png else None
+    results["png"] = png
+    if args.json:
+        render.emit(results, True, str)
+    else:
+        print(table(results))
+        if png:
+            print(f"\nchart: {png}")
+    return 0

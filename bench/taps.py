@@ -19,12 +19,12 @@ import time
 
 from bench.veth import GENERATOR_CPU, SWITCH_CPU
 from control import attachment
-from control.attachment import Journal
-from control.lab import Lab, sh
+from loader.journal import Journal
 from loader.netns import existing_index
-from loader.packets import udp_frame
 from loader.tap import VNET_HDR_LEN, TapEndpoint, VnetHdr
-from loader.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program
+from testbed.frames import udp_frame
+from testbed.lab import Lab, sh
+from testbed.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program
 
 GUEST_A, GUEST_B = "02:00:00:00:0b:01", "02:00:00:00:0b:02"
 IP_A, IP_B = "10.202.0.1", "10.202.0.2"

@@ -4,7 +4,7 @@ Debian, one stream): the Linux bridge and xdpbr in each mode."""
 import json
 
 from control import attachment
-from control.lab import Lab
+from testbed.lab import Lab
 
 PORT = 5301
 MODES = {"bridge": None, "xdp": "xdp", "tc": "tc", "xdp+tc": "xdp+tc", "auto": "auto"}

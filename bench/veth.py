@@ -15,10 +15,10 @@ import subprocess
 import time
 
 from control import attachment
-from control.attachment import Journal
-from control.lab import Lab, sh
+from loader.journal import Journal
 from loader.netns import existing_index
-from loader.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program, attach_sinks
+from testbed.lab import Lab, sh
+from testbed.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program, attach_sinks
 
 # path -> (what it is, xdpbr mode or None)
 PATHS = {

@@ -18,6 +18,7 @@ from control.ports import find_bridge, list_ports
 from loader import attach as at
 from loader import bpfsys, pins, tracepoints
 from loader.errors import NotFound, Unsupported, XdpbrError
+from loader.journal import Journal
 from loader.layouts import (
     ATTACH_POINTS,
     BRIDGE_NETFILTER_BLOCK,
@@ -62,24 +63,6 @@ GRACE_DEFAULT_S = 10.0
 XDP_PROG_NAME = "xdpbr_xdp"
 REQUESTABLE = ("auto", *MODES)  # stored as index: 0 auto, else MODE_INDEX + 1
 XDP_MODE_CHOICES = ("any", "native", "generic")
-
-
-class Journal:
-    """Undo actions for host changes, run in reverse on failure."""
-
-    def __init__(self):
-        self.actions = []
-
-    def push(self, fn, *args):
-        self.actions.append((fn, args))
-
-    def rollback(self):
-        for fn, args in reversed(self.actions):
-            try:
-                fn(*args)
-            except Exception as exc:  # noqa: BLE001 - keep undoing the rest
-                log.warning("rollback step %s failed: %s", getattr(fn, "__name__", fn), exc)
-        self.actions.clear()
 
 
 class Session:

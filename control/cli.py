@@ -269,31 +269,10 @@ def _label(args):
     return f"{args.bridge}@{args.netns}" if args.netns else args.bridge
 
 
-BENCH_INSTANCE = "bench"  # the benchmark's own pins, run dir and daemons: never the host's xdpbr
-
-
 def _bench(args):
-    from bench import chart
-    from bench import run as bench_run
+    from bench.run import command  # the CLI's one way into the benchmark (not product code)
 
-    if args.netns:
-        raise UsageError("bench builds namespaces of its own; drop -n")
-    scenarios = bench_run.check_scenarios(args.scenarios)
-    instance.select(BENCH_INSTANCE)
-    if args.rounds < bench_run.MIN_ROUNDS:
-        raise UsageError(f"--rounds {args.rounds}: at least {bench_run.MIN_ROUNDS} rounds")
-    if not 1 <= args.flows <= 1024:
-        raise UsageError(f"--flows {args.flows}: expected 1 to 1024")
-    results = bench_run.run(scenarios, args.rounds, args.window, args.tcp_seconds, args.flows)
-    png = chart.write_png(results, args.png) if args.png else None
-    results["png"] = png
-    if args.json:
-        render.emit(results, True, str)
-    else:
-        print(bench_run.table(results))
-        if png:
-            print(f"\nchart: {png}")
-    return 0
+    return command(args)
 
 
 def _port(args):

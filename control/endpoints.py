@@ -13,27 +13,23 @@ An endpoint that cannot get AF_XDP falls back to a TAP and `show` says why. Reco
 """
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
-import struct
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from control import fdb
-from control.attachment import Journal
 from control.ports import find_bridge
-from loader import bpfsys, ethtool, instance, packets
+from loader import attach as at
+from loader import bpfsys, ethtool, instance, packets, tap
 from loader.attach import open_netlink
 from loader.errors import NotFound, UsageError, XdpbrError
+from loader.journal import Journal
 from loader.netns import check_exists, entered, existing_index, interface_index
 
 MAX_NAME = 13  # IFNAMSIZ - 1, minus the bridge side's "-p"
 MAX_QUEUES = 64  # the XSKMAP's size
-
-TUNSETIFF, TUNSETPERSIST, TUNSETOWNER, TUNSETGROUP = 0x400454CA, 0x400454CB, 0x400454CC, 0x400454CE
-IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, IFF_MULTI_QUEUE = 0x0002, 0x1000, 0x4000, 0x0100
 
 
 def label(bridge, netns):
@@ -160,7 +156,6 @@ def _add(ipr, bridge, netns, name, path, mac, queues, owner, group):
 
 def _add_afxdp(ipr, br, netns, name, queues, journal):
     from loader.afxdp import XskRedirect
-    from loader.trafficgen import attach_program
 
     port = f"{name}-p"
     q = {"num_tx_queues": queues, "num_rx_queues": queues}
@@ -181,7 +176,8 @@ def _add_afxdp(ipr, br, netns, name, queues, journal):
     _asked(f"set {name} up", lambda: ipr.link("set", index=index, state="up"))
     redirect = XskRedirect()
     try:
-        attach_program(netns, name, redirect.prog.fd)
+        at.attach_xdp(ipr, index, name, redirect.prog.fd, "native")
+        journal.push(at.detach_xdp, ipr, index, "native")
         pin_dir = _pin_dir(br.name, netns, name)
         os.makedirs(pin_dir, exist_ok=True)
         journal.push(_remove_pins, pin_dir)
@@ -194,18 +190,7 @@ def _add_afxdp(ipr, br, netns, name, queues, journal):
 
 
 def _add_tap(ipr, br, netns, name, queues, owner, group, journal):
-    flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (IFF_MULTI_QUEUE if queues > 1 else 0)
-    with entered(netns):
-        fd = os.open("/dev/net/tun", os.O_RDWR)
-    try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
-        fcntl.ioctl(fd, TUNSETOWNER, owner)
-        fcntl.ioctl(fd, TUNSETGROUP, group)
-        fcntl.ioctl(fd, TUNSETPERSIST, 1)  # lives on after this fd: QEMU opens it by name
-    except OSError as exc:
-        raise XdpbrError(f"cannot create TAP {name}", errno=exc.errno) from None
-    finally:
-        os.close(fd)
+    tap.create_persistent(name, netns, queues=queues, owner=owner, group=group)
     journal.push(_delete_link, ipr, netns, name)
     _enslave(ipr, netns, name, br)
     return name

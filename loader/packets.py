@@ -1,4 +1,6 @@
-"""Building Ethernet/IPv4/UDP frames with correct checksums (traffic generator, tests)."""
+"""The MAC parser, and Ethernet/IPv4/UDP headers with correct checksums: what the Python AF_XDP
+endpoint needs to answer ARP and ping and to send UDP. Frames of a given size for traffic
+sources and tests are built in testbed/frames.py."""
 
 import socket
 import struct
@@ -57,10 +59,3 @@ def udp4(src, dst, payload=b"x" * 18, csum="full", sport=1000, dport=2000):
     header = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
     l4 = l4_with_checksum(17, socket.inet_aton(src), socket.inet_aton(dst), header, 6, payload, csum)
     return ipv4(src, dst, 17, l4) + l4
-
-
-def udp_frame(dst_mac, src_mac, src_ip, dst_ip, size, sport=1000, dport=2000, csum="full"):
-    """A UDP/IPv4 frame of exactly `size` bytes (without FCS), checksums complete (or the UDP
-    one 'none'/'partial', see l4_with_checksum)."""
-    payload = bytes(max(0, size - 14 - 20 - 8))
-    return ether(dst_mac, src_mac, 0x0800, udp4(src_ip, dst_ip, payload, csum=csum, sport=sport, dport=dport))

@@ -16,12 +16,16 @@ from loader.errors import XdpbrError
 from loader.netns import entered
 
 TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+TUNSETOWNER = 0x400454CC
+TUNSETGROUP = 0x400454CE
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 TUNSETSNDBUF = 0x400454D4
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+IFF_MULTI_QUEUE = 0x0100
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
@@ -64,6 +68,32 @@ class VnetHdr:
         )
 
 
+def _open_tun(netns, flags=0):
+    with entered(netns):
+        try:
+            return os.open("/dev/net/tun", os.O_RDWR | flags)
+        except OSError as exc:
+            raise XdpbrError(
+                "cannot open /dev/net/tun", errno=exc.errno, fix="modprobe tun, or run as root"
+            ) from None
+
+
+def create_persistent(name, netns=None, *, queues=1, owner=0, group=0):
+    """A persistent TAP with vnet headers, as a VMM expects to find it: it lives on after this
+    call and QEMU opens it by name (`-netdev tap,ifname=NAME,script=no`) as `owner`/`group`."""
+    flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (IFF_MULTI_QUEUE if queues > 1 else 0)
+    fd = _open_tun(netns)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
+        fcntl.ioctl(fd, TUNSETOWNER, owner)
+        fcntl.ioctl(fd, TUNSETGROUP, group)
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    except OSError as exc:
+        raise XdpbrError(f"cannot create TAP {name}", errno=exc.errno) from None
+    finally:
+        os.close(fd)
+
+
 class TapEndpoint:
     """The VMM side of a TAP device: an fd that reads and writes frames with vnet headers."""
 
@@ -71,13 +101,7 @@ class TapEndpoint:
         self.ifname = ifname
         self.backlog = collections.deque()  # frames waiting for POLLOUT after EAGAIN
         self.eagain = 0
-        with entered(netns):
-            try:
-                self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
-            except OSError as exc:
-                raise XdpbrError(
-                    "cannot open /dev/net/tun", errno=exc.errno, fix="modprobe tun, or run as root"
-                ) from None
+        self.fd = _open_tun(netns, os.O_NONBLOCK)
         try:
             ifr = struct.pack("16sH22x", ifname.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
             fcntl.ioctl(self.fd, TUNSETIFF, ifr)

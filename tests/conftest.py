@@ -74,7 +74,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def lab():
-    from control.lab import Lab
+    from testbed.lab import Lab
 
     with Lab(prefix="xdpbr-t") as lab:
         yield lab

@@ -4,11 +4,11 @@ import select
 
 import pytest
 
-from control.lab import Lab, sh
 from loader.afxdp import XskRedirect, XskSocket, new_socket
 from loader.errors import XdpbrError
-from loader.packets import udp_frame
-from loader.trafficgen import attach_program
+from testbed.frames import udp_frame
+from testbed.lab import Lab, sh
+from testbed.trafficgen import attach_program
 from tests.traffic import frames_on, packet_socket, xsk_frames
 
 pytestmark = pytest.mark.root

@@ -9,8 +9,8 @@ import pytest
 
 from control import attachment, endpoints, state
 from control.broker import request, socket_path
-from loader.packets import udp_frame
 from loader.xsk_endpoint import AfxdpEndpoint
+from testbed.frames import udp_frame
 from tests.conftest import wait_for
 from tests.traffic import packet_socket, xsk_frames
 

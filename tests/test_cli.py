@@ -264,7 +264,7 @@ def test_fdb_show_and_stats_watch_in_json(two_containers):
 
 
 def test_two_namespaces_with_a_bridge_of_the_same_name_do_not_share_pins(two_containers):
-    from control.lab import Lab
+    from testbed.lab import Lab
 
     with Lab(prefix="xdpbr-t") as other:
         other.make_bridge()

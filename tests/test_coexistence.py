@@ -8,7 +8,7 @@ import pytest
 from control import attachment, state
 from control.lock import writer_lock
 from loader.errors import XdpbrError
-from loader.trafficgen import BenchPrograms, attach_program
+from testbed.trafficgen import BenchPrograms, attach_program
 
 pytestmark = pytest.mark.root
 

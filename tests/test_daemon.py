@@ -320,7 +320,7 @@ def macs(count, prefix):
 
 def send_from(host, sources, dst_mac):
     """One UDP frame from each source MAC, out of the host's eth0 (AF_PACKET)."""
-    from loader.packets import udp_frame
+    from testbed.frames import udp_frame
     from tests.traffic import packet_socket
 
     with packet_socket(host.netns, "eth0", receive=False) as sock:

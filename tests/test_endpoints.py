@@ -6,12 +6,12 @@ import os
 import pytest
 
 from control import attachment, endpoints, state
-from control.lab import sh
 from loader import bpfsys, instance
 from loader.afxdp import XskSocket, new_socket
 from loader.errors import NotFound, UsageError, XdpbrError
 from loader.netns import entered, netns_path, nsenter_prefix
-from loader.packets import udp_frame
+from testbed.frames import udp_frame
+from testbed.lab import sh
 from tests.test_cli import xdpbr
 from tests.traffic import frames_on, packet_socket, xsk_frames
 
@@ -205,7 +205,7 @@ def test_endpoint_metrics_count_frames_to_the_sockets_and_frames_that_found_none
 
 
 def test_a_lab_that_goes_away_takes_its_endpoints_pins_and_broker_socket_with_it():
-    from control.lab import Lab
+    from testbed.lab import Lab
 
     run_dir = instance.run_dir()
 

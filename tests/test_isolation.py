@@ -93,7 +93,7 @@ def test_the_demo_and_the_hotplug_bench_leave_a_production_instance_untouched(
         assert all(before["port_xdp"][p] and before["port_tc"][p] for p in (lab.c1.port, lab.c2.port))
 
         demo = subprocess.run(
-            [sys.executable, "-m", "control.demo"], capture_output=True, text=True, cwd=ROOT, timeout=600
+            [sys.executable, "-m", "testbed.demo"], capture_output=True, text=True, cwd=ROOT, timeout=600
         )
         assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
         bench = subprocess.run(

@@ -5,9 +5,9 @@ import struct
 
 import pytest
 
-from control.lab import Lab, sh
 from loader import bpfsys
-from loader.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program
+from testbed.lab import Lab, sh
+from testbed.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program
 
 pytestmark = pytest.mark.root
 

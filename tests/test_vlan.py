@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from control import attachment, state
-from control.lab import Lab
+from testbed.lab import Lab
 
 pytestmark = pytest.mark.root
 

@@ -12,10 +12,10 @@ import time
 
 from control import attachment, endpoints, render, state
 from control.broker import request, socket_path
-from control.lab import Lab
 from loader import instance
 from loader.errors import XdpbrError
 from loader.xsk_endpoint import AfxdpEndpoint
+from testbed.lab import Lab
 
 XSK_NAME, XSK_MAC, XSK_IP = "vm3", "52:54:00:00:00:03", "10.200.0.103"
 UDP_COUNT = 1000

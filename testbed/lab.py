@@ -17,7 +17,7 @@ from control import config
 from loader import pins, tracepoints
 from loader.netns import entered, netns_path, nsenter_prefix
 from loader.tap import TapEndpoint
-from loader.vm import GuestRelay
+from testbed.vm import GuestRelay
 
 
 def sh(*argv, check=True, netns=None):

@@ -18,7 +18,7 @@ from loader import attach as at
 from loader import bpfsys
 from loader.compile import BPF_DIR, bcc_compile
 from loader.netns import entered
-from loader.packets import udp_frame
+from testbed.frames import udp_frame
 
 MIN_FRAME, MAX_FRAME = 60, 1514
 
