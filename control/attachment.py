@@ -7,7 +7,6 @@ netfilter changes, adoption after a restart) all call it. Every host change regi
 first, so a failure leaves nothing half-attached.
 """
 
-import ctypes
 import logging
 import os
 import time
@@ -25,12 +24,12 @@ from loader.layouts import (
     CLOCK_HEARTBEAT,
     CLOCK_NOW,
     CONTROL_ATTACH,
+    I32,
     LAYOUT_VERSION,
     MAX_PORTS,
     MODE_INDEX,
     MODE_REASON_INDEX,
     MODE_REASONS,
-    MODES,
     NR_REASONS,
     OWN_CLSACT,
     PORT_FORWARDING,
@@ -38,10 +37,12 @@ from loader.layouts import (
     PORT_ISOLATED,
     PORT_PEER_REDIRECT,
     PORT_XDP_EGRESS,
+    REQUESTED_MODES,
     U8,
     U32,
     U64,
     VLAN_UNTAGGED,
+    XDP_MODE_REQUESTS,
     Bridge,
     Control,
     Counter,
@@ -61,8 +62,6 @@ log = logging.getLogger("xdpbr.attach")
 
 GRACE_DEFAULT_S = 10.0
 XDP_PROG_NAME = "xdpbr_xdp"
-REQUESTABLE = ("auto", *MODES)  # stored as index: 0 auto, else MODE_INDEX + 1
-XDP_MODE_CHOICES = ("any", "native", "generic")
 
 
 class Session:
@@ -188,7 +187,7 @@ class Session:
         for key in bpfsys.map_keys(fd, Ifname):
             value = U8()
             if bpfsys.map_lookup(fd, key, value) and value.value:
-                out[key.name.decode()] = REQUESTABLE[value.value]
+                out[key.name.decode()] = REQUESTED_MODES[value.value]
         return out
 
     def set_requested_mode(self, ifname, mode):
@@ -196,7 +195,7 @@ class Session:
         if mode == "auto":
             bpfsys.map_delete(self.maps["xdpbr_port_modes"], key)
         else:
-            bpfsys.map_update(self.maps["xdpbr_port_modes"], key, U8(REQUESTABLE.index(mode)))
+            bpfsys.map_update(self.maps["xdpbr_port_modes"], key, U8(REQUESTED_MODES.index(mode)))
 
     def prog_id(self, attach_point):
         fd = self.prog_fds.get(attach_point)
@@ -376,8 +375,8 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
     """
     journal = journal or Journal()
     meta = s.meta()
-    default_mode = REQUESTABLE[meta.mode]
-    xdp_mode = XDP_MODE_CHOICES[meta.xdp_mode]
+    default_mode = REQUESTED_MODES[meta.mode]
+    xdp_mode = XDP_MODE_REQUESTS[meta.xdp_mode]
     if meta.netfilter == 1:
         blocked, nf_why = False, "bypass"
     else:
@@ -437,7 +436,7 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
         _write_vlans(s, port, _vlans_of(s, port.ifindex))
         if entry.slot:
             with entered(s.netns):  # DEVMAP ifindexes resolve in the writer's namespace
-                bpfsys.map_update(s.maps["xdpbr_devmap"], U32(entry.slot), ctypes.c_int32(port.ifindex))
+                bpfsys.map_update(s.maps["xdpbr_devmap"], U32(entry.slot), I32(port.ifindex))
             # the entry first, then the index that makes the fast path see it
             bpfsys.map_update(s.maps["xdpbr_ports"], U32(entry.slot), entry)
             _write_port_index(s, port.ifindex, entry.slot)
@@ -492,8 +491,8 @@ def attach(
 ):
     """Accelerate `bridge`. Over an existing attachment, programs are replaced atomically.
     `port_modes` ({ifname: mode}, as `xdpbr port set`) are in place before any program is."""
-    from control.lock import writer_lock
     from loader.compile import compile_fastpath
+    from loader.lock import writer_lock
 
     pins.ensure_bpffs()
     journal = Journal()
@@ -529,8 +528,8 @@ def attach(
                     s.prog_fds[point] = os.dup(prog.fd)
                 meta = Meta(
                     layout_version=LAYOUT_VERSION,
-                    mode=REQUESTABLE.index(mode),
-                    xdp_mode=XDP_MODE_CHOICES.index(xdp_mode),
+                    mode=REQUESTED_MODES.index(mode),
+                    xdp_mode=XDP_MODE_REQUESTS.index(xdp_mode),
                     netfilter=0 if netfilter_choice == "respect" else 1,
                     netns=(netns or "").encode(),
                 )
@@ -576,7 +575,7 @@ def _repin_programs(s):
 
 def detach(bridge, netns=None):
     """Remove everything xdpbr put on the bridge's ports and its pins."""
-    from control.lock import writer_lock
+    from loader.lock import writer_lock
 
     with writer_lock(), Session(bridge, netns) as s:
         if not os.path.isdir(s.dir):

@@ -12,7 +12,6 @@ closes its own copies once sent, so a VMM that stops frees its sockets and XSKMA
 peer's credentials (SO_PEERCRED) must match the endpoint's --owner or --group (root always).
 """
 
-import ctypes
 import json
 import logging
 import os
@@ -23,7 +22,9 @@ import threading
 from control import endpoints
 from loader import bpfsys, instance
 from loader.afxdp import new_socket
+from loader.bridge_id import BridgeId
 from loader.errors import NotFound
+from loader.layouts import I32, U32
 from loader.netns import interface_index
 
 log = logging.getLogger("xdpbr.broker")
@@ -33,7 +34,7 @@ REQUEST_TIMEOUT_S = 2.0
 
 
 def socket_path(bridge, netns=None):
-    return os.path.join(instance.run_dir(), f"{endpoints.label(bridge, netns)}.sock")
+    return BridgeId(bridge, netns).socket_path
 
 
 def _peer(conn):
@@ -133,7 +134,7 @@ class Broker:
             for queue in range(record["queues"]):
                 sock = new_socket(self.netns)
                 made.append(sock)
-                bpfsys.map_update(xsks, ctypes.c_uint32(queue), ctypes.c_int32(sock.fileno()))
+                bpfsys.map_update(xsks, U32(queue), I32(sock.fileno()))
         except BaseException:
             for sock in made:
                 sock.close()

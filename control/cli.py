@@ -13,9 +13,11 @@ import sys
 import time
 
 from control import config, render
-from control.model import MODES, NETFILTER_CHOICES, XDP_MODES
+from control.model import NETFILTER_CHOICES
 from loader import instance
+from loader.bridge_id import BridgeId
 from loader.errors import UsageError, XdpbrError
+from loader.layouts import REQUESTED_MODES, XDP_MODE_REQUESTS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -42,6 +44,25 @@ def _positive(kind):
     return parse
 
 
+MAX_ID = 2**32 - 2  # uid_t/gid_t; (uid_t)-1 means "none" to the kernel
+
+
+def _int_in(lo, hi):
+    """argparse type: an integer from lo to hi."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {lo} to {hi}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
 def build_parser():
     p = _Parser(prog="xdpbr", description="XDP/TC shadow fast path for Linux bridges.")
     p.add_argument("-j", "--json", action="store_true", help="print JSON")
@@ -57,9 +78,13 @@ def build_parser():
 
     a = sub.add_parser("attach", help="accelerate a bridge (replaces xdpbr's programs atomically)")
     a.add_argument("bridge")
-    a.add_argument("--mode", choices=MODES, default="auto", help="mode for every port (default auto)")
     a.add_argument(
-        "--xdp-mode", choices=XDP_MODES, help="native or generic XDP (default: native, generic fallback)"
+        "--mode", choices=REQUESTED_MODES, default="auto", help="mode for every port (default auto)"
+    )
+    a.add_argument(
+        "--xdp-mode",
+        choices=XDP_MODE_REQUESTS[1:],
+        help="native or generic XDP (default: native, generic fallback)",
     )
     a.add_argument(
         "--netfilter",
@@ -87,7 +112,7 @@ def build_parser():
     ps.add_argument("bridge")
     ps.add_argument("port")
     ps.add_argument("key", choices=["mode"])
-    ps.add_argument("mode", choices=MODES)
+    ps.add_argument("mode", choices=REQUESTED_MODES)
     pshow = psub.add_parser("show", help="xdpbr port show [BRIDGE]")
     pshow.add_argument("bridge", nargs="?")
 
@@ -136,12 +161,14 @@ def build_parser():
     ea.add_argument("--queues", type=int, default=1, help="queues, one AF_XDP socket each (default 1)")
     ea.add_argument(
         "--owner",
-        type=int,
+        type=_int_in(0, MAX_ID),
         default=0,
         metavar="UID",
         help="who may take the sockets or open the TAP (default 0)",
     )
-    ea.add_argument("--group", type=int, default=0, metavar="GID", help="the same for a group (default 0)")
+    ea.add_argument(
+        "--group", type=_int_in(0, MAX_ID), default=0, metavar="GID", help="the same for a group (default 0)"
+    )
     es = epsub.add_parser("show", help="xdpbr endpoint show [BRIDGE]")
     es.add_argument("bridge", nargs="?")
     ed = epsub.add_parser("del", help="xdpbr endpoint del BRIDGE NAME")
@@ -266,7 +293,7 @@ def _endpoint(args):
 
 
 def _label(args):
-    return f"{args.bridge}@{args.netns}" if args.netns else args.bridge
+    return BridgeId(args.bridge, args.netns).label
 
 
 def _bench(args):

@@ -28,9 +28,11 @@ import os
 import re
 import tomllib
 
-from control.model import MODES, NETFILTER_CHOICES, XDP_MODES
+from control.model import NETFILTER_CHOICES
 from loader import instance
+from loader.bridge_id import BridgeId
 from loader.errors import XdpbrError
+from loader.layouts import REQUESTED_MODES, XDP_MODE_REQUESTS
 
 
 def held_dir():
@@ -59,7 +61,7 @@ class BridgeConfig:
 
     @property
     def label(self):
-        return f"{self.name}@{self.netns}" if self.netns else self.name
+        return BridgeId(self.name, self.netns).label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +196,15 @@ def load(path):
             r.fail("bridge", i, None, "missing key 'name'")
         _check_ifname(r, "bridge", i, "name", name)
         netns = r.string(b, "bridge", i, "netns") or None
-        label = f"{name}@{netns}" if netns else name
+        if netns is not None and ("/" in netns or netns in (".", "..") or "@" in netns):
+            r.fail(
+                "bridge",
+                i,
+                "netns",
+                f"{netns!r} is not a namespace name",
+                fix="name one from `ip netns list`",
+            )
+        label = BridgeId(name, netns).label
         if label in seen:
             r.fail("bridge", i, "name", f"{label} is configured twice (first at line {seen[label]})")
         seen[label] = r.where.of("bridge", i, "name")
@@ -210,8 +220,8 @@ def load(path):
             BridgeConfig(
                 name=name,
                 netns=netns,
-                mode=r.string(b, "bridge", i, "mode", MODES, "auto"),
-                xdp_mode=r.string(b, "bridge", i, "xdp_mode", ("any", *XDP_MODES), "any"),
+                mode=r.string(b, "bridge", i, "mode", REQUESTED_MODES, "auto"),
+                xdp_mode=r.string(b, "bridge", i, "xdp_mode", XDP_MODE_REQUESTS, "any"),
                 netfilter=r.string(b, "bridge", i, "netfilter", NETFILTER_CHOICES, "respect"),
                 ignore_ports=tuple(ignore),
                 fdb_max_learned=limit,
@@ -230,14 +240,14 @@ def load_default():
 
 
 def held_by_operator(label):
-    return os.path.exists(os.path.join(held_dir(), label))
+    return os.path.exists(BridgeId.parse(label).held_marker)
 
 
 def hold(label, held):
     """Remember (or forget) that an operator detached bridge `label` ('br0' or 'br0@netns')."""
-    path = os.path.join(held_dir(), label)
+    path = BridgeId.parse(label).held_marker
     if held:
-        os.makedirs(held_dir(), exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             f.write("detached with `xdpbr detach`; `xdpbr attach` gives it back to the daemon\n")
     elif os.path.exists(path):

@@ -16,24 +16,21 @@ effect without talking to the daemon, and a restarted daemon adopts what is ther
   SIGTERM; at stop the fast path keeps running, or configured bridges are detached (on_stop).
 """
 
-import errno
 import logging
 import os
 import queue
 import signal
 import socket
-import threading
 import time
 
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTMGRP_LINK
-
-from control import config, fdb, netfilter
+from control import config, endpoints, fdb, netfilter
 from control.attachment import Session, attach, detach, reconcile
-from control.lock import writer_lock
-from loader import bpfsys, bridge_limits, neigh, pins, tracepoints
+from loader import bpfsys, bridge_limits, events, pins, tracepoints
+from loader.bridge_id import BridgeId
 from loader.errors import XdpbrError
 from loader.layouts import CONTROL_DAEMON, U32, Control
+from loader.lock import writer_lock
+from loader.netns import netns_exists
 
 log = logging.getLogger("xdpbr.daemon")
 
@@ -42,104 +39,33 @@ AGING_REFRESH_S = 1.0
 NETFILTER_CHECK_S = 2.0
 NETLINK_RECYCLE_S = 60.0  # Session.reopen_netlink: bounds what pyroute2 keeps per request
 PIN_SCAN_S = 0.5
+LISTENER_RETRY_S = 1.0  # a namespace's event readers that keep failing are retried this often
 ATTACH_RETRY_S = 30.0  # a configured bridge that failed to attach is tried again this often
 # a learn time older than this before the event is a leftover (learned while no daemon ran)
 LEARN_TIME_MAX_AGE_NS = 10 * 10**9
 
 
-class Listener(threading.Thread):
-    """Reads RTNL link events (pyroute2) of one namespace into the daemon's queue, and starts
-    a NeighListener for its FDB events."""
+class NamespaceEvents:
+    """The link and FDB event readers of one namespace, into the daemon's queue. They stop
+    together and are restarted together, with a full resync (events were lost meanwhile)."""
 
-    def __init__(self, netns, events):
-        super().__init__(daemon=True, name=f"netlink-{netns or 'default'}")
-        self.netns, self.events = netns, events
-        self.sock = None
-        self.ready = threading.Event()
-        self.alive = True
-        self.neigh = NeighListener(netns, events)
+    def __init__(self, netns, queue_):
+        self.netns = netns
 
-    def run(self):
-        # pyroute2's sync API runs an asyncio loop bound to the thread that made the socket,
-        # so the socket is made here, in the thread that reads it.
-        from pyroute2 import IPRoute
+        def deliver(msgs, received_ns):
+            queue_.put((netns, msgs, received_ns))
 
-        kwargs = {"netns": self.netns, "flags": 0} if self.netns else {}
-        try:
-            self.sock = IPRoute(groups=RTMGRP_LINK, **kwargs)
-            self.sock.bind()
-            self.neigh.start()
-            self.neigh.ready.wait(5)
-        finally:
-            self.ready.set()
-        while self.alive:
-            try:
-                msgs = self.sock.get()
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self.events.put((self.netns, None, 0))  # overrun: resync everything
-                    continue
-                if self.alive:
-                    log.warning("netlink listener for %s stopped: %s", self.netns or "default namespace", exc)
-                return
-            self.events.put((self.netns, msgs, time.monotonic_ns()))
+        self.readers = [events.start("link", netns, deliver), events.start("fdb", netns, deliver)]
+        self.retry_at = 0.0  # when a failed pair may be started again
+
+    @property
+    def failure(self):
+        """Why a reader stopped on its own, or None while both run."""
+        return next((f"{r.kind} events: {r.failure}" for r in self.readers if r.failed), None)
 
     def stop(self):
-        self.alive = False
-        self.neigh.stop()
-        if self.sock:
-            try:
-                self.sock.close()
-            except Exception:  # noqa: BLE001 - closing a socket the thread may be reading
-                pass
-
-
-class NeighListener(threading.Thread):
-    """FDB events of one namespace on a raw netlink socket (loader.neigh: cheap to decode, so
-    a flood of new MACs does not starve the daemon).
-
-    The thread owns its socket and closes it when it ends. A netlink socket cannot be
-    shut down (EOPNOTSUPP) and closing it under a blocked recv() does not wake the reader,
-    so the read has a timeout and stop() is noticed within STOP_POLL_S."""
-
-    STOP_POLL_S = 0.5
-
-    def __init__(self, netns, events):
-        super().__init__(daemon=True, name=f"neigh-{netns or 'default'}")
-        self.netns, self.events = netns, events
-        self.sock = None
-        self.ready = threading.Event()
-        self.alive = True
-
-    def run(self):
-        try:
-            self.sock = neigh.subscribe(self.netns)
-            self.sock.settimeout(self.STOP_POLL_S)
-        finally:
-            self.ready.set()
-        try:
-            self._read()
-        finally:
-            self.sock.close()
-
-    def _read(self):
-        while self.alive:
-            try:
-                msgs = neigh.receive(self.sock)
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self.events.put((self.netns, None, 0))  # overrun: resync everything
-                    continue
-                if self.alive:
-                    log.warning("FDB listener for %s stopped: %s", self.netns or "default namespace", exc)
-                return
-            if msgs and self.alive:
-                self.events.put((self.netns, msgs, time.monotonic_ns()))
-
-    def stop(self):
-        self.alive = False
+        for reader in self.readers:
+            reader.stop()
 
 
 def pin_identity(directory):
@@ -183,7 +109,7 @@ class BridgeWorker:
 
     @property
     def label(self):
-        return f"{self.bridge}" + (f"@{self.netns}" if self.netns else "")
+        return BridgeId(self.bridge, self.netns).label
 
     def close(self):
         self.session.close()
@@ -226,6 +152,7 @@ class BridgeWorker:
             return
         self.healthy = True
         self.needs_reconcile = False
+        self.counters.resyncs += 1
         log.info(
             "%s: resynced (%d FDB entries, %d written, %d removed)",
             self.label,
@@ -245,7 +172,7 @@ class BridgeWorker:
         if not self.healthy or s.bridge is None:
             return
         for msg in msgs:
-            event = msg.event if isinstance(msg, neigh.NeighMessage) else msg.get("event")
+            event = msg.event
             if event in ("RTM_NEWNEIGH", "RTM_DELNEIGH"):
                 rec = fdb.record_from_neigh(msg, s.bridge.ifindex)
                 if not rec:
@@ -266,8 +193,8 @@ class BridgeWorker:
                 self.counters.fdb_events += 1
                 self.counters.sync_lag_ns_sum += time.monotonic_ns() - since
             elif event in ("RTM_NEWLINK", "RTM_DELLINK"):
-                index = msg.get("index")
-                if index == s.bridge.ifindex or msg.get_attr("IFLA_MASTER") == s.bridge.ifindex:
+                index = msg.index
+                if index == s.bridge.ifindex or msg.master == s.bridge.ifindex:
                     self.needs_reconcile = True
                 elif index in self._port_indexes():
                     self.needs_reconcile = True  # a port left the bridge or went away
@@ -296,7 +223,7 @@ class BridgeWorker:
                 if slots != self.slots:  # a port came or went: entries carry egress slots
                     self.slots = slots
                     self.mirror.sync(self.kernel_fdb.values(), slots)
-        except (XdpbrError, NetlinkError, OSError) as exc:  # a port that vanished meanwhile, ...
+        except Exception as exc:  # noqa: BLE001 - a port that vanished meanwhile (netlink, bpf), ...
             log.warning("%s: cannot apply port changes: %s", self.label, exc)
             self.healthy = False
             self.counters.errors += 1
@@ -452,13 +379,18 @@ class Daemon:
             elif pin_identity(self.workers[key].session.dir) != self.workers[key].identity:
                 self.workers[key].resync()  # detached and attached again, or upgraded
         for bridge, netns in present - set(self.workers):
-            if netns and not os.path.exists(f"/run/netns/{netns}"):
+            if netns and not netns_exists(netns):
+                self.forget(bridge, netns)
                 continue
             try:
                 if netns not in self.listeners:
-                    listener = Listener(netns, self.events)
-                    listener.start()
-                    listener.ready.wait(5)  # subscribed before the dump: no event falls between
+                    # subscribed before the dump: no event falls between
+                    listener = NamespaceEvents(netns, self.events)
+                    if listener.failure:
+                        listener.stop()
+                        raise XdpbrError(
+                            f"cannot follow {netns or 'the default namespace'}: {listener.failure}"
+                        )
                     self.listeners[netns] = listener
                 worker = BridgeWorker(bridge, netns)
             except XdpbrError as exc:
@@ -470,10 +402,72 @@ class Daemon:
             self.workers[(bridge, netns)] = worker
             if not self.once:  # a one-shot resync serves no VMM: it must not replace a daemon's socket
                 self.start_broker(bridge, netns)
-            worker.resync()
+            self.guarded(worker, worker.resync)
         for netns in list(self.listeners):
             if not any(n == netns for _, n in self.workers):
                 self.listeners.pop(netns).stop()
+
+    def forget(self, bridge, netns):
+        """A bridge whose namespace was deleted: its devices, and so its programs, went with
+        it; what is left is its pins, its endpoints' records and its broker socket."""
+        label = BridgeId(bridge, netns).label
+        log.warning("%s: its network namespace is gone; forgetting the bridge and removing its pins", label)
+        worker = self.workers.pop((bridge, netns), None)
+        if worker:
+            worker.close()
+        if (bridge, netns) in self.brokers:
+            self.brokers.pop((bridge, netns)).stop()
+        try:
+            with writer_lock():
+                pins.remove_dir(pins.pin_dir(bridge, netns))
+            endpoints.forget_namespace(netns)
+        except (XdpbrError, OSError) as exc:
+            log.warning("%s: cannot remove its pins: %s", label, exc)
+        if not any(n == netns for _, n in self.workers) and netns in self.listeners:
+            self.listeners.pop(netns).stop()
+
+    def check_listeners(self):
+        """A namespace's event readers that stopped on their own are started again, with a
+        full resync of its bridges; until then those bridges are unhealthy, so they stop
+        heartbeating and the fast path falls back to the bridge within the grace period."""
+        now = time.monotonic()
+        for netns, listener in list(self.listeners.items()):
+            why = listener.failure
+            if not why or now < listener.retry_at:
+                continue
+            listener.stop()
+            workers = [w for (_, n), w in self.workers.items() if n == netns]
+            if netns and not netns_exists(netns):
+                for w in workers:
+                    self.forget(w.bridge, netns)
+                self.listeners.pop(netns, None)
+                continue
+            for w in workers:
+                if w.healthy is not False:
+                    log.warning("%s: event listener stopped (%s); restarting it", w.label, why)
+                w.healthy = False
+                w.counters.errors += 1
+            fresh = NamespaceEvents(netns, self.events)
+            fresh.retry_at = now + LISTENER_RETRY_S
+            self.listeners[netns] = fresh
+            if not fresh.failure:
+                self.events.put((netns, None, 0))  # resync its bridges: events were lost meanwhile
+
+    def listening(self, netns):
+        listener = self.listeners.get(netns)
+        return listener is not None and listener.failure is None
+
+    def guarded(self, worker, step, *args):
+        """One step of one bridge; a step that fails is logged and counted, and a bridge whose
+        namespace went away is forgotten, so the others keep being served."""
+        try:
+            step(*args)
+        except Exception as exc:  # noqa: BLE001 - one bridge's fault must not stop the daemon
+            if worker.netns and not netns_exists(worker.netns):
+                self.forget(worker.bridge, worker.netns)
+                return
+            worker.counters.errors += 1
+            log.warning("%s: %s failed: %s", worker.label, step.__name__, exc)
 
     def run(self, once=False):
         self.once = once
@@ -502,22 +496,27 @@ class Daemon:
             except queue.Empty:
                 pass
             else:
-                for (_, ns), worker in self.workers.items():
-                    if ns == netns:
-                        worker.resync() if msgs is None else worker.on_messages(msgs, received_ns)
+                for (_, ns), worker in list(self.workers.items()):
+                    if ns != netns:
+                        continue
+                    if msgs is None:
+                        self.guarded(worker, worker.resync)
+                    else:
+                        self.guarded(worker, worker.on_messages, msgs, received_ns)
+            self.check_listeners()
             now = time.monotonic()
             for worker in list(self.workers.values()):
-                worker.reconcile_if_needed()
+                self.guarded(worker, worker.reconcile_if_needed)
             for i, (interval, method) in enumerate(periodic):
                 if now >= due[i]:
                     due[i] = now + interval
-                    for worker in self.workers.values():
-                        method(worker)
+                    for worker in list(self.workers.values()):
+                        self.guarded(worker, getattr(worker, method.__name__))
             if now >= next_scan:
                 next_scan = now + PIN_SCAN_S
                 for worker in list(self.workers.values()):
-                    if worker.healthy is not True:
-                        worker.resync()  # retry a bridge that failed or was re-attached
+                    if worker.healthy is not True and self.listening(worker.netns):
+                        self.guarded(worker, worker.resync)  # retry a failed or re-attached bridge
                 self.scan()
         sd_notify("STOPPING=1")
         self.release()

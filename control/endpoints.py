@@ -14,26 +14,28 @@ An endpoint that cannot get AF_XDP falls back to a TAP and `show` says why. Reco
 
 import contextlib
 import json
+import logging
 import os
 import shutil
-
-from pyroute2.netlink.exceptions import NetlinkError
+import tempfile
 
 from control import fdb
 from control.ports import find_bridge
 from loader import attach as at
 from loader import bpfsys, ethtool, instance, packets, tap
 from loader.attach import open_netlink
+from loader.bridge_id import BridgeId
 from loader.errors import NotFound, UsageError, XdpbrError
 from loader.journal import Journal
 from loader.netns import check_exists, entered, existing_index, interface_index
 
+log = logging.getLogger("xdpbr.endpoints")
 MAX_NAME = 13  # IFNAMSIZ - 1, minus the bridge side's "-p"
 MAX_QUEUES = 64  # the XSKMAP's size
 
 
 def label(bridge, netns):
-    return f"{bridge}@{netns}" if netns else bridge
+    return BridgeId(bridge, netns).label
 
 
 def record_root():
@@ -41,11 +43,11 @@ def record_root():
 
 
 def _record_path(bridge, netns, name):
-    return os.path.join(record_root(), label(bridge, netns), f"{name}.json")
+    return os.path.join(BridgeId(bridge, netns).record_dir, f"{name}.json")
 
 
 def _pin_dir(bridge, netns, name):
-    return os.path.join(instance.endpoint_pin_root(), label(bridge, netns), name)
+    return os.path.join(BridgeId(bridge, netns).endpoint_pin_dir, name)
 
 
 def check_name(name):
@@ -64,23 +66,17 @@ def check_guest_mac(mac):
         raise UsageError(f"--mac {mac}: a guest's MAC must be unicast and not zero, like 52:54:00:12:34:56")
 
 
-def _asked(what, call):
-    """call() against RTNL; a refusal is one line saying what could not be done."""
-    try:
-        return call()
-    except NetlinkError as exc:
-        raise XdpbrError(f"cannot {what}", errno=exc.code) from None
-
-
 def _enslave(ipr, netns, ifname, br):
     """`ip link set IFNAME master BRIDGE up` (br: the bridge's BridgeInfo)."""
     index = existing_index(netns, ifname)
-    _asked(f"add {ifname} to {br.name}", lambda: ipr.link("set", index=index, master=br.ifindex, state="up"))
+    at.asked(
+        f"add {ifname} to {br.name}", lambda: ipr.link("set", index=index, master=br.ifindex, state="up")
+    )
 
 
 def _delete_link(ipr, netns, ifname):
     index = existing_index(netns, ifname)
-    _asked(f"delete {ifname}", lambda: ipr.link("del", index=index))
+    at.asked(f"delete {ifname}", lambda: ipr.link("del", index=index))
 
 
 def afxdp_unavailable():
@@ -108,7 +104,7 @@ def add(bridge, netns, name, *, path="afxdp", mac=None, queues=1, owner=0, group
 
 
 def _add(ipr, bridge, netns, name, path, mac, queues, owner, group):
-    br = _asked(f"read {bridge}", lambda: find_bridge(ipr, bridge, netns))  # or why it is none
+    br = at.asked(f"read {bridge}", lambda: find_bridge(ipr, bridge, netns))  # or why it is none
     if os.path.exists(_record_path(bridge, netns, name)):
         raise XdpbrError(
             f"endpoint {name} already exists on {label(bridge, netns)}",
@@ -130,7 +126,7 @@ def _add(ipr, bridge, netns, name, path, mac, queues, owner, group):
             port = _add_tap(ipr, br, netns, name, queues, owner, group, journal)
         if mac:
             port_index = existing_index(netns, port)
-            _asked(f"add the FDB entry {mac} on {port}", lambda: fdb.add_static_entry(ipr, port_index, mac))
+            at.asked(f"add the FDB entry {mac} on {port}", lambda: fdb.add_static_entry(ipr, port_index, mac))
         record = {
             "bridge": bridge,
             "netns": netns,
@@ -145,9 +141,7 @@ def _add(ipr, bridge, netns, name, path, mac, queues, owner, group):
             "group": group,
             "pins": _pin_dir(bridge, netns, name) if path == "afxdp" else None,
         }
-        os.makedirs(os.path.dirname(_record_path(bridge, netns, name)), exist_ok=True)
-        with open(_record_path(bridge, netns, name), "w") as f:
-            json.dump(record, f)
+        _write_record(_record_path(bridge, netns, name), record)
         return record
     except BaseException:
         journal.rollback()
@@ -159,7 +153,7 @@ def _add_afxdp(ipr, br, netns, name, queues, journal):
 
     port = f"{name}-p"
     q = {"num_tx_queues": queues, "num_rx_queues": queues}
-    _asked(
+    at.asked(
         f"create the veth pair {name}/{port}",
         lambda: ipr.link("add", ifname=name, kind="veth", peer={"ifname": port, **q}, **q),
     )
@@ -173,7 +167,7 @@ def _add_afxdp(ipr, br, netns, name, queues, journal):
         ethtool.switch(port, ethtool.TX_CHECKSUM, False)  # `ethtool -K PORT tx off`
     _enslave(ipr, netns, port, br)
     index = existing_index(netns, name)
-    _asked(f"set {name} up", lambda: ipr.link("set", index=index, state="up"))
+    at.asked(f"set {name} up", lambda: ipr.link("set", index=index, state="up"))
     redirect = XskRedirect()
     try:
         at.attach_xdp(ipr, index, name, redirect.prog.fd, "native")
@@ -211,14 +205,52 @@ def forget_namespace(netns):
         if not os.path.isdir(root):
             continue
         for lab in os.listdir(root):
-            if lab.partition("@")[2] != netns:
+            if BridgeId.parse(lab).netns != netns:
                 continue
             shutil.rmtree(os.path.join(root, lab))  # records, or endpoints' pin directories
     run_dir = instance.run_dir()
     if os.path.isdir(run_dir):
         for entry in os.listdir(run_dir):
-            if entry.endswith(".sock") and entry[: -len(".sock")].partition("@")[2] == netns:
+            if entry.endswith(".sock") and BridgeId.parse(entry[: -len(".sock")]).netns == netns:
                 os.unlink(os.path.join(run_dir, entry))
+
+
+def _write_record(path, record):
+    """Write atomically (a reader sees the old record or the new one, never half of one), 0600:
+    records name owners and groups, and only root reads them."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+RECORD_KEYS = {"bridge", "netns", "name", "path", "ifname", "port", "queues", "owner", "group", "pins"}
+unreadable_records = 0  # records skipped since this process started (xdpbr_endpoint_record_errors_total)
+
+
+def _read_record(path):
+    """The record at `path`, or None (logged and counted) when it is unreadable or incomplete:
+    one bad file must not break the broker, `endpoint show` or a scrape."""
+    global unreadable_records
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        if isinstance(record, dict) and RECORD_KEYS <= record.keys():
+            return record
+        why = "not an endpoint record"
+    except (OSError, ValueError, RecursionError) as exc:
+        why = str(exc)
+    unreadable_records += 1
+    log.warning("skipping endpoint record %s: %s", path, why)
+    return None
 
 
 def records(bridge=None, netns=None):
@@ -230,8 +262,11 @@ def records(bridge=None, netns=None):
         if bridge and lab != label(bridge, netns):
             continue
         for entry in sorted(os.listdir(os.path.join(root, lab))):
-            with open(os.path.join(root, lab, entry)) as f:
-                out.append(json.load(f))
+            if entry.startswith(".") or not entry.endswith(".json"):
+                continue  # a record being written
+            record = _read_record(os.path.join(root, lab, entry))
+            if record is not None:
+                out.append(record)
     return out
 
 

@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from control.exposition import RowFamily, render, start_server
+from loader.bridge_id import BridgeId
 from loader.errors import UsageError, XdpbrError
 from loader.layouts import (
     ATTACH_POINTS,
@@ -103,14 +104,14 @@ BRIDGE_METRICS = [
     (
         CounterMetricFamily,
         "xdpbr_control_errors",
-        "Failed daemon resyncs, reconciles and aging refreshes.",
+        "Failed daemon resyncs, reconciles, aging refreshes and event readers (restarted).",
         lambda r: r.daemon.errors,
     ),
 ]
 
 
 def bridge_label(bridge, netns):
-    return f"{bridge}@{netns}" if netns else bridge
+    return BridgeId(bridge, netns).label
 
 
 class PinnedMapReader:
@@ -352,13 +353,20 @@ def _endpoint_families(reader):
         labels=["bridge", "endpoint"],
     )
     for b, rec, counters in reader.endpoints():
-        info.add_metric([b, rec["name"]], {"path": rec["path"], "reason": rec["why"]})
+        info.add_metric([b, rec["name"]], {"path": rec.get("path", ""), "reason": rec.get("why", "")})
         if counters:
             to_socket["packets"].add_metric([b, rec["name"]], counters["to_socket"][0])
             to_socket["bytes"].add_metric([b, rec["name"]], counters["to_socket"][1])
             no_socket.add_metric([b, rec["name"]], counters["no_socket"][0])
             errors.add_metric([b, rec["name"]], counters["redirect_errors"])
-    return [info, *to_socket.values(), no_socket, errors]
+    from control import endpoints
+
+    unreadable = CounterMetricFamily(
+        "xdpbr_endpoint_record_errors",
+        "Endpoint records skipped because they could not be read (corrupt, half written, foreign).",
+        value=endpoints.unreadable_records,
+    )
+    return [info, *to_socket.values(), no_socket, errors, unreadable]
 
 
 def registry(reader=None, with_process=False):

@@ -5,8 +5,6 @@ Dataclasses only, no I/O: tests build them without root.
 
 from dataclasses import dataclass, field
 
-MODES = ("auto", "xdp", "tc", "xdp+tc", "bridge")
-XDP_MODES = ("native", "generic")
 NETFILTER_CHOICES = ("respect", "bypass")
 
 # auto's table by port kind (DESIGN.md "Modes"): veth keeps its offloads with TC (XDP on a veth

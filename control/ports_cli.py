@@ -1,10 +1,10 @@
 """`xdpbr port set`: remember a port's mode in bpffs and apply it now."""
 
 from control.attachment import Session, reconcile
-from control.lock import writer_lock
 from control.ports import list_ports
 from loader.errors import NotFound, XdpbrError
 from loader.journal import Journal
+from loader.lock import writer_lock
 
 
 def set_mode(bridge, netns, port_name, mode):

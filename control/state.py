@@ -6,7 +6,7 @@ Only pinned maps (bpf(2)) and netlink reads: never the compiler, so these stay f
 import itertools
 import os
 
-from control.attachment import REQUESTABLE, XDP_MODE_CHOICES, Session
+from control.attachment import Session
 from loader import attach as at
 from loader import bpfsys, pins
 from loader.errors import NotFound, XdpbrError
@@ -23,8 +23,10 @@ from loader.layouts import (
     PORT_PEER_REDIRECT,
     PORT_XDP_EGRESS,
     REASONS,
+    REQUESTED_MODES,
     U32,
     XDP_ATTACH,
+    XDP_MODE_REQUESTS,
     Counter,
 )
 from loader.netns import interface_names
@@ -94,8 +96,8 @@ def _show_one(name, ns, s):
         {
             "bridge": name,
             "netns": ns,
-            "mode": REQUESTABLE[meta.mode],
-            "xdp_mode": XDP_MODE_CHOICES[meta.xdp_mode],
+            "mode": REQUESTED_MODES[meta.mode],
+            "xdp_mode": XDP_MODE_REQUESTS[meta.xdp_mode],
             "netfilter": "bypass" if meta.netfilter else "respect",
             "netfilter_blocked": bool(state.flags & BRIDGE_NETFILTER_BLOCK),
             "fdb_mirror_full": bool(state.flags & BRIDGE_FDB_FULL),

@@ -174,3 +174,11 @@ def detach_tc(ipr, ifindex):
     except NetlinkError as exc:
         if exc.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
             raise XdpbrError(f"cannot remove the TC filter from ifindex {ifindex}", errno=exc.code) from None
+
+
+def asked(what, call):
+    """call() against RTNL (pyroute2); a refusal is one line saying what could not be done."""
+    try:
+        return call()
+    except NetlinkError as exc:
+        raise XdpbrError(f"cannot {what}", errno=exc.code) from None

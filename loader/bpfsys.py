@@ -26,6 +26,7 @@ BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
+BPF_LINK_CREATE = 28
 
 BPF_ANY = 0
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
@@ -176,6 +177,24 @@ def load_xdp_returning(verdict, name=b"xdpbr_probe"):
         raise XdpbrError(
             "cannot load a minimal XDP program", errno=-fd, fix="run as root on a kernel with BPF"
         )
+    return fd
+
+
+class _LinkCreateAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("target_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("bpf_cookie", ctypes.c_uint64),
+    ]
+
+
+def link_create(prog_fd, target_fd, attach_type):
+    """BPF_LINK_CREATE: a link fd holding prog_fd on target_fd (pin it to outlive the caller)."""
+    fd = _bpf(BPF_LINK_CREATE, _LinkCreateAttr(prog_fd=prog_fd, target_fd=target_fd, attach_type=attach_type))
+    if fd < 0:
+        raise XdpbrError("cannot create a BPF link", errno=-fd)
     return fd
 
 

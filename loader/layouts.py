@@ -47,9 +47,15 @@ REASONS = (
 )
 REASON_INDEX = {name: i for i, name in enumerate(REASONS)}
 
-# XDPBR_MODE_*; requested modes store these + 1, 0 meaning auto.
+# Each tuple is the one spelling of its concept; pinned maps store the index, so entries are
+# only ever appended. XDPBR_MODE_*: the mode a port runs.
 MODES = ("bridge", "xdp", "tc", "xdp+tc")
 MODE_INDEX = {name: i for i, name in enumerate(MODES)}
+# what an operator asks for (xdpbr_meta.mode, xdpbr_port_modes): auto, or a mode (its index + 1)
+REQUESTED_MODES = ("auto", *MODES)
+# XDP attach mode asked for (xdpbr_meta.xdp_mode): any tries native, then generic
+XDP_MODE_REQUESTS = ("any", "native", "generic")
+# how the XDP program runs on a port (xdpbr_ports.xdp_attach)
 XDP_ATTACH = ("none", "native", "generic")
 
 PORT_FORWARDING = 1 << 0

@@ -10,7 +10,7 @@ import ctypes.util
 import os
 import socket
 
-from loader.errors import NotFound, XdpbrError
+from loader.errors import NotFound, UsageError, XdpbrError
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
@@ -21,9 +21,23 @@ def netns_path(name):
     return os.path.join(NETNS_RUN_DIR, name)
 
 
+def check_name(name):
+    """A namespace name becomes a path component (/run/netns/NAME, pin and socket names):
+    refuse what would leave its directory."""
+    if name is not None and (not name or "/" in name or name in (".", "..") or "\0" in name or "@" in name):
+        raise UsageError(
+            f"network namespace name {name!r} is not usable", fix="name one from `ip netns list`"
+        )
+    return name
+
+
+def netns_exists(name):
+    return os.path.exists(netns_path(check_name(name)))
+
+
 def check_exists(name):
     """Raise NotFound for a namespace name `ip netns` does not know."""
-    if name and not os.path.exists(netns_path(name)):
+    if name is not None and not netns_exists(name):
         raise NotFound(f'network namespace "{name}" does not exist', fix="see `ip netns list` for the names")
 
 

@@ -10,6 +10,7 @@ namespace, so two namespaces with a bridge of the same name never share pins.
 import os
 
 from loader import bpfsys, instance
+from loader.bridge_id import BridgeId
 from loader.errors import NotFound, XdpbrError
 from loader.layouts import LAYOUT_VERSION, U32, Meta, map_specs
 
@@ -26,15 +27,7 @@ def ensure_bpffs():
 
 
 def pin_dir(bridge, netns=None):
-    if "@" in bridge:
-        raise XdpbrError(f"bridge name {bridge!r} contains '@', which xdpbr uses in pin paths")
-    return os.path.join(instance.bpf_root(), f"{bridge}@{netns}" if netns else bridge)
-
-
-def split_pin_name(entry):
-    """'br0@ns1' -> ('br0', 'ns1'); 'br0' -> ('br0', None)."""
-    bridge, _, netns = entry.partition("@")
-    return bridge, netns or None
+    return BridgeId(bridge, netns).pin_dir
 
 
 def attached_bridges():
@@ -42,7 +35,8 @@ def attached_bridges():
     root = instance.bpf_root()
     if not os.path.isdir(root):
         return []
-    return sorted(split_pin_name(e) for e in os.listdir(root) if os.path.isdir(os.path.join(root, e)))
+    found = (BridgeId.parse(e) for e in os.listdir(root) if os.path.isdir(os.path.join(root, e)))
+    return sorted((b.name, b.netns) for b in found)
 
 
 class PinnedMaps:

@@ -85,8 +85,10 @@ def create_persistent(name, netns=None, *, queues=1, owner=0, group=0):
     fd = _open_tun(netns)
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
-        fcntl.ioctl(fd, TUNSETOWNER, owner)
-        fcntl.ioctl(fd, TUNSETGROUP, group)
+        # ioctl passes a C int; the kernel reads the argument as a uid_t, so ids of 2^31 and
+        # above go through as their 32-bit two's complement
+        fcntl.ioctl(fd, TUNSETOWNER, owner - 2**32 if owner >= 2**31 else owner)
+        fcntl.ioctl(fd, TUNSETGROUP, group - 2**32 if group >= 2**31 else group)
         fcntl.ioctl(fd, TUNSETPERSIST, 1)
     except OSError as exc:
         raise XdpbrError(f"cannot create TAP {name}", errno=exc.errno) from None

@@ -35,7 +35,6 @@ _libc.syscall.restype = ctypes.c_long
 _NR_PERF_EVENT_OPEN = 298  # x86_64
 PERF_TYPE_TRACEPOINT = 2
 PERF_FLAG_FD_CLOEXEC = 1 << 3
-BPF_LINK_CREATE = 28
 BPF_PERF_EVENT = 41
 
 
@@ -62,16 +61,6 @@ class _PerfEventAttr(ctypes.Structure):
         ("flags", ctypes.c_uint64),
         ("wakeup_events", ctypes.c_uint32),
         ("rest", ctypes.c_uint8 * 76),
-    ]
-
-
-class _LinkCreateAttr(ctypes.Structure):
-    _fields_ = [
-        ("prog_fd", ctypes.c_uint32),
-        ("target_fd", ctypes.c_uint32),
-        ("attach_type", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
-        ("bpf_cookie", ctypes.c_uint64),
     ]
 
 
@@ -116,10 +105,10 @@ def _attach_pinned(prog_fd, tracepoint):
     if perf_fd < 0:
         raise XdpbrError(f"cannot open tracepoint {system}:{name}", errno=ctypes.get_errno())
     try:
-        link = _LinkCreateAttr(prog_fd=prog_fd, target_fd=perf_fd, attach_type=BPF_PERF_EVENT)
-        link_fd = bpfsys._bpf(BPF_LINK_CREATE, link)
-        if link_fd < 0:
-            raise XdpbrError(f"cannot attach to tracepoint {system}:{name}", errno=-link_fd)
+        try:
+            link_fd = bpfsys.link_create(prog_fd, perf_fd, BPF_PERF_EVENT)
+        except XdpbrError as exc:
+            raise XdpbrError(f"cannot attach to tracepoint {system}:{name}", errno=exc.errno) from None
         try:
             bpfsys.obj_pin(link_fd, _link_pin(tracepoint))
         finally:

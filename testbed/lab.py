@@ -15,6 +15,7 @@ import time
 
 from control import config
 from loader import pins, tracepoints
+from loader.bridge_id import BridgeId
 from loader.netns import entered, netns_path, nsenter_prefix
 from loader.tap import TapEndpoint
 from testbed.vm import GuestRelay
@@ -223,7 +224,7 @@ class Lab:
             endpoints.forget_namespace(ns)
         if os.path.isdir(config.held_dir()):  # `xdpbr detach` of the lab's bridges
             for label in os.listdir(config.held_dir()):
-                if label.partition("@")[2] in self.namespaces:
+                if BridgeId.parse(label).netns in self.namespaces:
                     config.hold(label, False)
         if not pins.attached_bridges():
             tracepoints.remove()

@@ -21,6 +21,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from tests.helpers import remove_instance_state, wait_for  # noqa: E402, F401 - fixtures below use them
+
 os.environ["XDPBR_INSTANCE"] = f"test-{secrets.token_hex(4)}"  # inherited by every CLI and daemon
 
 
@@ -31,27 +33,6 @@ def own_instance():
 
     yield instance.name()
     remove_instance_state()
-
-
-def remove_instance_state():
-    """Every directory of the selected instance, whatever is left in them."""
-    from loader import instance
-
-    for directory in (instance.bpf_root(), instance.endpoint_pin_root()):
-        _remove_bpffs_tree(directory)
-    for directory in (instance.run_dir(), instance.state_dir()):
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _remove_bpffs_tree(directory):
-    if not os.path.isdir(directory):
-        return
-    for parent, dirs, files in os.walk(directory, topdown=False):
-        for name in files:
-            os.unlink(os.path.join(parent, name))
-        for name in dirs:
-            os.rmdir(os.path.join(parent, name))
-    os.rmdir(directory)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -167,13 +148,3 @@ def daemon():
     yield start
     for d in procs:
         d.stop()
-
-
-def wait_for(predicate, timeout=5.0, step=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()

@@ -11,7 +11,7 @@ from control import attachment, endpoints, state
 from control.broker import request, socket_path
 from loader.xsk_endpoint import AfxdpEndpoint
 from testbed.frames import udp_frame
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.traffic import packet_socket, xsk_frames
 
 pytestmark = pytest.mark.root

@@ -3,24 +3,14 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
 from control import attachment
 from loader import pins
-from tests.conftest import ROOT
+from tests.helpers import xdpbr
 
 pytestmark = pytest.mark.root
-
-SCRIPT = os.path.join(os.path.dirname(sys.executable), "xdpbr")
-
-
-def xdpbr(*argv, user=None):
-    cmd = [SCRIPT] if os.path.exists(SCRIPT) else [sys.executable, "-m", "control.cli"]
-    if user:
-        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
-    return subprocess.run([*cmd, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
 def host_state(lab):

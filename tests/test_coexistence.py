@@ -6,8 +6,8 @@ import subprocess
 import pytest
 
 from control import attachment, state
-from control.lock import writer_lock
 from loader.errors import XdpbrError
+from loader.lock import writer_lock
 from testbed.trafficgen import BenchPrograms, attach_program
 
 pytestmark = pytest.mark.root

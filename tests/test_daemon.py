@@ -13,7 +13,8 @@ import pytest
 from control import attachment, state
 from control.attachment import Session
 from control.fdb import FdbMirror
-from tests.conftest import wait_for
+from loader import pins
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -480,7 +481,7 @@ def test_a_bridge_that_comes_and_goes_leaves_no_socket_or_thread_in_the_daemon(t
 
 def test_daemon_once_resyncs_and_leaves_the_running_daemons_broker_socket_alone(two_containers, daemon):
     from control import broker
-    from tests.test_cli import xdpbr
+    from tests.helpers import xdpbr
 
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
@@ -496,3 +497,69 @@ def test_daemon_once_resyncs_and_leaves_the_running_daemons_broker_socket_alone(
     res = xdpbr("daemon", "--once")  # alone: it resyncs and leaves no socket behind
     assert res.returncode == 0, res.stderr
     assert not os.path.exists(sock)
+
+
+def test_a_dead_fdb_listener_is_restarted_with_a_resync_and_counted(two_containers, monkeypatch):
+    """An FDB reader that dies on an OSError (not an overrun) is started again and the bridge
+    resynced: a MAC whose event killed it still reaches the mirror."""
+    import errno
+    import threading
+
+    from control import config
+    from control.daemon import Daemon
+    from loader import events, neigh
+
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    failures = []
+
+    def failing_parse(buf):
+        msgs = neigh.parse(buf)[0]
+        if any(m.lladdr == bytes.fromhex("020000000052") for m in msgs) and not failures:
+            failures.append(1)
+            raise OSError(errno.EIO, "injected")
+        return msgs
+
+    group, rcvbuf, _ = events.KINDS["fdb"]
+    monkeypatch.setitem(events.KINDS, "fdb", (group, rcvbuf, failing_parse))
+    d = Daemon(config.Config())
+    runner = threading.Thread(target=d.run, daemon=True)
+    runner.start()
+    try:
+        assert wait_for(
+            lambda: (lab.bridge, lab.switch) in d.workers and d.workers[(lab.bridge, lab.switch)].healthy
+        )
+        first = d.listeners[lab.switch]
+        mac = "02:00:00:00:00:52"
+        subprocess.run(
+            ["bridge", "-n", lab.switch, "fdb", "add", mac, "dev", lab.c1.port, "master", "static"],
+            check=True,
+        )
+        assert wait_for(lambda: mirrored(lab, mac), timeout=WAIT_S), "the MAC never reached the mirror"
+        assert failures, "the injected failure did not happen"
+        assert d.listeners[lab.switch] is not first and d.listeners[lab.switch].failure is None
+        assert d.workers[(lab.bridge, lab.switch)].counters.errors >= 1
+        assert d.workers[(lab.bridge, lab.switch)].healthy
+    finally:
+        d.stopping = True
+        runner.join(10)
+
+
+def test_a_namespace_deleted_under_the_daemon_is_forgotten_and_the_other_bridges_kept(daemon):
+    from testbed.lab import Lab, sh
+
+    with Lab(prefix="xdpbr-t-gone") as gone, Lab(prefix="xdpbr-t-kept") as kept:
+        for lab in (gone, kept):
+            lab.make_bridge()
+            lab.c1 = lab.container("c1")
+            lab.wait_forwarding()
+            attachment.attach(lab.bridge, lab.switch, mode="tc")
+        d = daemon()
+        gone_pins = pins.pin_dir(gone.bridge, gone.switch)
+        assert os.path.isdir(gone_pins)
+        sh("ip", "netns", "del", gone.switch)
+        assert wait_for(lambda: not os.path.exists(gone_pins), timeout=WAIT_S), "its pins were kept"
+        time.sleep(2.5)  # a netfilter check and heartbeats later
+        assert d.proc.poll() is None, f"the daemon exited: {d.stop()}"
+        age = state.show(kept.bridge, kept.switch)[0]["heartbeat_age_s"]
+        assert age < 2, f"the other bridge's heartbeat stopped ({age} s)"

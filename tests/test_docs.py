@@ -1,37 +1,15 @@
 """Every command, verb and option of `xdpbr` has help text and a line in the README's usage
 block (sqlite-utils' test_docs): the CLI and its documentation cannot drift apart silently."""
 
-import argparse
 import os
 import re
 
 import pytest
 
 from control.cli import build_parser
+from tests.helpers import commands, options, subparsers
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
-
-
-def _subparsers(parser):
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            helps = {a.dest: a.help for a in action._choices_actions}
-            for name, sub in action.choices.items():
-                yield name, helps.get(name), sub
-
-
-def commands():
-    """(words, help, parser) of every command and verb, e.g. (("endpoint", "add"), ...)."""
-    out = []
-    for name, text, sub in _subparsers(build_parser()):
-        verbs = list(_subparsers(sub))
-        out.append(((name,), text, sub))
-        out += [((name, verb), vtext, vsub) for verb, vtext, vsub in verbs]
-    return out
-
-
-def options(parser):
-    return [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
 
 
 def usage_lines():
@@ -55,7 +33,7 @@ def _documented(words, lines):
 @pytest.mark.parametrize("words, text, parser", [pytest.param(*c, id=" ".join(c[0])) for c in commands()])
 def test_every_command_and_option_has_help_and_a_readme_line(words, text, parser):
     assert text, f"`xdpbr {' '.join(words)}` has no help text"
-    if any(_subparsers(parser)):
+    if any(subparsers(parser)):
         return  # a command with verbs: each verb is checked on its own
     lines = _documented(words, usage_lines())
     assert lines, f"README's usage block has no line for `xdpbr {' '.join(words)}`"

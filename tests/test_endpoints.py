@@ -12,7 +12,7 @@ from loader.errors import NotFound, UsageError, XdpbrError
 from loader.netns import entered, netns_path, nsenter_prefix
 from testbed.frames import udp_frame
 from testbed.lab import sh
-from tests.test_cli import xdpbr
+from tests.helpers import xdpbr
 from tests.traffic import frames_on, packet_socket, xsk_frames
 
 pytestmark = pytest.mark.root
@@ -218,3 +218,36 @@ def test_a_lab_that_goes_away_takes_its_endpoints_pins_and_broker_socket_with_it
     assert not os.path.exists(os.path.dirname(rec["pins"]))
     assert not os.path.exists(os.path.join(endpoints.record_root(), label))
     assert not os.path.exists(os.path.join(run_dir, f"{label}.sock"))
+
+
+def test_a_corrupt_endpoint_record_is_skipped_by_show_the_broker_and_a_scrape(two_containers, daemon):
+    from control.broker import request, socket_path
+    from control.metrics import exposition
+
+    lab = two_containers
+    rec = endpoints.add(lab.bridge, lab.switch, "vm1")
+    record_dir = os.path.join(endpoints.record_root(), endpoints.label(lab.bridge, lab.switch))
+    assert oct(os.stat(os.path.join(record_dir, "vm1.json")).st_mode & 0o777) == "0o600"
+    for name, text in (
+        ("half.json", '{"bridge": "br0", "na'),
+        ("deep.json", "[" * 5000),
+        ("list.json", "[]"),
+    ):
+        with open(os.path.join(record_dir, name), "w") as f:
+            f.write(text)
+    attachment.attach(lab.bridge, lab.switch)
+    d = daemon()
+    res = xdpbr("-j", "-n", lab.switch, "endpoint", "show", lab.bridge)
+    assert res.returncode == 0, res.stderr
+    assert [e["name"] for e in json.loads(res.stdout)] == ["vm1"]
+    reply, fds = request(socket_path(lab.bridge, lab.switch), "vm1")
+    for fd in fds:
+        os.close(fd)
+    assert reply["ok"], reply
+    text = exposition(lab.bridge, lab.switch)
+    label = f"{lab.bridge}@{lab.switch}"
+    assert f'xdpbr_endpoint_info{{bridge="{label}",endpoint="vm1"' in text
+    errors = [line for line in text.splitlines() if line.startswith("xdpbr_endpoint_record_errors_total ")]
+    assert errors and float(errors[0].split()[1]) >= 3
+    assert d.proc.poll() is None
+    endpoints.delete(lab.bridge, lab.switch, rec["name"])

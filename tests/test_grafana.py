@@ -16,7 +16,7 @@ import pytest
 
 from control import attachment
 from grafana import dashboard
-from tests.conftest import ROOT, wait_for
+from tests.helpers import ROOT, wait_for
 
 DASHBOARD = os.path.join(ROOT, "grafana", "xdpbr.json")
 

@@ -17,7 +17,7 @@ import pytest
 
 from control import broker
 from loader import bpfsys, instance, pins
-from tests.conftest import ROOT, remove_instance_state
+from tests.helpers import ROOT, remove_instance_state
 
 pytestmark = pytest.mark.root
 

@@ -14,7 +14,7 @@ from control import attachment
 from control.exposition import RowFamily, render
 from control.metrics import PinnedMapReader, XdpbrCollector, bridge_label, parse_listen
 from loader.errors import XdpbrError
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.root
 

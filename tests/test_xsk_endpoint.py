@@ -8,7 +8,7 @@ import pytest
 
 from loader.packets import csum16, ether, ipv4, mac, udp4
 from loader.xsk_endpoint import AfxdpEndpoint
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 GUEST_MAC, GUEST_IP = "52:54:00:00:00:51", "10.200.0.51"
 PEER_MAC, PEER_IP = "02:00:00:00:00:61", "10.200.0.61"

@@ -1,0 +1,114 @@
+"""RTNL event subscriptions, each read by a thread of its own into a callback.
+
+One class serves link events (ports joining, leaving, changing) and FDB events: the daemon runs
+one of each per namespace. The thread opens its socket itself and closes it when it ends. A
+netlink socket cannot be shut down (EOPNOTSUPP) and closing it under a blocked recv() does not
+wake the reader, so reads time out every STOP_POLL_S and stop() is noticed within that.
+
+A reader that stops on its own (its namespace deleted, the socket failing with anything but an
+overrun) records why in `failure`; the owner restarts it with a full resync, since events were
+lost meanwhile. An overrun (ENOBUFS) is delivered as `None`: resync everything.
+"""
+
+import errno
+import struct
+import threading
+import time
+
+from loader import neigh, rtnl
+
+RTNLGRP_LINK = 1
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+IFLA_MASTER = 10
+LINK_RCVBUF = 4 << 20
+
+
+class LinkMessage:
+    """One RTM_NEWLINK / RTM_DELLINK: the interface and the bridge it is enslaved to."""
+
+    __slots__ = ("event", "index", "master")
+
+    def __init__(self, event, index, master):
+        self.event, self.index, self.master = event, index, master
+
+
+def parse_links(buf):
+    out = []
+    for kind, body, end in rtnl.messages(buf):
+        if kind in (RTM_NEWLINK, RTM_DELLINK) and end - body >= _IFINFOMSG.size:
+            index = _IFINFOMSG.unpack_from(buf, body)[2]
+            master = rtnl.u32(rtnl.attrs(buf, body + _IFINFOMSG.size, end), IFLA_MASTER)
+            out.append(LinkMessage("RTM_NEWLINK" if kind == RTM_NEWLINK else "RTM_DELLINK", index, master))
+    return out
+
+
+# what a reader subscribes to: (group, receive buffer, parser of one datagram)
+KINDS = {
+    "link": (RTNLGRP_LINK, LINK_RCVBUF, parse_links),
+    "fdb": (neigh.RTNLGRP_NEIGH, neigh.RCVBUF, lambda buf: neigh.parse(buf)[0]),
+}
+
+
+class EventReader(threading.Thread):
+    """Reads one kind of RTNL event of one namespace; deliver(messages, received_ns) gets each
+    datagram's messages, or (None, 0) after an overrun."""
+
+    STOP_POLL_S = 0.5
+
+    def __init__(self, kind, netns, deliver):
+        super().__init__(daemon=True, name=f"{kind}-events-{netns or 'default'}")
+        self.kind, self.netns, self.deliver = kind, netns, deliver
+        self.ready = threading.Event()  # subscribed (or failed to): events after it are seen
+        self.alive = True
+        self.failure = None  # why the reader stopped on its own
+
+    def run(self):
+        group, rcvbuf, parse = KINDS[self.kind]
+        try:
+            sock = rtnl.subscribe(group, self.netns, rcvbuf)
+            sock.settimeout(self.STOP_POLL_S)
+        except Exception as exc:  # noqa: BLE001 - a namespace gone, fds exhausted: reported, not raised
+            self.failure = f"cannot subscribe: {exc}"
+            self.alive = False
+            return
+        finally:
+            self.ready.set()
+        try:
+            self._read(sock, parse)
+        finally:
+            sock.close()
+
+    def _read(self, sock, parse):
+        while self.alive:
+            try:
+                msgs = parse(sock.recv(1 << 20))
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.deliver(None, 0)
+                    continue
+                self.failure, self.alive = f"{errno.errorcode.get(exc.errno, exc.errno)}: {exc}", False
+                return
+            except Exception as exc:  # noqa: BLE001 - a datagram the parser refused
+                self.failure, self.alive = str(exc), False
+                return
+            if msgs and self.alive:
+                self.deliver(msgs, time.monotonic_ns())
+
+    @property
+    def failed(self):
+        """True once the reader stopped on its own (not through stop())."""
+        return self.failure is not None
+
+    def stop(self):
+        self.alive = False
+
+
+def start(kind, netns, deliver, timeout=5.0):
+    """A started reader, subscribed when this returns (or failed: see .failed)."""
+    reader = EventReader(kind, netns, deliver)
+    reader.start()
+    reader.ready.wait(timeout)
+    return reader

@@ -1,0 +1,104 @@
+"""Raw NETLINK_ROUTE: sockets, message framing and attribute walking, written once.
+
+pyroute2 decodes every message in Python (~300 us each, its reader thread holding the GIL), too
+slow for a burst of FDB events, and it does not know every attribute xdpbr needs
+(IFLA_BR_FDB_MAX_LEARNED). Neighbour events (loader/neigh.py), link events (loader/events.py)
+and the bridge's learning limit (loader/bridge_limits.py) are decoded here with a few
+struct.unpack calls each.
+"""
+
+import socket
+import struct
+
+from loader.errors import XdpbrError
+from loader.netns import entered
+
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
+SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
+SO_RCVBUFFORCE = 33
+NLA_F_NESTED = 0x8000
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+
+HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, pid
+_NLA = struct.Struct("=HH")
+
+
+def nla(kind, payload):
+    """One attribute, padded to 4 bytes."""
+    size = _NLA.size + len(payload)
+    return _NLA.pack(size, kind) + payload + b"\0" * (-size % 4)
+
+
+def attrs(data, start=0, end=None):
+    """{type: payload} of a run of attributes (flags masked off the type)."""
+    out, pos, end = {}, start, len(data) if end is None else end
+    while pos + _NLA.size <= end:
+        size, kind = _NLA.unpack_from(data, pos)
+        if size < _NLA.size:
+            break
+        out[kind & NLA_TYPE_MASK] = bytes(data[pos + _NLA.size : pos + size])
+        pos += (size + 3) & ~3
+    return out
+
+
+def u32(attributes, kind):
+    value = attributes.get(kind, b"")
+    return struct.unpack_from("=I", value)[0] if len(value) >= 4 else None
+
+
+def messages(buf):
+    """(type, body offset, end offset) of each message in one datagram; an NLMSG_ERROR with a
+    code raises, NLMSG_DONE is yielded like any other type."""
+    pos = 0
+    while pos + HEADER.size <= len(buf):
+        length, kind, _, _, _ = HEADER.unpack_from(buf, pos)
+        if length < HEADER.size or pos + length > len(buf):
+            return
+        if kind == NLMSG_ERROR:
+            (code,) = struct.unpack_from("=i", buf, pos + HEADER.size)
+            if code:
+                raise XdpbrError("the kernel refused a netlink request", errno=-code)
+        yield kind, pos + HEADER.size, pos + length
+        pos += (length + 3) & ~3
+
+
+def open_socket(netns=None, rcvbuf=None):
+    """A bound NETLINK_ROUTE socket in `netns`, with a receive buffer of `rcvbuf` bytes."""
+    with entered(netns):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+    try:
+        if rcvbuf:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)  # root may exceed rmem_max
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind((0, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def subscribe(group, netns=None, rcvbuf=None):
+    """A socket that receives the multicast group's events (RTNLGRP_*) of the namespace."""
+    sock = open_socket(netns, rcvbuf)
+    try:
+        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def request(netns, msg_type, flags, body):
+    """One request, one reply datagram: (error code, payload of the first message)."""
+    header = HEADER.pack(HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, 1, 0)
+    with open_socket(netns) as sock:
+        sock.send(header + body)
+        reply = sock.recv(65536)
+    length, kind = struct.unpack_from("=IH", reply)
+    if kind == NLMSG_ERROR:
+        (code,) = struct.unpack_from("=i", reply, HEADER.size)
+        return code, None
+    return 0, reply[HEADER.size : length]
