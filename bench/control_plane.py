@@ -9,8 +9,8 @@ import tempfile
 import time
 
 from control import attachment
-from control.attachment import Session
 from control.fdb import mirror_key
+from control.session import Session
 from loader import bpfsys
 from loader.layouts import FdbEntry
 from loader.netns import entered

@@ -16,8 +16,8 @@ import time
 
 from bench.control_plane import add_veth_ports
 from control import attachment, metrics
-from control.attachment import Session
 from control.exposition import render
+from control.session import Session
 from loader import bpfsys
 from loader.layouts import ATTACH_POINTS, REASON_INDEX, U32, Counter, stats_index
 from testbed.lab import Lab

@@ -15,7 +15,7 @@ import time
 
 from bench.control_plane import start_daemon
 from control import attachment
-from control.attachment import Session
+from control.session import Session
 from loader import attach as at
 from loader.journal import Journal
 from loader.netns import existing_index

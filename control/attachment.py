@@ -13,24 +13,19 @@ import time
 
 from control import fdb, netfilter
 from control.model import PortPlan, lower_plan, plan_port
-from control.ports import find_bridge, list_ports
+from control.ports import list_ports
+from control.session import Session
 from loader import attach as at
 from loader import bpfsys, pins, tracepoints
 from loader.errors import NotFound, Unsupported, XdpbrError
 from loader.journal import Journal
 from loader.layouts import (
-    ATTACH_POINTS,
-    BRIDGE_NETFILTER_BLOCK,
-    CLOCK_HEARTBEAT,
-    CLOCK_NOW,
     CONTROL_ATTACH,
-    I32,
     LAYOUT_VERSION,
     MAX_PORTS,
     MODE_INDEX,
     MODE_REASON_INDEX,
     MODE_REASONS,
-    NR_REASONS,
     OWN_CLSACT,
     PORT_FORWARDING,
     PORT_HAIRPIN,
@@ -38,173 +33,20 @@ from loader.layouts import (
     PORT_PEER_REDIRECT,
     PORT_XDP_EGRESS,
     REQUESTED_MODES,
-    U8,
     U32,
-    U64,
-    VLAN_UNTAGGED,
+    XDP_ATTACH,
     XDP_MODE_REQUESTS,
-    Bridge,
     Control,
-    Counter,
-    Ifname,
     Meta,
     Port,
-    VlanKey,
-    mac_bytes,
     map_specs,
-    port_index_map,
-    stats_index,
 )
-from loader.netns import entered
 from loader.peer import VethPeer
 
 log = logging.getLogger("xdpbr.attach")
 
 GRACE_DEFAULT_S = 10.0
 XDP_PROG_NAME = "xdpbr_xdp"
-
-
-class Session:
-    """Open handles for one accelerated bridge: netlink, pinned maps and program fds."""
-
-    def __init__(self, bridge_name, netns=None):
-        self.bridge_name, self.netns = bridge_name, netns
-        self.dir = pins.pin_dir(bridge_name, netns)
-        self._ipr = None
-        self.bridge = None
-        self.maps = None
-        self.prog_fds = {}
-
-    @property
-    def ipr(self):
-        """Netlink in the bridge's namespace, opened on first use (metrics need none)."""
-        if self._ipr is None:
-            self._ipr = at.open_netlink(self.netns)
-        return self._ipr
-
-    def reopen_netlink(self):
-        """Close the netlink socket; the next use opens a fresh one. pyroute2 0.9.7 keeps a
-        little memory for every request it answers (~1.6 KB per get_links, measured), which
-        only closing its socket gives back: a long-running daemon recycles it."""
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
-
-    def find_bridge(self):
-        self.bridge = find_bridge(self.ipr, self.bridge_name, self.netns)
-        return self.bridge
-
-    def open_pins(self):
-        self.maps = pins.PinnedMaps(self.dir).open()
-        for attach_point, name in pins.PROG_PINS.items():
-            path = os.path.join(self.dir, name)
-            if os.path.exists(path):
-                self.prog_fds[attach_point] = bpfsys.obj_get(path)
-        return self
-
-    def close(self):
-        if self.maps:
-            self.maps.close()
-        for fd in self.prog_fds.values():
-            os.close(fd)
-        self.prog_fds.clear()
-        self.reopen_netlink()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    # --- map helpers -------------------------------------------------------------------
-    def meta(self):
-        meta = Meta()
-        bpfsys.map_lookup(self.maps["xdpbr_meta"], U32(0), meta)
-        return meta
-
-    def bridge_state(self):
-        state = Bridge()
-        bpfsys.map_lookup(self.maps["xdpbr_bridge"], U32(0), state)
-        return state
-
-    def write_bridge_state(self, *, heartbeat=True, grace_s=None, netfilter_block=None):
-        state = self.bridge_state()
-        if grace_s is not None:
-            state.hz = state.hz or measure_hz(self)
-            state.grace_jiffies = int(grace_s * state.hz)
-        if self.bridge:
-            state.ifindex = self.bridge.ifindex
-            state.mac[:] = mac_bytes(self.bridge.mac)
-            state.vlan_filtering = int(self.bridge.vlan_filtering)
-        if netfilter_block is not None:
-            state.flags = (state.flags & ~BRIDGE_NETFILTER_BLOCK) | (
-                BRIDGE_NETFILTER_BLOCK if netfilter_block else 0
-            )
-        bpfsys.map_update(self.maps["xdpbr_bridge"], U32(0), state)
-        if heartbeat:
-            self.tick(CLOCK_HEARTBEAT)
-
-    def tick(self, element):
-        """Have the kernel write its jiffies into xdpbr_clock[element] (xdpbr_tick)."""
-        if "clock" not in self.prog_fds:
-            raise NotFound(f"no clock program pinned in {self.dir} (is an attach under way?)")
-        bpfsys.prog_test_run(self.prog_fds["clock"], bytes([element]) + bytes(13))
-
-    def jiffies(self):
-        """The kernel's jiffies now, through the clock program."""
-        self.tick(CLOCK_NOW)
-        value = U64()
-        bpfsys.map_lookup(self.maps["xdpbr_clock"], U32(CLOCK_NOW), value)
-        return value.value
-
-    def heartbeat_age(self):
-        """(seconds since the last heartbeat, still within the grace period)."""
-        state = self.bridge_state()
-        beat = U64()
-        bpfsys.map_lookup(self.maps["xdpbr_clock"], U32(CLOCK_HEARTBEAT), beat)
-        elapsed = self.jiffies() - beat.value
-        return elapsed / max(state.hz, 1), elapsed <= state.grace_jiffies
-
-    def ports(self):
-        """{ifindex: Port} of the used slots of xdpbr_ports; each Port carries `.slot`."""
-        fd = self.maps["xdpbr_ports"]
-        keys, values, count = bpfsys.map_lookup_batch(fd, U32, Port, MAX_PORTS)
-        out = {}
-        for i in range(count):
-            if values[i].ifindex:
-                entry = Port.from_buffer_copy(values[i])
-                entry.slot = keys[i]
-                out[entry.ifindex] = entry
-        return out
-
-    def port_slots(self):
-        return {ifindex: entry.slot for ifindex, entry in self.ports().items()}
-
-    def requested_modes(self):
-        """{ifname: mode} set with `xdpbr port set`."""
-        out = {}
-        fd = self.maps["xdpbr_port_modes"]
-        for key in bpfsys.map_keys(fd, Ifname):
-            value = U8()
-            if bpfsys.map_lookup(fd, key, value) and value.value:
-                out[key.name.decode()] = REQUESTED_MODES[value.value]
-        return out
-
-    def set_requested_mode(self, ifname, mode):
-        key = Ifname(name=ifname.encode())
-        if mode == "auto":
-            bpfsys.map_delete(self.maps["xdpbr_port_modes"], key)
-        else:
-            bpfsys.map_update(self.maps["xdpbr_port_modes"], key, U8(REQUESTED_MODES.index(mode)))
-
-    def prog_id(self, attach_point):
-        fd = self.prog_fds.get(attach_point)
-        return bpfsys.prog_info(fd).id if fd is not None else 0
-
-    def prog_tag(self, attach_point):
-        """The kernel's tag of the program (a hash of its instructions): the program version."""
-        fd = self.prog_fds.get(attach_point)
-        return bytes(bpfsys.prog_info(fd).tag).hex() if fd is not None else ""
 
 
 # --- reconcile --------------------------------------------------------------------------
@@ -297,68 +139,22 @@ def _free_slot(used):
     return None
 
 
-def _zero_stats(s, slot):
-    ncpu = bpfsys.possible_cpus()
-    zero = (Counter * ncpu)()
-    for attach in range(len(ATTACH_POINTS)):
-        for reason in range(NR_REASONS):
-            bpfsys.map_update(s.maps["xdpbr_stats"], U32(stats_index(slot, attach, reason)), zero)
-
-
-def _write_vlans(s, port, old_vids):
-    fd = s.maps["xdpbr_vlans"]
-    for vid, untagged in port.vlans.items():
-        bpfsys.map_update(fd, VlanKey(ifindex=port.ifindex, vid=vid), U8(VLAN_UNTAGGED if untagged else 0))
-    for vid in set(old_vids) - set(port.vlans):
-        bpfsys.map_delete(fd, VlanKey(ifindex=port.ifindex, vid=vid))
-
-
-def _vlans_of(s, ifindex):
-    return [k.vid for k in bpfsys.map_keys(s.maps["xdpbr_vlans"], VlanKey) if k.ifindex == ifindex]
-
-
 def _remove_port(s, ifindex, entry, still_exists):
     """A port left the bridge (or the bridge is detached): undo everything xdpbr did there."""
-    _write_port_index(s, ifindex, 0)
-    bpfsys.map_update(s.maps["xdpbr_ports"], U32(entry.slot), Port())
-    with entered(s.netns):
-        bpfsys.map_delete(s.maps["xdpbr_devmap"], U32(entry.slot))
-    for vid in _vlans_of(s, ifindex):
-        bpfsys.map_delete(s.maps["xdpbr_vlans"], VlanKey(ifindex=ifindex, vid=vid))
+    s.write_port_index(ifindex, 0)
+    s.write_port(entry.slot, Port())
+    s.write_egress(entry.slot, None)
+    s.write_vlans(ifindex, {})
     if still_exists:
         port = _PortRef(ifindex)
         _detach_xdp_program(s, port)
         _detach_tc_program(s, ifindex, entry.owned)
 
 
-def _write_port_index(s, ifindex, slot):
-    """Where the fast path finds the ingress slot of ifindex; slot 0 removes it."""
-    fd = s.maps[port_index_map(ifindex)]
-    if port_index_map(ifindex) == "xdpbr_port_direct":
-        bpfsys.map_update(fd, U32(ifindex), U32(slot))
-    elif slot:
-        bpfsys.map_update(fd, U32(ifindex), U32(slot))
-    else:
-        bpfsys.map_delete(fd, U32(ifindex))
-
-
 def _new_entry(ifindex):
     entry = Port(ifindex=ifindex)
     entry.slot = 0
     return entry
-
-
-KNOWN_HZ = (100, 250, 300, 1000)
-
-
-def measure_hz(s, interval=0.1):
-    """The kernel's HZ (the fast path counts jiffies): two clock readings `interval` apart,
-    snapped to the nearest CONFIG_HZ choice."""
-    j0, t0 = s.jiffies(), time.monotonic()
-    time.sleep(interval)
-    j1, t1 = s.jiffies(), time.monotonic()
-    rate = (j1 - j0) / (t1 - t0)
-    return min(KNOWN_HZ, key=lambda hz: abs(hz - rate))
 
 
 class _PortRef:
@@ -404,7 +200,7 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
             else:
                 entry.slot = slot
                 used.add(slot)
-                _zero_stats(s, slot)
+                s.zero_stats(slot)
         xdp_attach = "none"
         if plan.wants_xdp:
             plan, xdp_attach = _attach_xdp_program(s, port, plan, xdp_mode, journal)
@@ -418,7 +214,7 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
         entry.owned = owned
         entry.mode = MODE_INDEX[plan.mode]
         entry.mode_reason = MODE_REASON_INDEX[plan.reason]
-        entry.xdp_attach = ("none", "native", "generic").index(xdp_attach)
+        entry.xdp_attach = XDP_ATTACH.index(xdp_attach)
         results.append((port, plan, entry))
 
     any_xdp = any(plan.wants_xdp for _, plan, _ in results)
@@ -433,13 +229,12 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
             | (PORT_XDP_EGRESS if egress_ok else 0)
             | (PORT_PEER_REDIRECT if _peer_redirect_ok(s, port) else 0)
         )
-        _write_vlans(s, port, _vlans_of(s, port.ifindex))
+        s.write_vlans(port.ifindex, port.vlans)
         if entry.slot:
-            with entered(s.netns):  # DEVMAP ifindexes resolve in the writer's namespace
-                bpfsys.map_update(s.maps["xdpbr_devmap"], U32(entry.slot), I32(port.ifindex))
+            s.write_egress(entry.slot, port.ifindex)
             # the entry first, then the index that makes the fast path see it
-            bpfsys.map_update(s.maps["xdpbr_ports"], U32(entry.slot), entry)
-            _write_port_index(s, port.ifindex, entry.slot)
+            s.write_port(entry.slot, entry)
+            s.write_port_index(port.ifindex, entry.slot)
     return [(port, plan) for port, plan, _ in results], nf_why
 
 
@@ -514,7 +309,7 @@ def attach(
             if fresh:
                 journal.push(pins.remove_dir, s.dir)
             elif previous is not None:  # a failed re-attach keeps the options the running attachment had
-                journal.push(lambda: s.maps and bpfsys.map_update(s.maps["xdpbr_meta"], U32(0), previous))
+                journal.push(lambda: s.maps and s.write_meta(previous))
             if stale:
                 log.warning(
                     "%s: rebuilding maps of another layout from the kernel: %s", bridge, ", ".join(stale)
@@ -533,18 +328,17 @@ def attach(
                     netfilter=0 if netfilter_choice == "respect" else 1,
                     netns=(netns or "").encode(),
                 )
-                bpfsys.map_update(s.maps["xdpbr_meta"], U32(0), meta)
+                s.write_meta(meta)
                 for ifname, port_mode in (port_modes or {}).items():
                     s.set_requested_mode(ifname, port_mode)
                 s.write_bridge_state(heartbeat=True, grace_s=grace_s)
                 results, _ = reconcile(s, journal, replace_programs=True)
-                mirror = fdb.FdbMirror(s.maps)
-                mirror.sync(fdb.dump(s.netns, s.bridge.ifindex), s.port_slots(), full=True)
+                s.fdb_mirror().sync(fdb.dump(s.netns, s.bridge.ifindex), s.port_slots(), full=True)
                 _repin_programs(s)
                 record = Control(
                     compile_ns=int(compiled.compile_seconds * 1e9), attach_ns=time.monotonic_ns() - started
                 )
-                bpfsys.map_update(s.maps["xdpbr_control"], U32(CONTROL_ATTACH), record)
+                s.write_control(CONTROL_ATTACH, record)
             finally:
                 compiled.close()
             if drop_stale:

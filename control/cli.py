@@ -356,8 +356,6 @@ def main(argv=None):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_JournalFormatter() if os.environ.get("JOURNAL_STREAM") else _TextFormatter())
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
-        if args.verbose:
-            os.environ["XDPBR_VERBOSE"] = "1"
         return run(args)
     except UsageError as exc:
         print(f"xdpbr: {exc}", file=sys.stderr)

@@ -24,11 +24,12 @@ import socket
 import time
 
 from control import config, endpoints, fdb, netfilter
-from control.attachment import Session, attach, detach, reconcile
-from loader import bpfsys, bridge_limits, events, pins, tracepoints
+from control.attachment import attach, detach, reconcile
+from control.session import Session
+from loader import bridge_limits, events, pins, tracepoints
 from loader.bridge_id import BridgeId
 from loader.errors import XdpbrError
-from loader.layouts import CONTROL_DAEMON, U32, Control
+from loader.layouts import CONTROL_DAEMON
 from loader.lock import writer_lock
 from loader.netns import netns_exists
 
@@ -99,13 +100,12 @@ class BridgeWorker:
         self.session = Session(self.bridge, self.netns)
         self.identity = pin_identity(self.session.dir)
         self.session.open_pins()
-        self.mirror = fdb.FdbMirror(self.session.maps)
+        self.mirror = self.session.fdb_mirror()
         if getattr(self, "learn_times", None):
             self.learn_times.close()
         self.learn_times = tracepoints.LearnTimes()
         # counters continue where the previous daemon left them: Prometheus counters never drop
-        self.counters = Control()
-        bpfsys.map_lookup(self.session.maps["xdpbr_control"], U32(CONTROL_DAEMON), self.counters)
+        self.counters = self.session.control(CONTROL_DAEMON)
 
     @property
     def label(self):
@@ -231,7 +231,7 @@ class BridgeWorker:
     def heartbeat(self):
         if self.healthy:
             self.session.write_bridge_state(heartbeat=True)
-        bpfsys.map_update(self.session.maps["xdpbr_control"], U32(CONTROL_DAEMON), self.counters)
+        self.session.write_control(CONTROL_DAEMON, self.counters)
 
     def recycle_netlink(self):
         self.session.reopen_netlink()

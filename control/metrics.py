@@ -27,15 +27,7 @@ from loader.layouts import (
     ATTACH_POINTS,
     CONTROL_ATTACH,
     CONTROL_DAEMON,
-    MODE_REASONS,
-    MODES,
-    NR_REASONS,
-    REASONS,
-    U32,
-    XDP_ATTACH,
     Control,
-    FdbEntry,
-    FdbKey,
 )
 from loader.netns import interface_names
 
@@ -151,46 +143,26 @@ class PinnedMapReader:
 
     def _read(self, name, ns):
         from control import state
-        from control.attachment import Session
-        from loader import bpfsys
+        from control.session import Session
 
         with Session(name, ns) as s:
             s.open_pins()
             ports = s.ports()
-            names = interface_names(ns, ports)
+            names = interface_names(ns, ports)  # redirect errors come by ifindex
             age, active = s.heartbeat_age()
-            controls = []
-            for element in (CONTROL_ATTACH, CONTROL_DAEMON):
-                value = Control()
-                bpfsys.map_lookup(s.maps["xdpbr_control"], U32(element), value)
-                controls.append(value)
-            fdb_fd = s.maps["xdpbr_fdb"]
+            controls = [s.control(CONTROL_ATTACH), s.control(CONTROL_DAEMON)]
+            fdb_entries, fdb_capacity = s.fdb_fill()
             reading = BridgeReading(
                 label=bridge_label(name, ns),
-                fdb_entries=bpfsys.map_count(fdb_fd, FdbKey, FdbEntry),
-                fdb_capacity=bpfsys.map_info(fdb_fd).max_entries,
+                fdb_entries=fdb_entries,
+                fdb_capacity=fdb_capacity,
                 fast_path_active=active,
                 heartbeat_age_s=age,
                 attach=controls[0],
                 daemon=controls[1],
             )
-            xdp_id, tc_id = s.prog_id("xdp"), s.prog_id("tc")
-            slot_port = {}
-            for ifindex, entry in ports.items():
-                port = names.get(ifindex, f"if{ifindex}")
-                slot_port[entry.slot] = port
-                mode = MODES[entry.mode]
-                reading.ports.append(
-                    {
-                        "port": port,
-                        "mode": mode,
-                        "why": MODE_REASONS[entry.mode_reason],
-                        "xdp_mode": XDP_ATTACH[entry.xdp_attach],
-                        "xdp_prog_id": xdp_id if entry.xdp_attach else 0,
-                        "tc_prog_id": tc_id if mode in ("tc", "xdp+tc") else 0,
-                    }
-                )
-            devmap_id = bpfsys.map_info(s.maps["xdpbr_devmap"]).id
+            reading.ports = state.port_rows(s, ns, ports, names)
+            devmap_id = s.map_id("xdpbr_devmap")
             port_of = {ifindex: names.get(ifindex, f"if{ifindex}") for ifindex in ports}
             for p in reading.ports:
                 if p["mode"] != "bridge":
@@ -199,17 +171,7 @@ class PinnedMapReader:
                 if map_id in (devmap_id, 0) and ifindex in port_of:
                     port = port_of[ifindex]
                     reading.redirect_errors[port] = reading.redirect_errors.get(port, 0) + errors
-            reasons = REASONS + tuple(str(r) for r in range(len(REASONS), NR_REASONS))
-            reading.counters = [
-                (
-                    slot_port.get(slot, "" if slot == 0 else f"slot{slot}"),
-                    ATTACH_POINTS[attach],
-                    reasons[reason],
-                    packets,
-                    nbytes,
-                )
-                for slot, attach, reason, packets, nbytes in state.read_counters(s, slot_port)
-            ]
+            reading.counters = state.counter_rows(s, reading.ports)
             return reading
 
 

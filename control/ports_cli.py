@@ -1,7 +1,8 @@
 """`xdpbr port set`: remember a port's mode in bpffs and apply it now."""
 
-from control.attachment import Session, reconcile
+from control.attachment import reconcile
 from control.ports import list_ports
+from control.session import Session
 from loader.errors import NotFound, XdpbrError
 from loader.journal import Journal
 from loader.lock import writer_lock

@@ -3,12 +3,10 @@
 Only pinned maps (bpf(2)) and netlink reads: never the compiler, so these stay fast.
 """
 
-import itertools
 import os
 
-from control.attachment import Session
-from loader import attach as at
-from loader import bpfsys, pins
+from control.session import Session
+from loader import pins
 from loader.errors import NotFound, XdpbrError
 from loader.layouts import (
     ATTACH_POINTS,
@@ -18,16 +16,13 @@ from loader.layouts import (
     FDB_STATIC,
     MODE_REASONS,
     MODES,
-    NR_REASONS,
     PORT_FORWARDING,
     PORT_PEER_REDIRECT,
     PORT_XDP_EGRESS,
     REASONS,
     REQUESTED_MODES,
-    U32,
     XDP_ATTACH,
     XDP_MODE_REQUESTS,
-    Counter,
 )
 from loader.netns import interface_names
 
@@ -65,25 +60,35 @@ def show(bridge=None, netns=None):
     return each_bridge(bridge, netns, _show_one)
 
 
-def _show_one(name, ns, s):
-    meta, state = s.meta(), s.bridge_state()
-    entries = s.ports()
-    names = interface_names(ns, entries)
-    heartbeat_age, active = s.heartbeat_age()
-    ports = []
+NOT_A_PORT = "-"  # the port of slot 0's counters: frames of interfaces that are not (yet) ports
+
+
+def reason_name(index):
+    """A pass reason's name; one this xdpbr does not know yet (a newer fast path) by number."""
+    return REASONS[index] if index < len(REASONS) else f"reason{index}"
+
+
+def port_rows(s, ns, entries=None, names=None):
+    """One row per port of the bridge, in slot order: the one builder behind `show`, `port
+    show`, `stats` and the metrics. Program ids are those of the pinned programs on the ports
+    that run them (reconcile keeps the two the same), so a scrape asks the kernel nothing per
+    port. `entries` and `names` save a caller that has them a second read."""
+    entries = s.ports() if entries is None else entries
+    names = interface_names(ns, entries) if names is None else names
+    xdp_id, tc_id = s.prog_id("xdp"), s.prog_id("tc")
+    rows = []
     for ifindex, entry in sorted(entries.items(), key=lambda kv: kv[1].slot):
-        xdp = at.xdp_state(s.ipr, ifindex) if ifindex in names else {"prog_id": 0}
-        tc = ifindex in names and at.has_xdpbr_filter(s.ipr, ifindex)
-        ports.append(
+        mode = MODES[entry.mode]
+        rows.append(
             {
                 "port": names.get(ifindex, f"if{ifindex}"),
                 "ifindex": ifindex,
                 "slot": entry.slot,
-                "mode": MODES[entry.mode],
+                "mode": mode,
                 "why": MODE_REASONS[entry.mode_reason],
                 "xdp_mode": XDP_ATTACH[entry.xdp_attach],
-                "xdp_prog_id": xdp["prog_id"],
-                "tc_prog_id": s.prog_id("tc") if tc else 0,
+                "xdp_prog_id": xdp_id if entry.xdp_attach else 0,
+                "tc_prog_id": tc_id if mode in ("tc", "xdp+tc") else 0,
                 "forwarding": bool(entry.flags & PORT_FORWARDING),
                 "xdp_egress": bool(entry.flags & PORT_XDP_EGRESS),
                 "peer_redirect": bool(entry.flags & PORT_PEER_REDIRECT),
@@ -92,6 +97,28 @@ def _show_one(name, ns, s):
                 "pvid": entry.pvid,
             }
         )
+    return rows
+
+
+def counter_rows(s, ports):
+    """(port, attach, reason, packets, bytes) of the nonzero counters, `ports` from port_rows."""
+    slot_port = {row["slot"]: row["port"] for row in ports}
+    return [
+        (
+            slot_port.get(slot, NOT_A_PORT if slot == 0 else f"slot{slot}"),
+            ATTACH_POINTS[attach],
+            reason_name(reason),
+            packets,
+            nbytes,
+        )
+        for slot, attach, reason, packets, nbytes in s.read_counters(slot_port)
+    ]
+
+
+def _show_one(name, ns, s):
+    meta, state = s.meta(), s.bridge_state()
+    heartbeat_age, active = s.heartbeat_age()
+    ports = port_rows(s, ns)
     return [
         {
             "bridge": name,
@@ -114,31 +141,6 @@ def _show_one(name, ns, s):
     ]
 
 
-def read_counters(s, slots=None):
-    """[(slot, attach, reason, packets, bytes)] of the nonzero counters, per-CPU slots summed,
-    in index order (slot, then attach point, then reason).
-
-    One batch syscall for the rows up to the highest used slot; the per-CPU sums and the
-    nonzero filter run in C (zip/map/compress), so 1,000 ports read in ~30 ms, most of it the
-    kernel copying 64,000 per-CPU values."""
-    ncpu = bpfsys.possible_cpus()
-    row = len(ATTACH_POINTS) * NR_REASONS
-    highest = max(slots if slots is not None else [e.slot for e in s.ports().values()], default=0)
-    _, values, count = bpfsys.map_lookup_batch(
-        s.maps["xdpbr_stats"], U32, Counter * ncpu, (highest + 1) * row
-    )
-    flat = memoryview(values).cast("B").cast("Q")[: count * ncpu * 2]
-    stride = 2 * ncpu  # per index: (packets, bytes) for each CPU
-    packets = list(map(sum, zip(*(flat[2 * c :: stride].tolist() for c in range(ncpu)), strict=True)))
-    nbytes = list(map(sum, zip(*(flat[2 * c + 1 :: stride].tolist() for c in range(ncpu)), strict=True)))
-    out = []
-    for index in itertools.compress(range(len(packets)), packets):
-        slot, rest = divmod(index, row)
-        attach, reason = divmod(rest, NR_REASONS)
-        out.append((slot, attach, reason, packets[index], nbytes[index]))
-    return out
-
-
 def stats(bridge=None, netns=None):
     """Rows {bridge, port, attach, reason, packets, bytes} of nonzero cumulative counters."""
     return each_bridge(bridge, netns, _stats_one)
@@ -150,19 +152,16 @@ def forwarded(bridge, netns, port):
 
 
 def _stats_one(name, ns, s):
-    entries = s.ports()
-    names = interface_names(ns, entries)
-    slot_port = {e.slot: names.get(i, f"if{i}") for i, e in entries.items()}
     return [
         {
             "bridge": name,
-            "port": slot_port.get(slot, "-" if slot == 0 else f"slot{slot}"),
-            "attach": ATTACH_POINTS[attach],
-            "reason": REASONS[reason] if reason < len(REASONS) else f"reason{reason}",
+            "port": port,
+            "attach": attach,
+            "reason": reason,
             "packets": packets,
             "bytes": nbytes,
         }
-        for slot, attach, reason, packets, nbytes in read_counters(s)
+        for port, attach, reason, packets, nbytes in counter_rows(s, port_rows(s, ns))
     ]
 
 
@@ -171,9 +170,8 @@ def fdb_show(bridge, netns=None):
 
 
 def _fdb_one(name, ns, s):
-    from control.fdb import FdbMirror
 
-    entries = FdbMirror(s.maps).entries()
+    entries = s.fdb_mirror().entries()
     names = interface_names(ns, {e.ifindex for e in entries.values()})
     now, hz = s.jiffies(), max(s.bridge_state().hz, 1)
     rows = []

@@ -8,6 +8,7 @@ it is process-local (environment of this process, cflags): no global symlinks.
 
 import contextlib
 import glob
+import logging
 import os
 import platform
 import time
@@ -110,9 +111,7 @@ def bcc_compile(what, *, src_file=None, text=None, cflags=()):
             failure = exc
     lines = log.text.splitlines()
     first = next((ln for ln in lines if "error" in ln.lower()), None) or str(failure)
-    raise XdpbrError(
-        f"cannot compile {what}: {first.strip()}", fix="run with XDPBR_VERBOSE=1 for the full log"
-    )
+    raise XdpbrError(f"cannot compile {what}: {first.strip()}", fix="run xdpbr with -v for the full log")
 
 
 def compile_fastpath(pin_dir, *, max_ports=None, fdb_size=None, test=False):
@@ -138,9 +137,7 @@ def compile_fastpath(pin_dir, *, max_ports=None, fdb_size=None, test=False):
         except Exception as exc:
             failure = exc
     bpf.cleanup()
-    raise XdpbrError(
-        f"the kernel refused the fast path: {failure}", fix="run with XDPBR_VERBOSE=1 for its log"
-    )
+    raise XdpbrError(f"the kernel refused the fast path: {failure}", fix="run xdpbr with -v for its log")
 
 
 @contextlib.contextmanager
@@ -162,5 +159,5 @@ def _quiet_stderr():
             os.close(saved)
             tmp.seek(0)
             log.text = tmp.read()
-            if os.environ.get("XDPBR_VERBOSE"):
+            if logging.getLogger("xdpbr.compile").isEnabledFor(logging.DEBUG):  # -v
                 os.write(2, log.text.encode())

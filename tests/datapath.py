@@ -4,10 +4,10 @@ Ports are real veth interfaces in a private namespace (the ingress ifindex must 
 caller's namespace), so the test enters that namespace around every run.
 """
 
-import ctypes
 import secrets
 import subprocess
 
+from control.session import Session
 from loader import bpfsys, pins
 from loader.compile import compile_fastpath
 from loader.layouts import (
@@ -18,18 +18,14 @@ from loader.layouts import (
     PORT_FORWARDING,
     PORT_XDP_EGRESS,
     REASON_INDEX,
-    U8,
     U32,
     U64,
-    VLAN_UNTAGGED,
     Bridge,
     Counter,
     FdbEntry,
     FdbKey,
     Port,
-    VlanKey,
     mac_bytes,
-    port_index_map,
     stats_index,
 )
 from loader.netns import entered
@@ -79,17 +75,22 @@ class Datapath:
             )
         }
         self.ncpu = bpfsys.possible_cpus()
+        self.session = Session.over_pins(self.pin_dir, self.netns)  # the maps' one typed API
+        self.vlans = {}
 
     def close(self):
+        self.session.close()
         self.compiled.close()
         subprocess.run(["ip", "netns", "del", self.netns], check=False)
         pins.remove_dir(self.pin_dir)
 
     # --- state --------------------------------------------------------------------------
     def reset(self, *, vlan_filtering=False):
-        for name, key_type in (("xdpbr_fdb", FdbKey), ("xdpbr_vlans", VlanKey)):
-            for key in bpfsys.map_keys(self.fd[name], key_type):
-                bpfsys.map_delete(self.fd[name], key)
+        for key in bpfsys.map_keys(self.fd["xdpbr_fdb"], FdbKey):
+            bpfsys.map_delete(self.fd["xdpbr_fdb"], key)
+        for ifindex in self.ifindex.values():
+            self.session.write_vlans(ifindex, {})
+        self.vlans = {}
         self.bump_generation()
         br = Bridge(
             hz=250,
@@ -98,7 +99,7 @@ class Datapath:
             vlan_filtering=int(vlan_filtering),
         )
         br.mac[:] = mac_bytes(BRIDGE_MAC)
-        bpfsys.map_update(self.fd["xdpbr_bridge"], U32(0), br)
+        self.session.write_bridge(br)
         self.heartbeat()
         self.slots = {}
         for slot, name in enumerate(("p1", "p2", "p3", "p4"), start=1):
@@ -114,11 +115,10 @@ class Datapath:
         self.bridge(grace_jiffies=1)
 
     def bridge(self, **fields):
-        br = Bridge()
-        bpfsys.map_lookup(self.fd["xdpbr_bridge"], U32(0), br)
+        br = self.session.bridge_state()
         for k, v in fields.items():
             setattr(br, k, v)
-        bpfsys.map_update(self.fd["xdpbr_bridge"], U32(0), br)
+        self.session.write_bridge(br)
 
     def port(
         self,
@@ -135,24 +135,18 @@ class Datapath:
         slot = slot or self.slots[name]
         self.slots[name] = slot
         entry = Port(ifindex=ifindex, mtu=mtu, pvid=pvid, mode=MODE_INDEX[mode], flags=flags)
-        bpfsys.map_update(self.fd["xdpbr_ports"], U32(slot), entry)
-        bpfsys.map_update(self.fd[port_index_map(ifindex)], U32(ifindex), U32(slot))
-        with entered(self.netns):
-            if devmap:
-                bpfsys.map_update(self.fd["xdpbr_devmap"], U32(slot), ctypes.c_int32(ifindex))
-            else:
-                bpfsys.map_delete(self.fd["xdpbr_devmap"], U32(slot))
+        self.session.write_port(slot, entry)
+        self.session.write_port_index(ifindex, slot)
+        self.session.write_egress(slot, ifindex if devmap else None)
 
     def remove_port(self, name):
-        bpfsys.map_update(self.fd[port_index_map(self.ifindex[name])], U32(self.ifindex[name]), U32(0))
-        bpfsys.map_update(self.fd["xdpbr_ports"], U32(self.slots[name]), Port())
+        self.session.write_port_index(self.ifindex[name], 0)
+        self.session.write_port(self.slots[name], Port())
 
     def vlan(self, name, vid, untagged=False):
-        bpfsys.map_update(
-            self.fd["xdpbr_vlans"],
-            VlanKey(ifindex=self.ifindex[name], vid=vid),
-            U8(VLAN_UNTAGGED if untagged else 0),
-        )
+        vlans = self.vlans.setdefault(name, {})
+        vlans[vid] = untagged
+        self.session.write_vlans(self.ifindex[name], vlans)
 
     def fdb(self, mac, port, vid=0, local=False, static=False):
         key = FdbKey(vid=vid)

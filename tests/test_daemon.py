@@ -11,8 +11,7 @@ import time
 import pytest
 
 from control import attachment, state
-from control.attachment import Session
-from control.fdb import FdbMirror
+from control.session import Session
 from loader import pins
 from tests.helpers import wait_for
 
@@ -26,7 +25,7 @@ WAIT_S = 10
 def mirrored(lab, mac):
     with Session(lab.bridge, lab.switch) as s:
         s.open_pins()
-        return any(m == mac for m, _ in FdbMirror(s.maps).entries())
+        return any(m == mac for m, _ in s.fdb_mirror().entries())
 
 
 def counter(lab, port, attach, reason):
@@ -87,7 +86,7 @@ def test_a_mac_move_is_never_misdelivered(two_containers, daemon):
     assert lab.c2.ping(moved_ip, count=3), "frames to a moved MAC must reach its new port"
     with Session(lab.bridge, lab.switch) as s:
         s.open_pins()
-        entries = FdbMirror(s.maps).entries()
+        entries = s.fdb_mirror().entries()
         holders = {e.ifindex for (m, _), e in entries.items() if m == moved_mac}
     c3_index = int(
         subprocess.run(
@@ -343,7 +342,7 @@ def test_a_mac_flood_fills_the_mirror_but_pushes_no_station_out(two_containers, 
     assert wait_for(full, timeout=60), "the mirror never said it was full"
     with Session(lab.bridge, lab.switch) as s:
         s.open_pins()
-        mirror = FdbMirror(s.maps).entries()
+        mirror = s.fdb_mirror().entries()
     assert len(mirror) == FDB_SIZE  # fixed capacity: memory does not grow with the flood
     assert (lab.c1.mac, 0) in mirror and (lab.c2.mac, 0) in mirror  # nobody was pushed out
     before = counter(lab, lab.c1.port, "tc", "forward")
@@ -405,7 +404,7 @@ def test_a_tap_hot_plugged_while_traffic_flows_gets_the_fast_path_and_leaves_not
         s.open_pins()
         assert ifindex not in s.ports()
         # the bridge flushes the port's entries (RTM_DELNEIGH each); the mirror follows
-        assert wait_for(lambda: not any(e.ifindex == ifindex for e in FdbMirror(s.maps).entries().values()))
+        assert wait_for(lambda: not any(e.ifindex == ifindex for e in s.fdb_mirror().entries().values()))
         from loader import bpfsys
         from loader.layouts import U32
 
@@ -449,7 +448,7 @@ def test_an_upgrade_rebuilds_maps_whose_layout_changed_and_keeps_the_others(two_
     assert not [n for n in os.listdir(pin_dir) if n.endswith("_old_layout")]
     with Session(lab.bridge, lab.switch) as s:
         s.open_pins()  # every layout checks out again
-        mirror = FdbMirror(s.maps).entries()
+        mirror = s.fdb_mirror().entries()
     assert (lab.c1.mac, 0) in mirror and (lab.c2.mac, 0) in mirror  # rebuilt from the kernel
     assert counter(lab, lab.c1.port, "tc", "forward") >= fast_before  # counters were kept
     assert lab.c1.ping(lab.c2.ip, count=3)
