@@ -3,11 +3,7 @@
  * xdpbr_xsk_stats counts per CPU: [0] frames handed to a socket, [1] frames that found none
  * (delivery failures after the redirect show on the xdp:xdp_redirect_err tracepoint). */
 #include <uapi/linux/bpf.h>
-
-struct xdpbr_xsk_counter {
-	__u64 packets;
-	__u64 bytes;
-};
+#include "xdpbr_aux.h"
 
 BPF_XSKMAP(xdpbr_xsks, 64);
 BPF_PERCPU_ARRAY(xdpbr_xsk_stats, struct xdpbr_xsk_counter, 2);

@@ -12,23 +12,14 @@
  * moment the mirror has the entry (xdpbr_fdb_sync_lag_seconds).
  */
 #include <uapi/linux/bpf.h>
+#include "xdpbr_aux.h"
 
 #ifndef XDPBR_ROOT
 #error "XDPBR_ROOT must name xdpbr's bpffs directory"
 #endif
 
-struct xdpbr_redirect_key {
-	__u32 map_id;
-	__u32 ifindex;
-};
-
 BPF_TABLE_PINNED("percpu_hash", struct xdpbr_redirect_key, __u64, xdpbr_redirect_errors, 4096,
 		 XDPBR_ROOT "/xdpbr_redirect_errors");
-
-struct xdpbr_learn_key {
-	__u8 mac[6];
-	__u16 vid;
-};
 
 /* A measurement, not the mirror: LRU so an unmirrored flood of MACs only ages out old times. */
 BPF_TABLE_PINNED("lru_hash", struct xdpbr_learn_key, __u64, xdpbr_fdb_learned, 16384,

@@ -11,6 +11,7 @@
 #define XDPBR_MAPS_H
 
 #include "xdpbr_reasons.h"
+#include "xdpbr_aux.h"
 
 #ifndef XDPBR_PIN_DIR
 #error "XDPBR_PIN_DIR must name the bridge's bpffs directory"

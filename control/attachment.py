@@ -22,7 +22,6 @@ from loader.journal import Journal
 from loader.layouts import (
     CONTROL_ATTACH,
     LAYOUT_VERSION,
-    MAX_PORTS,
     MODE_INDEX,
     MODE_REASON_INDEX,
     MODE_REASONS,
@@ -132,8 +131,8 @@ def _detach_tc_program(s, ifindex, owned):
     return owned & ~OWN_CLSACT
 
 
-def _free_slot(used):
-    for slot in range(1, MAX_PORTS):
+def _free_slot(used, max_ports):
+    for slot in range(1, max_ports):
         if slot not in used:
             return slot
     return None
@@ -194,7 +193,7 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
         entry = current.get(port.ifindex) or _new_entry(port.ifindex)
         plan = plan_port(port, requested.get(port.name, default_mode), netfilter_blocked=blocked)
         if not entry.slot:
-            slot = _free_slot(used)
+            slot = _free_slot(used, s.max_ports)
             if slot is None:
                 plan = PortPlan("bridge", "no_slot", False)
             else:
@@ -283,9 +282,14 @@ def attach(
     netfilter_choice="respect",
     grace_s=GRACE_DEFAULT_S,
     port_modes=None,
+    max_ports=None,
+    fdb_size=None,
 ):
     """Accelerate `bridge`. Over an existing attachment, programs are replaced atomically.
-    `port_modes` ({ifname: mode}, as `xdpbr port set`) are in place before any program is."""
+    `port_modes` ({ifname: mode}, as `xdpbr port set`) are in place before any program is.
+    `max_ports` and `fdb_size` size its maps (-DXDPBR_MAX_PORTS, -DXDPBR_FDB_SIZE); left out,
+    an attachment keeps the sizes it has (a new one gets the defaults), and a change of size
+    rebuilds those maps from the kernel like any change of layout."""
     from loader.compile import compile_fastpath
     from loader.lock import writer_lock
 
@@ -295,11 +299,14 @@ def attach(
     with writer_lock(), Session(bridge, netns) as s:
         s.find_bridge()
         fresh = not os.path.isdir(s.dir)
+        pinned_ports, pinned_fdb = pins.sizes(s.dir)
+        max_ports, fdb_size = max_ports or pinned_ports, fdb_size or pinned_fdb
+        specs = map_specs(max_ports, fdb_size)
         stale, drop_stale = [], None
         if not fresh:
             # An upgrade: maps whose layout changed are rebuilt from the kernel (FDB, ports,
             # bridge state); those unchanged are kept, with their counters.
-            stale = pins.stale_maps(s.dir)
+            stale = pins.stale_maps(s.dir, specs)
             previous = None
             if "xdpbr_meta" not in stale:
                 with pins.PinnedMaps(s.dir, {"xdpbr_meta": map_specs()["xdpbr_meta"]}) as old:
@@ -316,9 +323,9 @@ def attach(
                 )
                 restore, drop_stale = pins.set_aside(s.dir, stale)
                 journal.push(restore)
-            compiled = compile_fastpath(s.dir)
+            compiled = compile_fastpath(s.dir, max_ports=max_ports, fdb_size=fdb_size)
             try:
-                s.maps = pins.PinnedMaps(s.dir).open()
+                s.maps = pins.PinnedMaps(s.dir, specs).open()
                 for point, prog in (("xdp", compiled.xdp), ("tc", compiled.tc), ("clock", compiled.clock)):
                     s.prog_fds[point] = os.dup(prog.fd)
                 meta = Meta(

@@ -17,7 +17,14 @@ from control.model import NETFILTER_CHOICES
 from loader import instance
 from loader.bridge_id import BridgeId
 from loader.errors import UsageError, XdpbrError
-from loader.layouts import REQUESTED_MODES, XDP_MODE_REQUESTS
+from loader.layouts import (
+    FDB_SIZE,
+    FDB_SIZE_RANGE,
+    MAX_PORTS,
+    MAX_PORTS_RANGE,
+    REQUESTED_MODES,
+    XDP_MODE_REQUESTS,
+)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -98,6 +105,18 @@ def build_parser():
         default=10.0,
         metavar="SECONDS",
         help="how long the fast path runs without a daemon heartbeat (default 10)",
+    )
+    a.add_argument(
+        "--max-ports",
+        type=_int_in(*MAX_PORTS_RANGE),
+        metavar="N",
+        help=f"port slots the maps hold (default {MAX_PORTS}, or what the attachment has)",
+    )
+    a.add_argument(
+        "--fdb-size",
+        type=_int_in(*FDB_SIZE_RANGE),
+        metavar="N",
+        help=f"FDB mirror entries (default {FDB_SIZE}, or what the attachment has)",
     )
 
     d = sub.add_parser("detach", help="remove xdpbr from a bridge")
@@ -221,6 +240,8 @@ def run(args):
             xdp_mode=args.xdp_mode or "any",
             netfilter_choice=args.netfilter,
             grace_s=args.grace,
+            max_ports=args.max_ports,
+            fdb_size=args.fdb_size,
         )
         config.hold(_label(args), False)
         render.emit(state.show(args.bridge, args.netns), args.json, render.show_text)

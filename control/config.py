@@ -16,6 +16,8 @@
     netfilter = "respect"        # respect | bypass
     ignore_ports = ["eth0"]      # ports left alone (mode bridge)
     fdb_max_learned = 0          # the bridge's own limit on learned entries, 0 = unlimited
+    max_ports = 1024             # optional: port slots xdpbr's maps hold (8-4096)
+    fdb_size = 16384             # optional: entries of xdpbr's FDB mirror (256-1048576)
 
 Every error names the file, the line and the key. tomllib reports lines for syntax errors
 only, so the lines of keys are found by reading the file (`_KeyLines`).
@@ -32,7 +34,7 @@ from control.model import NETFILTER_CHOICES
 from loader import instance
 from loader.bridge_id import BridgeId
 from loader.errors import XdpbrError
-from loader.layouts import REQUESTED_MODES, XDP_MODE_REQUESTS
+from loader.layouts import FDB_SIZE_RANGE, MAX_PORTS_RANGE, REQUESTED_MODES, XDP_MODE_REQUESTS
 
 
 def held_dir():
@@ -58,6 +60,8 @@ class BridgeConfig:
     netfilter: str = "respect"
     ignore_ports: tuple = ()
     fdb_max_learned: int | None = None  # None: leave the bridge's setting alone
+    max_ports: int | None = None  # None: the attachment's, or the default
+    fdb_size: int | None = None
 
     @property
     def label(self):
@@ -189,7 +193,17 @@ def load(path):
     for i, b in enumerate(data.get("bridge", [])):
         if not isinstance(b, dict):
             r.fail("bridge", i, None, "expected a table [[bridge]]")
-        keys = ("name", "netns", "mode", "xdp_mode", "netfilter", "ignore_ports", "fdb_max_learned")
+        keys = (
+            "name",
+            "netns",
+            "mode",
+            "xdp_mode",
+            "netfilter",
+            "ignore_ports",
+            "fdb_max_learned",
+            "max_ports",
+            "fdb_size",
+        )
         r.table(b, "bridge", i, keys)
         name = r.string(b, "bridge", i, "name")
         if name is None:
@@ -216,6 +230,12 @@ def load(path):
         limit = b.get("fdb_max_learned")
         if limit is not None and (type(limit) is not int or not 0 <= limit < 2**32):
             r.fail("bridge", i, "fdb_max_learned", f"{limit!r}: expected a whole number, 0 for no limit")
+        sizes = {}
+        for key, (lo, hi) in (("max_ports", MAX_PORTS_RANGE), ("fdb_size", FDB_SIZE_RANGE)):
+            value = b.get(key)
+            if value is not None and (type(value) is not int or not lo <= value <= hi):
+                r.fail("bridge", i, key, f"{value!r}: expected a whole number from {lo} to {hi}")
+            sizes[key] = value
         bridges.append(
             BridgeConfig(
                 name=name,
@@ -225,6 +245,7 @@ def load(path):
                 netfilter=r.string(b, "bridge", i, "netfilter", NETFILTER_CHOICES, "respect"),
                 ignore_ports=tuple(ignore),
                 fdb_max_learned=limit,
+                **sizes,
             )
         )
     return Config(path=path, metrics=metrics, on_stop=on_stop, broker_group=group, bridges=tuple(bridges))

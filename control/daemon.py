@@ -23,13 +23,12 @@ import signal
 import socket
 import time
 
-from control import config, endpoints, fdb, netfilter
-from control.attachment import attach, detach, reconcile
-from control.session import Session
-from loader import bridge_limits, events, pins, tracepoints
+from control import config, endpoints
+from control.attachment import attach, detach
+from control.worker import BridgeWorker, pin_identity
+from loader import bridge_limits, events, pins
 from loader.bridge_id import BridgeId
 from loader.errors import XdpbrError
-from loader.layouts import CONTROL_DAEMON
 from loader.lock import writer_lock
 from loader.netns import netns_exists
 
@@ -42,8 +41,6 @@ NETLINK_RECYCLE_S = 60.0  # Session.reopen_netlink: bounds what pyroute2 keeps p
 PIN_SCAN_S = 0.5
 LISTENER_RETRY_S = 1.0  # a namespace's event readers that keep failing are retried this often
 ATTACH_RETRY_S = 30.0  # a configured bridge that failed to attach is tried again this often
-# a learn time older than this before the event is a leftover (learned while no daemon ran)
-LEARN_TIME_MAX_AGE_NS = 10 * 10**9
 
 
 class NamespaceEvents:
@@ -67,200 +64,6 @@ class NamespaceEvents:
     def stop(self):
         for reader in self.readers:
             reader.stop()
-
-
-def pin_identity(directory):
-    """Inodes of a bridge's pin directory and pins: they change when pins are made anew."""
-    try:
-        return tuple(
-            os.stat(os.path.join(directory, name)).st_ino
-            for name in ("", "xdpbr_bridge", "xdpbr_fdb", *pins.PROG_PINS.values())
-        )
-    except OSError:
-        return None
-
-
-class BridgeWorker:
-    """The daemon's hold on one attached bridge."""
-
-    def __init__(self, bridge, netns):
-        self.bridge, self.netns = bridge, netns
-        self.session = None
-        self._open()
-        self.kernel_fdb = {}
-        self.refreshed = {}
-        self.netfilter_state = None
-        self.healthy = False
-        self.needs_reconcile = False
-        self.slots = {}
-
-    def _open(self):
-        if self.session:
-            self.session.close()
-        self.session = Session(self.bridge, self.netns)
-        self.identity = pin_identity(self.session.dir)
-        self.session.open_pins()
-        self.mirror = self.session.fdb_mirror()
-        if getattr(self, "learn_times", None):
-            self.learn_times.close()
-        self.learn_times = tracepoints.LearnTimes()
-        # counters continue where the previous daemon left them: Prometheus counters never drop
-        self.counters = self.session.control(CONTROL_DAEMON)
-
-    @property
-    def label(self):
-        return BridgeId(self.bridge, self.netns).label
-
-    def close(self):
-        self.session.close()
-        self.learn_times.close()
-
-    def still_attached(self):
-        """Checked under the writer lock before every change. A concurrent `xdpbr detach`
-        removed the pins (reconciling would put programs back on the ports); an attach over
-        the running one pinned new programs or maps (the old fds would undo the upgrade)."""
-        identity = pin_identity(self.session.dir)
-        if identity is None:
-            self.healthy = False
-            return False
-        if identity != self.identity:
-            log.info("%s: re-attached, adopting the new programs and maps", self.label)
-            self._open()
-            self.healthy = False
-        return True
-
-    def resync(self):
-        """Full dump and diff of the FDB, then the ports; marks the bridge healthy."""
-        try:
-            with writer_lock():
-                if not self.still_attached():
-                    return
-                s = self.session
-                s.find_bridge()
-                records = fdb.dump(s.netns, s.bridge.ifindex)
-                self.kernel_fdb = {(r.mac, r.vid): r for r in records}
-                self.netfilter_state = self._netfilter()
-                reconcile(s, netfilter_state=self.netfilter_state)
-                self.slots = s.port_slots()
-                written, deleted = self.mirror.sync(records, self.slots, full=True)
-                s.write_bridge_state(heartbeat=True)
-        except XdpbrError as exc:
-            if self.healthy or self.healthy is False:
-                log.warning("%s: cannot resync: %s", self.label, exc)
-            self.healthy = None
-            self.counters.errors += 1
-            return
-        self.healthy = True
-        self.needs_reconcile = False
-        self.counters.resyncs += 1
-        log.info(
-            "%s: resynced (%d FDB entries, %d written, %d removed)",
-            self.label,
-            len(records),
-            written,
-            deleted,
-        )
-
-    def _netfilter(self):
-        meta = self.session.meta()
-        if meta.netfilter == 1:
-            return False, "bypass"
-        return netfilter.check(self.netns)
-
-    def on_messages(self, msgs, received_ns):
-        s = self.session
-        if not self.healthy or s.bridge is None:
-            return
-        for msg in msgs:
-            event = msg.event
-            if event in ("RTM_NEWNEIGH", "RTM_DELNEIGH"):
-                rec = fdb.record_from_neigh(msg, s.bridge.ifindex)
-                if not rec:
-                    continue
-                key = (rec.mac, rec.vid)
-                since = received_ns
-                if event == "RTM_NEWNEIGH" and not (rec.static or rec.local):
-                    learned = self.learn_times.pop(rec.mac, rec.vid)
-                    if learned is not None and received_ns - LEARN_TIME_MAX_AGE_NS <= learned <= received_ns:
-                        since = learned  # the lag starts where the bridge learned the MAC
-                if event == "RTM_NEWNEIGH":
-                    self.kernel_fdb[key] = rec
-                    self.mirror.sync([rec], self.slots)
-                else:
-                    self.kernel_fdb.pop(key, None)
-                    self.refreshed.pop(key, None)
-                    self.mirror.sync([], self.slots, removed=[key])
-                self.counters.fdb_events += 1
-                self.counters.sync_lag_ns_sum += time.monotonic_ns() - since
-            elif event in ("RTM_NEWLINK", "RTM_DELLINK"):
-                index = msg.index
-                if index == s.bridge.ifindex or msg.master == s.bridge.ifindex:
-                    self.needs_reconcile = True
-                elif index in self._port_indexes():
-                    self.needs_reconcile = True  # a port left the bridge or went away
-
-    def _port_indexes(self):
-        try:
-            return set(self.session.ports())
-        except XdpbrError:
-            return set()
-
-    def reconcile_if_needed(self):
-        if not self.needs_reconcile or not self.healthy:
-            return
-        self.needs_reconcile = False
-        try:
-            with writer_lock():
-                if not self.still_attached():
-                    return
-                if not self.healthy:  # re-attached meanwhile: a full resync, not a patch
-                    self.needs_reconcile = True
-                    return
-                self.session.find_bridge()
-                self.session.write_bridge_state(heartbeat=False)
-                reconcile(self.session, netfilter_state=self.netfilter_state)
-                slots = self.session.port_slots()
-                if slots != self.slots:  # a port came or went: entries carry egress slots
-                    self.slots = slots
-                    self.mirror.sync(self.kernel_fdb.values(), slots)
-        except Exception as exc:  # noqa: BLE001 - a port that vanished meanwhile (netlink, bpf), ...
-            log.warning("%s: cannot apply port changes: %s", self.label, exc)
-            self.healthy = False
-            self.counters.errors += 1
-
-    def heartbeat(self):
-        if self.healthy:
-            self.session.write_bridge_state(heartbeat=True)
-        self.session.write_control(CONTROL_DAEMON, self.counters)
-
-    def recycle_netlink(self):
-        self.session.reopen_netlink()
-
-    def refresh_aging(self):
-        """NTF_USE for entries the fast path used since their last refresh."""
-        if not self.healthy:
-            return
-        for key, entry in self.mirror.entries().items():
-            if not entry.last_seen or entry.last_seen <= self.refreshed.get(key, 0):
-                continue
-            rec = self.kernel_fdb.get(key)
-            if not rec or rec.local or rec.static or rec.ifindex != entry.ifindex:
-                continue  # gone or moved in the kernel: refreshing would resurrect or undo it
-            try:
-                fdb.refresh_kernel_entry(self.session.ipr, rec)
-                self.refreshed[key] = entry.last_seen
-            except Exception as exc:  # noqa: BLE001 - the next event or resync corrects it
-                log.debug("%s: NTF_USE %s failed: %s", self.label, key, exc)
-                self.counters.errors += 1
-
-    def check_netfilter(self):
-        if not self.healthy:
-            return
-        state = self._netfilter()
-        if self.netfilter_state is None or state[0] != self.netfilter_state[0]:
-            log.info("%s: netfilter %s", self.label, state[1])
-            self.netfilter_state = state
-            self.needs_reconcile = True
 
 
 class Daemon:
@@ -297,6 +100,8 @@ class Daemon:
                     xdp_mode=bc.xdp_mode,
                     netfilter_choice=bc.netfilter,
                     port_modes=dict.fromkeys(bc.ignore_ports, "bridge"),
+                    max_ports=bc.max_ports,
+                    fdb_size=bc.fdb_size,
                 )
             except XdpbrError as exc:
                 if str(exc) != error:

@@ -21,7 +21,6 @@ from loader.layouts import (
     CLOCK_HEARTBEAT,
     CLOCK_NOW,
     I32,
-    MAX_PORTS,
     NR_REASONS,
     REQUESTED_MODES,
     U8,
@@ -160,7 +159,7 @@ class Session:
     def ports(self):
         """{ifindex: Port} of the used slots of xdpbr_ports; each Port carries `.slot`."""
         fd = self.maps["xdpbr_ports"]
-        keys, values, count = bpfsys.map_lookup_batch(fd, U32, Port, MAX_PORTS)
+        keys, values, count = bpfsys.map_lookup_batch(fd, U32, Port, self.max_ports)
         out = {}
         for i in range(count):
             if values[i].ifindex:
@@ -168,6 +167,11 @@ class Session:
                 entry.slot = keys[i]
                 out[entry.ifindex] = entry
         return out
+
+    @property
+    def max_ports(self):
+        """Port slots this bridge was compiled with (-DXDPBR_MAX_PORTS): its ports map's size."""
+        return bpfsys.map_info(self.maps["xdpbr_ports"]).max_entries
 
     def port_slots(self):
         return {ifindex: entry.slot for ifindex, entry in self.ports().items()}

@@ -1,7 +1,8 @@
 """The bpf(2) syscall through ctypes: pins, map elements, object info, test runs.
 
 Read-only commands use only this module, so they never start a compiler. Each function is one
-kernel operation with no policy; failures raise XdpbrError with the errno kept.
+kernel operation with no policy; failures raise XdpbrError with the errno kept. It is over 400
+lines on purpose: one syscall, its command numbers and its attr layouts belong in one place.
 """
 
 import ctypes

@@ -13,6 +13,10 @@ LAYOUT_VERSION = 1  # XDPBR_LAYOUT_VERSION
 MAX_PORTS = 1024  # XDPBR_MAX_PORTS default
 FDB_SIZE = 16384  # XDPBR_FDB_SIZE default
 VLAN_SIZE = 16384  # XDPBR_VLAN_SIZE default
+# what an operator may choose per bridge: the stats map holds max_ports x 2 x NR_REASONS per-CPU
+# counters, so its size bounds max_ports; a port slot is a u16 in an FDB entry
+MAX_PORTS_RANGE = (8, 4096)
+FDB_SIZE_RANGE = (256, 1 << 20)
 DIRECT_IFINDEX = 65536  # XDPBR_DIRECT_IFINDEX: ingress slot by array below, by hash above
 NR_REASONS = 32  # XDPBR_NR_REASONS: stats row width, room for appended reasons
 ATTACH_POINTS = ("xdp", "tc")  # XDPBR_ATTACH_XDP, XDPBR_ATTACH_TC
@@ -239,3 +243,21 @@ def stats_index(slot, attach, reason):
 
 def mac_text(raw):
     return ":".join(f"{b:02x}" for b in bytes(raw))
+
+
+class XskCounter(ctypes.Structure):
+    """Mirror of struct xdpbr_xsk_counter in bpf/xdpbr_aux.h (afxdp.c's per-CPU stats)."""
+
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+class RedirectKey(ctypes.Structure):
+    """Mirror of struct xdpbr_redirect_key in bpf/xdpbr_aux.h (host_tracepoints.c)."""
+
+    _fields_ = [("map_id", ctypes.c_uint32), ("ifindex", ctypes.c_uint32)]
+
+
+class LearnKey(ctypes.Structure):
+    """Mirror of struct xdpbr_learn_key in bpf/xdpbr_aux.h (host_tracepoints.c)."""
+
+    _fields_ = [("mac", ctypes.c_uint8 * 6), ("vid", ctypes.c_uint16)]

@@ -12,7 +12,7 @@ import os
 from loader import bpfsys, instance
 from loader.bridge_id import BridgeId
 from loader.errors import NotFound, XdpbrError
-from loader.layouts import LAYOUT_VERSION, U32, Meta, map_specs
+from loader.layouts import FDB_SIZE, LAYOUT_VERSION, MAX_PORTS, U32, Meta, map_specs
 
 BPFFS = instance.BPFFS
 PROG_PINS = {"xdp": "prog_xdp", "tc": "prog_tc", "clock": "prog_clock"}
@@ -39,12 +39,29 @@ def attached_bridges():
     return sorted((b.name, b.netns) for b in found)
 
 
+def sizes(directory):
+    """(max_ports, fdb_size) a bridge was compiled with (-DXDPBR_MAX_PORTS, -DXDPBR_FDB_SIZE),
+    read from its pinned maps' capacities; the defaults where nothing is pinned yet."""
+    found = []
+    for name, default in (("xdpbr_ports", MAX_PORTS), ("xdpbr_fdb", FDB_SIZE)):
+        path = os.path.join(directory, name)
+        if not os.path.exists(path):
+            found.append(default)
+            continue
+        fd = bpfsys.obj_get(path)
+        try:
+            found.append(bpfsys.map_info(fd).max_entries)
+        finally:
+            os.close(fd)
+    return tuple(found)
+
+
 class PinnedMaps:
     """Open fds of one bridge's pinned maps, layouts checked. Use as a context manager."""
 
     def __init__(self, directory, specs=None):
         self.directory = directory
-        self.specs = specs or map_specs()
+        self.specs = specs or map_specs(*sizes(directory))
         self.fds = {}
 
     def open(self):
@@ -107,7 +124,7 @@ def check_version(meta_fd, directory):
 def stale_maps(directory, specs=None):
     """Names of the pinned maps an attach must rebuild: those whose layout (type, key/value
     size, capacity) is not this xdpbr's, or every map when the layout version differs."""
-    specs = specs or map_specs()
+    specs = specs or map_specs(*sizes(directory))
     stale = []
     for name, spec in specs.items():
         path = os.path.join(directory, name)

@@ -18,6 +18,7 @@ import os
 from loader import bpfsys, instance
 from loader.compile import BPF_DIR, bcc_compile
 from loader.errors import XdpbrError
+from loader.layouts import LearnKey, RedirectKey
 
 SOURCE = os.path.join(BPF_DIR, "host_tracepoints.c")
 REDIRECT_ERRORS_PIN = "xdpbr_redirect_errors"  # names in the instance's bpffs root
@@ -36,18 +37,6 @@ _NR_PERF_EVENT_OPEN = 298  # x86_64
 PERF_TYPE_TRACEPOINT = 2
 PERF_FLAG_FD_CLOEXEC = 1 << 3
 BPF_PERF_EVENT = 41
-
-
-class RedirectKey(ctypes.Structure):
-    """struct xdpbr_redirect_key { __u32 map_id; __u32 ifindex; };"""
-
-    _fields_ = [("map_id", ctypes.c_uint32), ("ifindex", ctypes.c_uint32)]
-
-
-class LearnKey(ctypes.Structure):
-    """struct xdpbr_learn_key { __u8 mac[6]; __u16 vid; };"""
-
-    _fields_ = [("mac", ctypes.c_uint8 * 6), ("vid", ctypes.c_uint16)]
 
 
 class _PerfEventAttr(ctypes.Structure):

@@ -11,8 +11,6 @@ from testbed.lab import Lab, sh
 from testbed.trafficgen import attach_program
 from tests.traffic import frames_on, packet_socket, xsk_frames
 
-pytestmark = pytest.mark.root
-
 EP_MAC, PEER_MAC = "02:00:00:00:0c:01", "02:00:00:00:0c:02"
 
 
@@ -62,6 +60,7 @@ def endpoint(request):
             redirect.close()
 
 
+@pytest.mark.root
 def test_frames_redirected_to_the_socket_arrive_intact(endpoint):
     xsk, peer, _ = endpoint
     frames = [udp_frame(EP_MAC, PEER_MAC, "10.9.0.2", "10.9.0.1", size) for size in (60, 200, 1514)]
@@ -70,6 +69,7 @@ def test_frames_redirected_to_the_socket_arrive_intact(endpoint):
     assert xsk_frames(xsk, len(frames)) == frames
 
 
+@pytest.mark.root
 def test_frames_sent_on_the_tx_ring_leave_the_interface(endpoint):
     xsk, peer, _ = endpoint
     frames = [udp_frame(PEER_MAC, EP_MAC, "10.9.0.1", "10.9.0.2", 60 + i) for i in range(64)]
@@ -79,6 +79,7 @@ def test_frames_sent_on_the_tx_ring_leave_the_interface(endpoint):
     assert xsk.statistics()["tx_invalid_descs"] == 0
 
 
+@pytest.mark.root
 def test_many_frames_in_batches_with_the_buffers_recycled(endpoint):
     xsk, peer, _ = endpoint
     total, got = 5000, 0  # more than the fill ring holds: buffers must come back
@@ -96,12 +97,14 @@ def test_many_frames_in_batches_with_the_buffers_recycled(endpoint):
     assert got >= total * 0.9, stats
 
 
+@pytest.mark.root
 def test_a_busy_queue_is_retried_briefly_then_refused_with_the_fix(endpoint):
     _, _, netns = endpoint
     with pytest.raises(XdpbrError, match="queue 0.*EBUSY.*another socket bound there"):
         XskSocket.create("xep", 0, netns=netns)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("how", ["handed-over", "libxdp"])
 def test_a_relay_over_a_shared_umem_forwards_descriptors_and_frames_arrive_intact(how):
     """Endpoint A's RX to endpoint B's TX without a copy (XDP_SHARED_UMEM), as afxdp-loop does."""

@@ -14,8 +14,6 @@ from testbed.frames import udp_frame
 from tests.helpers import wait_for
 from tests.traffic import packet_socket, xsk_frames
 
-pytestmark = pytest.mark.root
-
 GUEST = "52:54:00:00:00:41"
 NOBODY = 65534
 
@@ -60,6 +58,7 @@ def broker_lab(two_containers, daemon):
             pass
 
 
+@pytest.mark.root
 def test_the_broker_hands_over_working_sockets(broker_lab):
     lab = broker_lab
     assert oct(os.stat(lab.sock).st_mode & 0o777) == "0o660"
@@ -79,6 +78,7 @@ def test_the_broker_hands_over_working_sockets(broker_lab):
         xsk.close()
 
 
+@pytest.mark.root
 def test_a_consumer_that_dies_frees_its_socket_and_the_next_gets_fresh_ones(broker_lab):
     lab = broker_lab
     reply, fds = request(lab.sock, "vm1")
@@ -93,6 +93,7 @@ def test_a_consumer_that_dies_frees_its_socket_and_the_next_gets_fresh_ones(brok
         xsk.close()
 
 
+@pytest.mark.root
 @pytest.mark.parametrize(
     "line, error",
     [
@@ -116,6 +117,7 @@ def test_bad_requests_get_a_clear_reply_and_no_fd(broker_lab, line, error):
     assert open_fds() == before
 
 
+@pytest.mark.root
 def test_a_peer_with_the_wrong_uid_is_refused(broker_lab):
     lab = broker_lab
     os.chmod(lab.sock, 0o666)  # let the unprivileged child reach the socket: SO_PEERCRED decides

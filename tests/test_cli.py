@@ -10,8 +10,6 @@ from control import attachment
 from loader import pins
 from tests.helpers import xdpbr
 
-pytestmark = pytest.mark.root
-
 
 def host_state(lab):
     """What xdpbr could have left on the lab's ports: XDP programs, qdiscs, pins."""
@@ -29,6 +27,7 @@ def host_state(lab):
 NOTHING = {"xdp": False, "clsact": False, "pins": False}
 
 
+@pytest.mark.root
 def test_attach_show_detach_round_trip_in_json(two_containers):
     lab = two_containers
     res = xdpbr("-j", "-n", lab.switch, "attach", "br0", "--mode", "tc")
@@ -58,6 +57,7 @@ def test_attach_show_detach_round_trip_in_json(two_containers):
     assert json.loads(xdpbr("-j", "-n", lab.switch, "show").stdout) == []
 
 
+@pytest.mark.root
 def test_missing_bridge_is_one_line_and_exit_1(two_containers):
     res = xdpbr("-n", two_containers.switch, "attach", "nope0")
     assert res.returncode == 1
@@ -67,6 +67,7 @@ def test_missing_bridge_is_one_line_and_exit_1(two_containers):
     )
 
 
+@pytest.mark.root
 def test_a_port_is_not_a_bridge(two_containers):
     lab = two_containers
     res = xdpbr("-n", lab.switch, "attach", lab.c1.port)
@@ -75,6 +76,7 @@ def test_a_port_is_not_a_bridge(two_containers):
     assert host_state(lab) == NOTHING
 
 
+@pytest.mark.root
 def test_missing_namespace_names_the_fix():
     res = xdpbr("-n", "xdpbr-t-no-such-ns", "show")
     assert (res.returncode, res.stderr) == (
@@ -91,6 +93,7 @@ def test_usage_errors_exit_2():
     assert xdpbr().returncode == 2
 
 
+@pytest.mark.root
 @pytest.mark.parametrize(
     "argv, line",
     [
@@ -107,6 +110,7 @@ def test_out_of_range_numbers_are_usage_errors(argv, line):
     assert (res.returncode, res.stderr.split(";")[0]) == (2, f"xdpbr: {line}")  # then the fix
 
 
+@pytest.mark.root
 def test_bench_refuses_what_it_cannot_measure_before_building_anything():
     for argv, message in (
         (("bench", "fastpth"), "xdpbr: unknown scenario 'fastpth'; scenarios: bridge, fastpath, limit, "),
@@ -124,6 +128,7 @@ def test_bench_refuses_what_it_cannot_measure_before_building_anything():
     ]
 
 
+@pytest.mark.root
 def test_not_root_is_refused_with_the_fix():
     res = xdpbr("show", user="65534")
     assert res.returncode == 1
@@ -132,6 +137,7 @@ def test_not_root_is_refused_with_the_fix():
     )
 
 
+@pytest.mark.root
 def test_explicit_mode_a_port_cannot_run_is_an_error_and_rolls_back(two_containers):
     lab = two_containers
     # a veth whose peer has a jumbo MTU cannot run native XDP without frags support
@@ -149,6 +155,7 @@ def test_explicit_mode_a_port_cannot_run_is_an_error_and_rolls_back(two_containe
     assert ports[lab.c2.port]["xdp_mode"] == "generic", "explicit xdp falls back to generic XDP"
 
 
+@pytest.mark.root
 def test_auto_falls_back_to_tc_when_a_driver_has_no_native_xdp_and_says_why(lab):
     lab.make_bridge()
     # an overlay uplink: auto's table says xdp+tc for it, the vxlan driver has no native XDP
@@ -175,6 +182,7 @@ def test_auto_falls_back_to_tc_when_a_driver_has_no_native_xdp_and_says_why(lab)
     assert res.stderr.startswith("xdpbr: cannot attach native XDP to vx0")
 
 
+@pytest.mark.root
 def test_missing_kernel_headers_name_the_package_and_leave_nothing(two_containers, monkeypatch):
     from loader import compile as comp
     from loader.errors import XdpbrError
@@ -188,6 +196,7 @@ def test_missing_kernel_headers_name_the_package_and_leave_nothing(two_container
     assert host_state(two_containers) == NOTHING
 
 
+@pytest.mark.root
 def test_port_set_is_remembered_and_checked(two_containers):
     lab = two_containers
     assert xdpbr("-n", lab.switch, "attach", "br0").returncode == 0
@@ -208,6 +217,7 @@ def test_port_set_is_remembered_and_checked(two_containers):
     assert (res.returncode, res.stderr) == (1, "xdpbr: interface nope does not exist\n")
 
 
+@pytest.mark.root
 def test_detach_of_a_bridge_that_is_not_attached(two_containers):
     res = xdpbr("-n", two_containers.switch, "detach", "br0")
     assert (res.returncode, res.stderr) == (
@@ -217,6 +227,7 @@ def test_detach_of_a_bridge_that_is_not_attached(two_containers):
     )
 
 
+@pytest.mark.root
 def test_fdb_show_and_stats_watch_in_json(two_containers):
     lab = two_containers
     subprocess.run(
@@ -253,6 +264,7 @@ def test_fdb_show_and_stats_watch_in_json(two_containers):
     assert set(docs[1][0]) == {"bridge", "port", "attach", "reason", "packets", "bytes"}
 
 
+@pytest.mark.root
 def test_two_namespaces_with_a_bridge_of_the_same_name_do_not_share_pins(two_containers):
     from testbed.lab import Lab
 
@@ -268,6 +280,7 @@ def test_two_namespaces_with_a_bridge_of_the_same_name_do_not_share_pins(two_con
         assert pins.pin_dir("br0", two_containers.switch) != pins.pin_dir("br0", other.switch)
 
 
+@pytest.mark.root
 def test_listing_every_bridge_skips_one_that_is_detached_meanwhile(two_containers):
     lab = two_containers
     assert xdpbr("-n", lab.switch, "attach", "br0").returncode == 0

@@ -10,8 +10,6 @@ from loader.errors import XdpbrError
 from loader.lock import writer_lock
 from testbed.trafficgen import BenchPrograms, attach_program
 
-pytestmark = pytest.mark.root
-
 
 @pytest.fixture
 def foreign():
@@ -27,6 +25,7 @@ def xdp_prog_name(lab, port):
     return out.split(" name ")[1].split()[0] if " name " in out else None
 
 
+@pytest.mark.root
 def test_another_tools_xdp_program_is_left_alone(two_containers, foreign):
     lab = two_containers
     detach_foreign = attach_program(lab.switch, lab.c1.port, foreign.sink.fd)
@@ -46,6 +45,7 @@ def test_another_tools_xdp_program_is_left_alone(two_containers, foreign):
         detach_foreign()
 
 
+@pytest.mark.root
 def test_another_tools_tc_filter_and_qdisc_survive_detach(two_containers):
     lab = two_containers
     sw = ["tc", "-n", lab.switch]
@@ -85,6 +85,7 @@ def test_another_tools_tc_filter_and_qdisc_survive_detach(two_containers):
     assert "clsact" not in qdiscs, "the qdisc xdpbr created goes"
 
 
+@pytest.mark.root
 def test_reattach_replaces_the_programs_while_traffic_flows(two_containers):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp+tc")
@@ -103,6 +104,7 @@ def test_reattach_replaces_the_programs_while_traffic_flows(two_containers):
     assert lab.c1.ping(lab.c2.ip)
 
 
+@pytest.mark.root
 def test_writers_are_serialised():
     with writer_lock():
         with pytest.raises(XdpbrError, match="another xdpbr is changing the host"):

@@ -15,8 +15,6 @@ from control.session import Session
 from loader import pins
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.root
-
 # How long a test waits for the daemon to react. It reacts in milliseconds (bench: control,
 # hotplug); the wait only bounds a failure, so it is generous for a loaded CI machine.
 WAIT_S = 10
@@ -39,6 +37,7 @@ def ports(lab):
     return {p["port"]: p for p in state.show(lab.bridge, lab.switch)[0]["ports"]}
 
 
+@pytest.mark.root
 def test_fdb_entries_follow_kernel_events(two_containers, daemon):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
@@ -52,6 +51,7 @@ def test_fdb_entries_follow_kernel_events(two_containers, daemon):
     assert wait_for(lambda: not mirrored(lab, mac), timeout=WAIT_S)
 
 
+@pytest.mark.root
 def test_a_station_learned_after_attach_gets_the_fast_path(two_containers, daemon):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
@@ -63,6 +63,7 @@ def test_a_station_learned_after_attach_gets_the_fast_path(two_containers, daemo
     assert counter(lab, lab.c1.port, "xdp", "forward") >= before + 3
 
 
+@pytest.mark.root
 def test_a_mac_move_is_never_misdelivered(two_containers, daemon):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
@@ -96,6 +97,7 @@ def test_a_mac_move_is_never_misdelivered(two_containers, daemon):
     assert holders <= {c3_index}
 
 
+@pytest.mark.root
 def test_kernel_aging_stays_true_for_stations_only_the_fast_path_sees(two_containers, daemon):
     lab = two_containers
     subprocess.run(
@@ -120,6 +122,7 @@ def test_kernel_aging_stays_true_for_stations_only_the_fast_path_sees(two_contai
     assert updated <= 2, f"kernel entry not refreshed: {line}"
 
 
+@pytest.mark.root
 def test_without_a_daemon_the_fast_path_stops_after_the_grace_period(two_containers):
     lab = two_containers
     assert lab.c1.ping(lab.c2.ip)  # learned before attach, so the mirror has both
@@ -133,6 +136,7 @@ def test_without_a_daemon_the_fast_path_stops_after_the_grace_period(two_contain
     assert not state.show(lab.bridge, lab.switch)[0]["fast_path_active"]
 
 
+@pytest.mark.root
 def test_a_restarted_daemon_resumes_the_fast_path(two_containers, daemon):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp", grace_s=1.0)
@@ -146,6 +150,7 @@ def test_a_restarted_daemon_resumes_the_fast_path(two_containers, daemon):
     assert counter(lab, lab.c1.port, "xdp", "forward") >= before + 2
 
 
+@pytest.mark.root
 def test_hot_plugged_ports_join_and_leave(two_containers, daemon):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch)
@@ -159,6 +164,7 @@ def test_hot_plugged_ports_join_and_leave(two_containers, daemon):
     assert wait_for(lambda: c3.port not in ports(lab), timeout=WAIT_S)
 
 
+@pytest.mark.root
 def test_port_state_changes_are_followed(two_containers, daemon):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
@@ -181,6 +187,7 @@ def nft(lab, *argv):
     subprocess.run(["nsenter", f"--net=/run/netns/{lab.switch}", "nft", *argv], check=True)
 
 
+@pytest.mark.root
 def test_a_bridge_netfilter_rule_is_respected_then_bypassed(two_containers):
     lab = two_containers
     nft(lab, "add", "table", "bridge", "filter")
@@ -211,6 +218,7 @@ def test_a_bridge_netfilter_rule_is_respected_then_bypassed(two_containers):
     assert lab.c1.ping(lab.c2.ip, count=2), "bypass: the fast path skips the rule"
 
 
+@pytest.mark.root
 def test_the_daemon_rechecks_netfilter_when_rules_change(two_containers, daemon):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
@@ -224,6 +232,7 @@ def test_the_daemon_rechecks_netfilter_when_rules_change(two_containers, daemon)
     assert wait_for(lambda: {p["mode"] for p in ports(lab).values()} == {"xdp"}, timeout=6)
 
 
+@pytest.mark.root
 def test_detach_leaves_the_bridge_exactly_as_before(two_containers):
     lab = two_containers
 
@@ -246,6 +255,7 @@ def test_detach_leaves_the_bridge_exactly_as_before(two_containers):
     assert json.dumps(state.show()).count(lab.switch) == 0
 
 
+@pytest.mark.root
 def test_detach_while_the_daemon_runs_stays_detached(two_containers, daemon):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
@@ -258,6 +268,7 @@ def test_detach_while_the_daemon_runs_stays_detached(two_containers, daemon):
     assert "prog/xdp" not in links
 
 
+@pytest.mark.root
 def test_the_daemon_follows_an_upgrade_in_place(two_containers, daemon):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
@@ -284,6 +295,7 @@ def daemon_counters(lab):
         return value.fdb_events, value.sync_lag_ns_sum
 
 
+@pytest.mark.root
 def test_sync_lag_runs_from_the_bridge_learning_the_mac(two_containers, daemon):
     """The lag starts at bridge:br_fdb_update, not when the daemon reads the event: a daemon
     that is frozen while the bridge learns must report the time it was frozen."""
@@ -328,6 +340,7 @@ def send_from(host, sources, dst_mac):
             sock.send(udp_frame(dst_mac, mac, "10.200.0.250", "10.200.0.251", 60))
 
 
+@pytest.mark.root
 def test_a_mac_flood_fills_the_mirror_but_pushes_no_station_out(two_containers, daemon):
     from loader.layouts import FDB_SIZE
 
@@ -355,6 +368,7 @@ def test_a_mac_flood_fills_the_mirror_but_pushes_no_station_out(two_containers, 
     assert wait_for(lambda: counter(lab, lab.c1.port, "tc", "fdb_full") >= full_before + 5, timeout=WAIT_S)
 
 
+@pytest.mark.root
 def test_the_bridge_limit_on_learned_entries_holds(two_containers):
     from loader import bridge_limits
 
@@ -364,6 +378,7 @@ def test_the_bridge_limit_on_learned_entries_holds(two_containers):
     assert wait_for(lambda: bridge_limits.fdb_learned(lab.bridge, lab.switch) == (100, 100), timeout=WAIT_S)
 
 
+@pytest.mark.root
 def test_a_tap_hot_plugged_while_traffic_flows_gets_the_fast_path_and_leaves_nothing(two_containers, daemon):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch)
@@ -411,6 +426,7 @@ def test_a_tap_hot_plugged_while_traffic_flows_gets_the_fast_path_and_leaves_not
         assert not bpfsys.map_lookup(s.maps["xdpbr_devmap"], U32(slot), U32())  # no DEVMAP entry
 
 
+@pytest.mark.root
 def test_an_upgrade_rebuilds_maps_whose_layout_changed_and_keeps_the_others(two_containers, daemon):
     from loader import pins
 
@@ -455,6 +471,7 @@ def test_an_upgrade_rebuilds_maps_whose_layout_changed_and_keeps_the_others(two_
     assert counter(lab, lab.c1.port, "tc", "forward") >= fast_before + 2
 
 
+@pytest.mark.root
 def test_a_bridge_that_comes_and_goes_leaves_no_socket_or_thread_in_the_daemon(two_containers, daemon):
     """A service outlives many attach/detach cycles (and namespaces coming and going): each
     adoption opens netlink listeners, a broker and their threads, and dropping the bridge must
@@ -478,6 +495,7 @@ def test_a_bridge_that_comes_and_goes_leaves_no_socket_or_thread_in_the_daemon(t
     assert wait_for(lambda: resources() == baseline, timeout=WAIT_S), (baseline, resources())
 
 
+@pytest.mark.root
 def test_daemon_once_resyncs_and_leaves_the_running_daemons_broker_socket_alone(two_containers, daemon):
     from control import broker
     from tests.helpers import xdpbr
@@ -498,6 +516,7 @@ def test_daemon_once_resyncs_and_leaves_the_running_daemons_broker_socket_alone(
     assert not os.path.exists(sock)
 
 
+@pytest.mark.root
 def test_a_dead_fdb_listener_is_restarted_with_a_resync_and_counted(two_containers, monkeypatch):
     """An FDB reader that dies on an OSError (not an overrun) is started again and the bridge
     resynced: a MAC whose event killed it still reaches the mirror."""
@@ -544,6 +563,7 @@ def test_a_dead_fdb_listener_is_restarted_with_a_resync_and_counted(two_containe
         runner.join(10)
 
 
+@pytest.mark.root
 def test_a_namespace_deleted_under_the_daemon_is_forgotten_and_the_other_bridges_kept(daemon):
     from testbed.lab import Lab, sh
 

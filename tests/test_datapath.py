@@ -22,8 +22,6 @@ from loader.layouts import (
 from tests import frames as F
 from tests.datapath import BRIDGE_MAC, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, XDP_REDIRECT, Datapath
 
-pytestmark = pytest.mark.root
-
 A = "02:00:00:00:00:0a"  # a station behind p1
 B = "02:00:00:00:00:0b"  # a station behind p2
 OK = PORT_FORWARDING | PORT_XDP_EGRESS
@@ -466,16 +464,19 @@ def _check(dp, case, attach, run):
     assert dp.egress() == (dp.ifindex[egress] if egress else 0), f"{case.name}: {attach} egress"
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_xdp_decision(dp, case):
     _check(dp, case, "xdp", dp.run_xdp)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_tc_decision(dp, case):
     _check(dp, case, "tc", dp.run_tc)
 
 
+@pytest.mark.root
 def test_source_move_invalidates_the_old_entry(dp):
     dp.reset()
     known(dp)
@@ -489,6 +490,7 @@ def test_source_move_invalidates_the_old_entry(dp):
     assert got == XDP_PASS
 
 
+@pytest.mark.root
 def test_static_entry_is_not_invalidated_by_a_spoofed_source(dp):
     dp.reset()
     dp.fdb(A, "p1", static=True)
@@ -498,6 +500,7 @@ def test_static_entry_is_not_invalidated_by_a_spoofed_source(dp):
     assert dp.fdb_entry(A) is not None and dp.fdb_entry(A).ifindex == dp.ifindex["p1"]
 
 
+@pytest.mark.root
 def test_fast_path_use_stamps_the_source_entry(dp):
     dp.reset()
     known(dp)
@@ -507,6 +510,7 @@ def test_fast_path_use_stamps_the_source_entry(dp):
     assert dp.fdb_entry(A).last_seen > 0
 
 
+@pytest.mark.root
 def test_tc_forwards_gso_frames_longer_than_the_mtu(dp):
     dp.reset()
     known(dp)
@@ -515,6 +519,7 @@ def test_tc_forwards_gso_frames_longer_than_the_mtu(dp):
     assert got == TC_ACT_REDIRECT
 
 
+@pytest.mark.root
 def test_tc_pushes_the_tag_an_egress_trunk_needs(dp):
     dp.reset(vlan_filtering=True)
     known(dp, 10)
@@ -529,6 +534,7 @@ def test_tc_pushes_the_tag_an_egress_trunk_needs(dp):
     assert dp.counter("p1", "tc", "forward") == before + 1
 
 
+@pytest.mark.root
 def test_tc_pops_the_tag_for_an_access_egress(dp):
     dp.reset(vlan_filtering=True)
     known(dp, 10)
@@ -548,6 +554,7 @@ def one_cpu():
     os.sched_setaffinity(0, saved)
 
 
+@pytest.mark.root
 def test_the_flow_cache_serves_repeated_frames(dp, one_cpu):
     dp.reset()
     known(dp)
@@ -563,6 +570,7 @@ def test_the_flow_cache_serves_repeated_frames(dp, one_cpu):
     assert dp.egress() == dp.ifindex["p2"], "a cache hit keeps the decision it cached"
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("attach", ["xdp", "tc"])
 def test_a_cached_flow_follows_the_control_planes_fdb_changes(dp, one_cpu, attach):
     run = dp.run_xdp if attach == "xdp" else dp.run_tc
@@ -577,6 +585,7 @@ def test_a_cached_flow_follows_the_control_planes_fdb_changes(dp, one_cpu, attac
     assert dp.egress() == dp.ifindex["p3"], "a stale cached decision was used"
 
 
+@pytest.mark.root
 def test_a_move_the_fast_path_sees_invalidates_cached_flows(dp, one_cpu):
     dp.reset()
     known(dp)

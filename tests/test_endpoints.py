@@ -15,8 +15,6 @@ from testbed.lab import sh
 from tests.helpers import xdpbr
 from tests.traffic import frames_on, packet_socket, xsk_frames
 
-pytestmark = pytest.mark.root
-
 GUEST = "52:54:00:00:00:31"
 
 
@@ -28,6 +26,7 @@ def forward(lab, port):
     return state.forwarded(lab.bridge, lab.switch, port)
 
 
+@pytest.mark.root
 def test_an_afxdp_endpoint_exchanges_frames_with_a_container_on_the_fast_path(two_containers):
     lab = two_containers
     assert lab.c1.ping(lab.c2.ip)  # the bridge knows c1
@@ -79,6 +78,7 @@ def _has_uid(uid):
         return False
 
 
+@pytest.mark.root
 def test_a_tap_endpoint_is_a_persistent_vnet_hdr_tap_on_the_bridge(two_containers):
     lab = two_containers
     rec = endpoints.add(lab.bridge, lab.switch, "vm2", path="tap", mac=GUEST, owner=1000, group=1000)
@@ -100,6 +100,7 @@ def test_a_tap_endpoint_is_a_persistent_vnet_hdr_tap_on_the_bridge(two_container
     assert "vm2" not in links(lab)
 
 
+@pytest.mark.root
 def test_endpoints_get_their_queues_offloads_and_static_entry_from_the_kernel(two_containers):
     """What `add` asks of netlink and ethtool, read back with iproute2's and ethtool's own eyes."""
     lab = two_containers
@@ -124,6 +125,7 @@ def test_endpoints_get_their_queues_offloads_and_static_entry_from_the_kernel(tw
     assert "tx-checksumming: on" in sh(*ethtool_k, "vm8")  # the VMM's side keeps its own
 
 
+@pytest.mark.root
 def test_endpoint_errors_are_clear_and_leave_nothing(two_containers):
     lab = two_containers
     with pytest.raises(UsageError, match="endpoint name"):
@@ -150,6 +152,7 @@ def test_endpoint_errors_are_clear_and_leave_nothing(two_containers):
     assert "vm3" not in links(lab) and "vm4" not in links(lab)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("path", ["afxdp", "tap"])
 def test_a_failing_last_step_rolls_the_whole_endpoint_back(two_containers, monkeypatch, path):
     """The static FDB entry is the last thing `add` writes; when the kernel refuses it, the
@@ -172,6 +175,7 @@ def test_a_failing_last_step_rolls_the_whole_endpoint_back(two_containers, monke
     assert not os.path.exists(os.path.join(pin_root, endpoints.label(lab.bridge, lab.switch)))
 
 
+@pytest.mark.root
 def test_endpoint_metrics_count_frames_to_the_sockets_and_frames_that_found_none(two_containers):
     from prometheus_client import CollectorRegistry
 
@@ -204,6 +208,7 @@ def test_endpoint_metrics_count_frames_to_the_sockets_and_frames_that_found_none
     endpoints.delete(lab.bridge, lab.switch, "vm7")
 
 
+@pytest.mark.root
 def test_a_lab_that_goes_away_takes_its_endpoints_pins_and_broker_socket_with_it():
     from testbed.lab import Lab
 
@@ -220,6 +225,7 @@ def test_a_lab_that_goes_away_takes_its_endpoints_pins_and_broker_socket_with_it
     assert not os.path.exists(os.path.join(run_dir, f"{label}.sock"))
 
 
+@pytest.mark.root
 def test_a_corrupt_endpoint_record_is_skipped_by_show_the_broker_and_a_scrape(two_containers, daemon):
     from control.broker import request, socket_path
     from control.metrics import exposition

@@ -10,8 +10,6 @@ import pytest
 from control import attachment, state
 from tests.traffic import tcp_transfer, udp_exchange
 
-pytestmark = pytest.mark.root
-
 
 def counters(lab):
     """{(port, attach, reason): packets}"""
@@ -35,6 +33,7 @@ def _everything_arrives(lab):
         assert tcp_transfer(a, b), f"TCP {a.name} -> {b.name} did not arrive intact"
 
 
+@pytest.mark.root
 def test_xdp_mode_forwards_unicast_and_passes_what_xdp_cannot_deliver(bridge_lab, daemon):
     lab = bridge_lab
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
@@ -53,6 +52,7 @@ def test_xdp_mode_forwards_unicast_and_passes_what_xdp_cannot_deliver(bridge_lab
     assert not any(k[1] == "tc" for k in c), "xdp mode must not run the TC program"
 
 
+@pytest.mark.root
 def test_tc_mode_forwards_with_offloads_intact(bridge_lab, daemon):
     lab = bridge_lab
     attachment.attach(lab.bridge, lab.switch, mode="tc")
@@ -65,6 +65,7 @@ def test_tc_mode_forwards_with_offloads_intact(bridge_lab, daemon):
     assert not any(k[2] == "checksum_partial" for k in c), "TC keeps CHECKSUM_PARTIAL: nothing to pass"
 
 
+@pytest.mark.root
 def test_xdp_tc_mode_hands_gso_and_partial_checksums_from_xdp_to_tc(bridge_lab, daemon):
     lab = bridge_lab
     attachment.attach(lab.bridge, lab.switch, mode="xdp+tc")
@@ -81,6 +82,7 @@ def test_xdp_tc_mode_hands_gso_and_partial_checksums_from_xdp_to_tc(bridge_lab, 
     _everything_arrives(lab)
 
 
+@pytest.mark.root
 def test_auto_mode_runs_tc_on_veth_and_xdp_tc_on_tap(bridge_lab, daemon):
     lab = bridge_lab
     attachment.attach(lab.bridge, lab.switch)
@@ -97,6 +99,7 @@ def test_auto_mode_runs_tc_on_veth_and_xdp_tc_on_tap(bridge_lab, daemon):
     assert c.get((lab.c1.port, "tc", "forward"), 0) > 0
 
 
+@pytest.mark.root
 def test_container_offloads_are_untouched_in_auto_mode(bridge_lab):
     lab = bridge_lab
     before = lab.c1.run("ethtool", "-k", "eth0").stdout
@@ -112,6 +115,7 @@ def test_container_offloads_are_untouched_in_auto_mode(bridge_lab):
     assert lab.c1.run("ethtool", "-k", "eth0").stdout == before, "detach restores GRO"
 
 
+@pytest.mark.root
 def test_a_learned_mac_is_fast_pathed_and_broadcast_stays_on_the_bridge(bridge_lab, daemon):
     lab = bridge_lab
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
@@ -125,6 +129,7 @@ def test_a_learned_mac_is_fast_pathed_and_broadcast_stays_on_the_bridge(bridge_l
     assert delta(after, final, (lab.c2.port, "xdp", "broadcast")) >= 1
 
 
+@pytest.mark.root
 def test_an_egress_qdisc_is_honoured_by_the_tc_fast_path(bridge_lab, daemon):
     lab = bridge_lab
     lab.in_switch(

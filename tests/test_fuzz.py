@@ -15,8 +15,6 @@ from loader.layouts import PORT_FORWARDING, PORT_HAIRPIN, PORT_ISOLATED, PORT_XD
 from tests import frames as F
 from tests.datapath import BRIDGE_MAC, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, XDP_REDIRECT, Datapath
 
-pytestmark = pytest.mark.root
-
 PORTS = ("p1", "p2", "p3", "p4")
 FRAMES = 3000
 SEED = 20261126
@@ -162,6 +160,7 @@ def dp():
     datapath.close()
 
 
+@pytest.mark.root
 def test_fast_path_redirects_only_what_the_bridge_would_forward_there(dp):
     rng = random.Random(SEED)
     disagreements, redirected, runs = [], 0, 0

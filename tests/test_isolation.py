@@ -19,8 +19,6 @@ from control import broker
 from loader import bpfsys, instance, pins
 from tests.helpers import ROOT, remove_instance_state
 
-pytestmark = pytest.mark.root
-
 
 @contextlib.contextmanager
 def selected(name):
@@ -80,6 +78,7 @@ def snapshot(lab, name):
         }
 
 
+@pytest.mark.root
 def test_the_demo_and_the_hotplug_bench_leave_a_production_instance_untouched(
     two_containers, daemon, tmp_path
 ):

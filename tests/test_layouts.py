@@ -21,6 +21,9 @@ STRUCTS = {
     "xdpbr_ifname": layouts.Ifname,
     "xdpbr_control": layouts.Control,
     "xdpbr_counter": layouts.Counter,
+    "xdpbr_xsk_counter": layouts.XskCounter,
+    "xdpbr_redirect_key": layouts.RedirectKey,
+    "xdpbr_learn_key": layouts.LearnKey,
 }
 
 

@@ -16,8 +16,6 @@ from control.metrics import PinnedMapReader, XdpbrCollector, bridge_label, parse
 from loader.errors import XdpbrError
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.root
-
 
 def scrape(reader):
     registry = CollectorRegistry()
@@ -26,6 +24,7 @@ def scrape(reader):
     return registry, collector
 
 
+@pytest.mark.root
 def test_counters_follow_real_traffic(two_containers):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
@@ -57,6 +56,7 @@ def test_counters_follow_real_traffic(two_containers):
     assert registry.get_sample_value("xdpbr_scrape_errors_total") == 0
 
 
+@pytest.mark.root
 def test_no_mac_and_no_cpu_in_any_label(two_containers):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch)
@@ -77,6 +77,7 @@ def test_a_bridge_that_cannot_be_read_counts_an_error_and_the_scrape_goes_on():
     assert registry.get_sample_value("xdpbr_scrape_duration_seconds") >= 0
 
 
+@pytest.mark.root
 def test_promtool_accepts_the_exposition(two_containers):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp+tc")
@@ -94,6 +95,7 @@ def test_metrics_address_parsing():
         parse_listen("localhost")
 
 
+@pytest.mark.root
 def test_redirect_errors_after_the_fast_path_are_counted(two_containers):
     lab = two_containers
     assert lab.c1.ping(lab.c2.ip)
@@ -148,6 +150,7 @@ def test_the_fast_writer_says_what_prometheus_client_says_including_odd_names():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@pytest.mark.root
 def test_the_fast_writer_matches_on_a_real_scrape(two_containers):
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="xdp+tc")
@@ -177,6 +180,7 @@ def _scrape(port):
         return None
 
 
+@pytest.mark.root
 def test_the_exporter_survives_daemon_restarts_and_bridges_coming_and_going(bridge_lab, daemon):
     lab = bridge_lab
     attachment.attach(lab.bridge, lab.switch, mode="xdp")

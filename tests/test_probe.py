@@ -7,9 +7,8 @@ import pytest
 from loader import bpfsys, probe
 from loader.errors import XdpbrError
 
-pytestmark = pytest.mark.root
 
-
+@pytest.mark.root
 def test_the_live_frames_probe_agrees_with_a_real_live_run():
     refusal = probe.live_frames_refusal()
     fd = bpfsys.load_xdp_returning(bpfsys.XDP_DROP)

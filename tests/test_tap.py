@@ -17,8 +17,6 @@ from loader.tap import (
 from tests import frames as F
 from tests.traffic import packet_socket
 
-pytestmark = pytest.mark.root
-
 VIRTIO_NET_HDR_GSO_UDP_L4 = 5
 TAP_MAC = "02:00:00:00:77:01"
 TAP_IP = "10.200.0.77"
@@ -60,6 +58,7 @@ def counter(lab, port, attach, reason):
     )
 
 
+@pytest.mark.root
 def test_tap_is_opened_like_qemu_does(tap_lab):
     out = subprocess.run(
         ["ip", "-n", tap_lab.switch, "-d", "link", "show", "tapx"], capture_output=True, text=True
@@ -67,6 +66,7 @@ def test_tap_is_opened_like_qemu_does(tap_lab):
     assert "tun type tap pi off vnet_hdr on" in out
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("mode", ["xdp", "tc", "xdp+tc", "auto"])
 def test_a_needs_csum_frame_from_the_guest_arrives_with_a_valid_checksum(tap_lab, mode):
     lab = tap_lab
@@ -84,6 +84,7 @@ def test_a_needs_csum_frame_from_the_guest_arrives_with_a_valid_checksum(tap_lab
         assert counter(lab, "tapx", "tc", "forward") == 1
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("mode", ["xdp", "xdp+tc"])
 def test_a_gso_super_frame_from_the_guest_arrives_as_whole_datagrams(tap_lab, mode):
     lab = tap_lab
@@ -108,6 +109,7 @@ def test_a_gso_super_frame_from_the_guest_arrives_as_whole_datagrams(tap_lab, mo
     assert counter(lab, "tapx", "xdp", "too_long") == 1, "XDP must hand the super-frame on, not redirect it"
 
 
+@pytest.mark.root
 def test_frames_xdp_redirects_into_the_tap_carry_complete_checksums(tap_lab):
     lab = tap_lab
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
@@ -129,6 +131,7 @@ def test_frames_xdp_redirects_into_the_tap_carry_complete_checksums(tap_lab):
     assert counter(lab, lab.c1.port, "xdp", "forward") == 1
 
 
+@pytest.mark.root
 def test_eagain_queues_frames_until_the_tap_is_writable(tap_lab):
     lab = tap_lab
     rx = udp_socket(lab, 6002)

@@ -9,8 +9,6 @@ from loader import bpfsys
 from testbed.lab import Lab, sh
 from testbed.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program
 
-pytestmark = pytest.mark.root
-
 TRAFFIC = dict(src_mac="02:00:00:00:0a:01", dst_mac="02:00:00:00:0a:02", src_ip="10.9.0.1", dst_ip="10.9.0.2")
 
 
@@ -37,6 +35,7 @@ def test_sizes_outside_ethernet_are_refused():
             Traffic(**TRAFFIC, size=size).frame()
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("vlan", [None, 7])
 def test_the_generator_cycles_through_the_flows(programs, vlan):
     traffic = Traffic(**TRAFFIC, size=128, flows=3, vlan=vlan)
@@ -58,6 +57,7 @@ def test_the_generator_cycles_through_the_flows(programs, vlan):
     assert sorted(set(ports)) == [10000, 10001, 10002]
 
 
+@pytest.mark.root
 @pytest.mark.live_frames
 def test_what_is_sent_is_counted_exactly_and_received(programs):
     with Lab(prefix="xdpbr-test-gen") as lab:

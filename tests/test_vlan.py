@@ -11,8 +11,6 @@ import pytest
 from control import attachment, state
 from testbed.lab import Lab
 
-pytestmark = pytest.mark.root
-
 
 def _kernel_filters_vlans():
     with Lab(prefix="xdpbr-t-probe") as lab:
@@ -32,6 +30,7 @@ def vlan_support():
         pytest.skip(f"this kernel cannot filter VLANs on a bridge (CONFIG_BRIDGE_VLAN_FILTERING): {why}")
 
 
+@pytest.mark.root
 def test_access_ports_in_one_vlan_are_fast_pathed_and_other_vlans_are_not_reached(vlan_support, lab):
     lab.make_bridge()
     c1, c2, c3 = lab.container("c1"), lab.container("c2"), lab.container("c3")
