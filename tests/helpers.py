@@ -11,11 +11,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-SCRIPT = os.path.join(os.path.dirname(sys.executable), "xdpbr")
-
-
 def xdpbr(*argv, user=None):
-    cmd = [SCRIPT] if os.path.exists(SCRIPT) else [sys.executable, "-m", "control.cli"]
+    """The CLI of this checkout (`python -m` from ROOT, not the venv's entry point, which may
+    belong to another checkout), as a process."""
+    cmd = [sys.executable, "-m", "control.cli"]
     if user:
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
     return subprocess.run([*cmd, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)
