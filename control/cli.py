@@ -151,7 +151,7 @@ def build_parser():
     eq.add_argument("names", nargs="+", metavar="[BRIDGE] NAME", help="the bridge only if NAME is on several")
 
     be = sub.add_parser(
-        "bench", help="measure the bridge, xdpbr and the seed's TAP path side by side (own namespaces)"
+        "bench", help="measure the bridge, xdpbr and QEMU's TAP path side by side (own namespaces)"
     )
     be.add_argument(
         "scenarios",
