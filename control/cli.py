@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import sys
-import time
 
 from control import config, render
 from control.model import MODES, NETFILTER_CHOICES, XDP_MODES
@@ -96,9 +95,16 @@ def build_parser():
     fs = fsub.add_parser("show", help="xdpbr fdb show BRIDGE")
     fs.add_argument("bridge")
 
-    st = sub.add_parser("stats", help="cumulative counters by port, attach point and reason")
+    st = sub.add_parser(
+        "stats", help="counters by port, attach point and reason; with --watch, rates per interval"
+    )
     st.add_argument("bridge", nargs="?")
-    st.add_argument("--watch", action="store_true", help="print again every --interval seconds")
+    st.add_argument(
+        "--watch",
+        action="store_true",
+        help="frames/s and bits/s per port and in total, fast path (xdp, tc) and bridge with the top "
+        "reasons, every --interval seconds (redrawn on a terminal; -j: one JSON object an interval)",
+    )
     st.add_argument(
         "--interval",
         type=_positive(float),
@@ -107,7 +113,7 @@ def build_parser():
         help="with --watch: seconds between prints",
     )
     st.add_argument(
-        "--count", type=_positive(int), default=None, metavar="N", help="with --watch: stop after N prints"
+        "--count", type=_positive(int), default=None, metavar="N", help="with --watch: stop after N intervals"
     )
 
     dm = sub.add_parser("daemon", help="mirror FDB and port changes into the fast path (foreground)")
@@ -291,15 +297,11 @@ def _port(args):
 def _stats(args):
     from control import state
 
-    printed = 0
-    while True:
-        render.emit(state.stats(args.bridge, args.netns), args.json, render.stats_text)
-        printed += 1
-        if not args.watch or (args.count and printed >= args.count):
-            return
-        if not args.json:
-            sys.stdout.write("\n")
-        time.sleep(args.interval)
+    if args.watch:
+        from control import watch
+
+        return watch.run(args.bridge, args.netns, args.interval, args.count, args.json)
+    render.emit(state.stats(args.bridge, args.netns), args.json, render.stats_text)
 
 
 class _TextFormatter(logging.Formatter):

@@ -138,7 +138,8 @@ def read_counters(s, slots=None):
 
 
 def stats(bridge=None, netns=None):
-    """Rows {bridge, port, attach, reason, packets, bytes} of nonzero cumulative counters."""
+    """Rows {bridge, port, attach, reason, packets, bytes} of nonzero cumulative counters, and
+    one row with attach and reason None for each port that has counted nothing."""
     return each_bridge(bridge, netns, _stats_one)
 
 
@@ -151,17 +152,30 @@ def _stats_one(name, ns, s):
     entries = s.ports()
     names = interface_names(ns, entries)
     slot_port = {e.slot: names.get(i, f"if{i}") for i, e in entries.items()}
+    counters = read_counters(s)
+    # a port that has counted nothing yet is still listed (attach and reason None), in its
+    # place: an operator looking at a fresh bridge sees its ports, not an empty answer
+    counted = {slot for slot, *_ in counters}
+    quiet = [(slot, None, None, 0, 0) for slot in slot_port if slot not in counted]
     return [
         {
             "bridge": name,
             "port": slot_port.get(slot, "-" if slot == 0 else f"slot{slot}"),
-            "attach": ATTACH_POINTS[attach],
-            "reason": REASONS[reason] if reason < len(REASONS) else f"reason{reason}",
+            "attach": None if attach is None else ATTACH_POINTS[attach],
+            "reason": reason_name(reason),
             "packets": packets,
             "bytes": nbytes,
         }
-        for slot, attach, reason, packets, nbytes in read_counters(s)
+        for slot, attach, reason, packets, nbytes in sorted(counters + quiet, key=lambda c: c[0])
     ]
+
+
+def reason_name(index):
+    """The label of a reason number (None stays None); numbers this xdpbr does not know yet
+    (a newer fast path appended them) read as `reasonN`."""
+    if index is None:
+        return None
+    return REASONS[index] if index < len(REASONS) else f"reason{index}"
 
 
 def fdb_show(bridge, netns=None):
