@@ -1,5 +1,5 @@
-"""afxdp-loop: the seed's userspace loop, but between two AF_XDP endpoints (rings, no syscall
-per frame), next to tap-loop in the same run.
+"""afxdp-loop: the userspace loop of QEMU's TAP path (tap-loop), but between two AF_XDP endpoints
+(rings, no syscall per frame), next to tap-loop in the same run.
 
 The kernel feeds endpoint A (live-frames XDP_TX into a veth whose peer runs the XSKMAP
 program: what the bridge sends to the VM); a Python process on CPU 1 relays in batches, RX of

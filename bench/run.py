@@ -4,7 +4,7 @@ Scenarios (all of them when none is named):
   bridge     the Linux bridge between two veth ports, bridge-nf-call-iptables off and on
   fastpath   the same ports accelerated by xdpbr in each mode: xdp, tc, xdp+tc, auto
   limit      a minimal XDP redirect to the other port: the ceiling of any XDP switch here
-  tap-loop   the seed's slow path: two TAP endpoints relayed by a Python loop like QEMU's
+  tap-loop   QEMU's TAP path: two TAP endpoints relayed by a Python loop like QEMU's
   afxdp-loop the same loop between two AF_XDP endpoints (rings, shared UMEM), with tap-loop
              and Open vSwitch's userspace datapath with AF_XDP ports (ovs-afxdp) alongside
   vm         two TAP endpoints joined by a bridge, plain and accelerated (guest to guest)

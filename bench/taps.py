@@ -1,4 +1,4 @@
-"""The seed's path for VMs: TAP endpoints (vnet_hdr, read and writev, as QEMU's TAP backend)
+"""QEMU's TAP path for VMs: TAP endpoints (vnet_hdr, read and writev, as QEMU's TAP backend)
 driven from Python.
 
 tap-loop  two TAP endpoints joined by a userspace relay like QEMU's main loop: poll, read a

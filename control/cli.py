@@ -9,8 +9,8 @@ import argparse
 import logging
 import math
 import os
+import shutil
 import sys
-import time
 
 from control import config, render
 from control.model import NETFILTER_CHOICES
@@ -140,9 +140,16 @@ def build_parser():
     fs = fsub.add_parser("show", help="xdpbr fdb show BRIDGE")
     fs.add_argument("bridge")
 
-    st = sub.add_parser("stats", help="cumulative counters by port, attach point and reason")
+    st = sub.add_parser(
+        "stats", help="counters by port, attach point and reason; with --watch, rates per interval"
+    )
     st.add_argument("bridge", nargs="?")
-    st.add_argument("--watch", action="store_true", help="print again every --interval seconds")
+    st.add_argument(
+        "--watch",
+        action="store_true",
+        help="frames/s and bits/s per port and in total, fast path (xdp, tc) and bridge with the top "
+        "reasons, every --interval seconds (redrawn on a terminal; -j: one JSON object an interval)",
+    )
     st.add_argument(
         "--interval",
         type=_positive(float),
@@ -151,7 +158,7 @@ def build_parser():
         help="with --watch: seconds between prints",
     )
     st.add_argument(
-        "--count", type=_positive(int), default=None, metavar="N", help="with --watch: stop after N prints"
+        "--count", type=_positive(int), default=None, metavar="N", help="with --watch: stop after N intervals"
     )
 
     dm = sub.add_parser("daemon", help="mirror FDB and port changes into the fast path (foreground)")
@@ -193,11 +200,31 @@ def build_parser():
     ed = epsub.add_parser("del", help="xdpbr endpoint del BRIDGE NAME")
     ed.add_argument("bridge")
     ed.add_argument("name")
-    eq = epsub.add_parser("qemu-args", help="xdpbr endpoint qemu-args [BRIDGE] NAME")
+    eq = epsub.add_parser(
+        "qemu-args",
+        help="what the installed QEMU takes for the endpoint: map-path= (QEMU >= 10.1), "
+        "a launcher with sock-fds= (8.2-10.0) or the TAP arguments",
+    )
     eq.add_argument("names", nargs="+", metavar="[BRIDGE] NAME", help="the bridge only if NAME is on several")
+    which = eq.add_mutually_exclusive_group()
+    which.add_argument(
+        "--qemu", metavar="PATH", help="ask this QEMU binary its version (default qemu-system-x86_64)"
+    )
+    which.add_argument("--qemu-version", metavar="X.Y", help="write for this QEMU version instead")
+    el = epsub.add_parser(
+        "launch",
+        usage="xdpbr [-n NETNS] endpoint launch BRIDGE NAME -- QEMU [ARG...]",
+        help="start QEMU (8.2-10.0) with the endpoint's AF_XDP sockets from the daemon's broker, "
+        "put where its arguments say @FDS@; needs no root, only access to the broker",
+    )
+    el.add_argument("bridge")
+    el.add_argument("name")
+    el.add_argument(
+        "command_args", nargs=argparse.REMAINDER, metavar="-- QEMU ARG...", help="the QEMU command"
+    )
 
     be = sub.add_parser(
-        "bench", help="measure the bridge, xdpbr and the seed's TAP path side by side (own namespaces)"
+        "bench", help="measure the bridge, xdpbr and QEMU's TAP path side by side (own namespaces)"
     )
     be.add_argument(
         "scenarios",
@@ -228,6 +255,10 @@ def run(args):
 
     if not args.command:
         raise UsageError("no command given; try `xdpbr --help`")
+    if args.command == "endpoint" and args.verb == "launch":
+        from control import qemu
+
+        return qemu.launch(args.bridge, args.netns, args.name, args.command_args)  # a VMM's user: no root
     _require_root()
     check_exists(args.netns)
     if args.command == "attach":
@@ -307,10 +338,23 @@ def _endpoint(args):
         if len(args.names) > 2:
             raise UsageError("endpoint qemu-args takes [BRIDGE] NAME")
         bridge, name = args.names if len(args.names) == 2 else (None, args.names[0])
-        print(endpoints.qemu_args(bridge, args.netns, name))
+        from control import qemu
+
+        found = qemu.qemu_args(
+            bridge, args.netns, name, qemu=args.qemu, qemu_version=args.qemu_version, program=_program()
+        )
+        render.emit(found, args.json, qemu.recipe_text)
     else:
-        raise UsageError("endpoint needs a verb: add, show, del or qemu-args")
+        raise UsageError("endpoint needs a verb: add, show, del, qemu-args or launch")
     return 0
+
+
+def _program():
+    """How a printed xdpbr command line names xdpbr: `xdpbr` when that is on PATH, else the
+    path this one was started by (a checkout's .venv/bin/xdpbr)."""
+    if shutil.which("xdpbr") or os.path.basename(sys.argv[0]) != "xdpbr":
+        return "xdpbr"
+    return os.path.abspath(sys.argv[0])
 
 
 def _label(args):
@@ -339,15 +383,11 @@ def _port(args):
 def _stats(args):
     from control import state
 
-    printed = 0
-    while True:
-        render.emit(state.stats(args.bridge, args.netns), args.json, render.stats_text)
-        printed += 1
-        if not args.watch or (args.count and printed >= args.count):
-            return
-        if not args.json:
-            sys.stdout.write("\n")
-        time.sleep(args.interval)
+    if args.watch:
+        from control import watch
+
+        return watch.run(args.bridge, args.netns, args.interval, args.count, args.json)
+    render.emit(state.stats(args.bridge, args.netns), args.json, render.stats_text)
 
 
 class _TextFormatter(logging.Formatter):

@@ -326,18 +326,10 @@ def find(bridge, netns, name):
     return found[0]
 
 
-def qemu_args(bridge, netns, name):
-    """The QEMU arguments for the endpoint (-netdev ...), as one string; `bridge` may be None
-    when the name is unique in the namespace."""
-    rec = find(bridge, netns, name)
-    mac = f",mac={rec['mac']}" if rec.get("mac") else ""
-    if rec["path"] == "tap":
-        queues = f",queues={rec['queues']}" if rec["queues"] > 1 else ""
-        return (
-            f"-netdev tap,id={name},ifname={name},script=no,downscript=no,vhost=on{queues} "
-            f"-device virtio-net-pci,netdev={name}{mac}"
-        )
-    return (
-        f"-netdev af-xdp,id={name},ifname={name},inhibit=on,queues={rec['queues']},"
-        f"map-path={rec['pins']}/xsks -device virtio-net-pci,netdev={name}{mac}"
-    )
+def qemu_args(bridge, netns, name, **options):
+    """What to give the installed QEMU for the endpoint, as text (control/qemu.py decides by
+    QEMU's version; options: qemu=PATH, qemu_version="X.Y"). `bridge` may be None when the
+    name is unique in the namespace."""
+    from control import qemu
+
+    return qemu.recipe_text(qemu.qemu_args(bridge, netns, name, **options))

@@ -2,6 +2,7 @@
 
 import json
 import sys
+import time
 
 
 def emit(rows, as_json, text_fn, out=None):
@@ -88,3 +89,64 @@ def ports_text(rows):
 
 def endpoints_text(rows):
     return _table(rows, ["bridge", "name", "path", "why", "port", "mac", "queues", "present"])
+
+
+def _si(value):
+    """1234567 -> 1.23M: three significant digits, SI prefixes (frames and bits per second)."""
+    if value is None:
+        return "-"
+    for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{prefix}"
+    return f"{value:.3g}"
+
+
+RATE_COLUMNS = (
+    ("port", "port", str, "<"),
+    ("mode", "mode", lambda v: v or "", "<"),
+    ("frames/s", "frames_per_s", _si, ">"),
+    ("bits/s", "bits_per_s", _si, ">"),
+    ("xdp/s", "xdp_frames_per_s", _si, ">"),
+    ("tc/s", "tc_frames_per_s", _si, ">"),
+    ("bridge/s", "bridge_frames_per_s", _si, ">"),
+    ("fast", "fast_path_share", lambda v: "-" if v is None else f"{100 * v:.0f}%", ">"),
+    (
+        "passed to the bridge: top reasons (frames/s)",
+        "pass_reasons",
+        lambda v: ", ".join(f"{r['reason']} {_si(r['frames_per_s'])}" for r in v[:3]) or "-",
+        "<",
+    ),
+)
+
+
+def rates_text(doc, interval):
+    """The `stats --watch` view of one interval (control/watch.py): per bridge a table of its
+    ports and their total; xdp/s and tc/s are what the fast path forwarded, bridge/s the rest."""
+    when = time.strftime("%H:%M:%S", time.localtime(doc["time"]))
+    lines = [
+        f"xdpbr stats --watch  every {interval:g}s  {when}  per second over the last {doc['interval_s']:.2f}s"
+    ]
+    if not doc["bridges"]:
+        return "\n".join([*lines, "no attached bridge"])
+    for b in doc["bridges"]:
+        where = f" netns {b['netns']}" if b["netns"] else ""
+        rows = [*b["ports"], b["total"]]
+        cells = [[c[0] for c in RATE_COLUMNS]] + [
+            [fmt(r[key]) for _, key, fmt, _ in RATE_COLUMNS] for r in rows
+        ]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(RATE_COLUMNS))]
+        lines.append(f"bridge {b['bridge']}{where}")
+        for row in cells:
+            text = "  ".join(
+                v.ljust(w) if c[3] == "<" else v.rjust(w)
+                for v, w, c in zip(row, widths, RATE_COLUMNS, strict=True)
+            )
+            lines.append("  " + text.rstrip())
+    if len(doc["bridges"]) > 1:
+        t = doc["total"]
+        lines.append(
+            f"all bridges: {_si(t['frames_per_s'])} frames/s, {_si(t['bits_per_s'])} bits/s, "
+            f"fast path {RATE_COLUMNS[7][2](t['fast_path_share'])}"
+        )
+    lines.append("xdp/s, tc/s: forwarded by the fast path; bridge/s: passed to the Linux bridge")
+    return "\n".join(lines)

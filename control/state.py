@@ -63,11 +63,6 @@ def show(bridge=None, netns=None):
 NOT_A_PORT = "-"  # the port of slot 0's counters: frames of interfaces that are not (yet) ports
 
 
-def reason_name(index):
-    """A pass reason's name; one this xdpbr does not know yet (a newer fast path) by number."""
-    return REASONS[index] if index < len(REASONS) else f"reason{index}"
-
-
 def port_rows(s, ns, entries=None, names=None):
     """One row per port of the bridge, in slot order: the one builder behind `show`, `port
     show`, `stats` and the metrics. Program ids are those of the pinned programs on the ports
@@ -142,7 +137,8 @@ def _show_one(name, ns, s):
 
 
 def stats(bridge=None, netns=None):
-    """Rows {bridge, port, attach, reason, packets, bytes} of nonzero cumulative counters."""
+    """Rows {bridge, port, attach, reason, packets, bytes} of nonzero cumulative counters, and
+    one row with attach and reason None for each port that has counted nothing."""
     return each_bridge(bridge, netns, _stats_one)
 
 
@@ -152,6 +148,13 @@ def forwarded(bridge, netns, port):
 
 
 def _stats_one(name, ns, s):
+    ports = port_rows(s, ns)
+    rows = counter_rows(s, ports)
+    # a port that has counted nothing yet is still listed (attach and reason None), in its
+    # place: an operator looking at a fresh bridge sees its ports, not an empty answer
+    counted = {port for port, *_ in rows}
+    quiet = [(p["port"], None, None, 0, 0) for p in ports if p["port"] not in counted]
+    slot_of = {p["port"]: p["slot"] for p in ports}
     return [
         {
             "bridge": name,
@@ -161,8 +164,16 @@ def _stats_one(name, ns, s):
             "packets": packets,
             "bytes": nbytes,
         }
-        for port, attach, reason, packets, nbytes in counter_rows(s, port_rows(s, ns))
+        for port, attach, reason, packets, nbytes in sorted(rows + quiet, key=lambda r: slot_of.get(r[0], 0))
     ]
+
+
+def reason_name(index):
+    """The label of a reason number (None stays None); numbers this xdpbr does not know yet
+    (a newer fast path appended them) read as `reasonN`."""
+    if index is None:
+        return None
+    return REASONS[index] if index < len(REASONS) else f"reason{index}"
 
 
 def fdb_show(bridge, netns=None):

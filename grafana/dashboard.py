@@ -14,6 +14,10 @@ PANELS = [
     (
         "Fast-path share per port",
         "percentunit",
+        (
+            "Share of the frames entering each port that the fast path (XDP or TC) forwarded; the rest went "
+            "to the Linux bridge. 1 = all on the fast path."
+        ),
         [
             (
                 f"sum by (bridge, port) (rate(xdpbr_fast_path_packets_total{{{SEL}}}[{RATE}]))"
@@ -25,6 +29,10 @@ PANELS = [
     (
         "Packets per second by path",
         "pps",
+        (
+            "Frames per second forwarded by the fast path, by attach point (xdp, tc), and frames passed to "
+            "the Linux bridge."
+        ),
         [
             (
                 f"sum by (attach) (rate(xdpbr_fast_path_packets_total{{{SEL}}}[{RATE}]))",
@@ -40,6 +48,10 @@ PANELS = [
     (
         "Passed to the bridge, by reason",
         "pps",
+        (
+            "Frames per second the fast path handed to the Linux bridge, by attach point and reason (see "
+            "README: Why a frame took the slow path)."
+        ),
         [
             (
                 f"sum by (attach, reason) (rate(xdpbr_passed_packets_total{{{SEL}}}[{RATE}]))",
@@ -50,16 +62,25 @@ PANELS = [
     (
         "Fast-path throughput",
         "Bps",
+        "Bytes per second the fast path forwarded, per ingress port.",
         [(f"sum by (port) (rate(xdpbr_fast_path_bytes_total{{{SEL}}}[{RATE}]))", "{{port}}")],
     ),
     (
         "Redirect errors (frames lost after the fast path)",
         "pps",
+        (
+            "Frames the fast path redirected that the kernel then failed to deliver (xdp:xdp_redirect_err, "
+            "xdp:xdp_devmap_xmit); should stay at 0."
+        ),
         [(f"sum by (port) (rate(xdpbr_redirect_errors_total{{{SEL}}}[{RATE}]))", "{{port}}")],
     ),
     (
         "FDB mirror usage",
         "percentunit",
+        (
+            "Entries in the FDB mirror over its fixed capacity; at 1 new MACs stay on the bridge (reason "
+            "fdb_full)."
+        ),
         [
             (
                 'xdpbr_fdb_entries{bridge=~"$bridge"} / xdpbr_fdb_capacity_entries{bridge=~"$bridge"}',
@@ -70,6 +91,7 @@ PANELS = [
     (
         "FDB sync lag (mean)",
         "s",
+        "Mean time from the bridge learning a MAC to the fast path having it.",
         [
             (
                 f'rate(xdpbr_fdb_sync_lag_seconds_sum{{bridge=~"$bridge"}}[{RATE}])'
@@ -81,21 +103,24 @@ PANELS = [
     (
         "Fast path active (daemon heartbeat)",
         "short",
+        "1 while a daemon heartbeat is within the grace period; 0: every frame goes to the bridge.",
         [('xdpbr_fast_path_active{bridge=~"$bridge"}', "{{bridge}}")],
     ),
     (
         "Port modes",
         "short",
+        "Each port's mode (xdp, tc, xdp+tc, bridge) and why it runs it; the value is always 1.",
         [(f"xdpbr_port_info{{{SEL}}}", "{{port}}: {{mode}} ({{reason}})")],
     ),
 ]
 
 
-def panel(index, title, unit, targets):
+def panel(index, title, unit, description, targets):
     return {
         "id": index + 1,
         "type": "timeseries",
         "title": title,
+        "description": description,
         "datasource": {"type": "prometheus", "uid": "${datasource}"},
         "gridPos": {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)},
         "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},

@@ -257,11 +257,15 @@ def test_fdb_show_and_stats_watch_in_json(two_containers):
         "fast_path_used_s_ago": None,
     } in rows
     assert lab.c1.ping(lab.c2.ip)
+    rows = json.loads(xdpbr("-j", "-n", lab.switch, "stats", "br0").stdout)
+    assert any(r["reason"] == "forward" and r["attach"] == "tc" and r["packets"] > 0 for r in rows)
+    assert set(rows[0]) == {"bridge", "port", "attach", "reason", "packets", "bytes"}
+    # --watch gives rates, one JSON object an interval (tests/test_watch.py for the figures)
     res = xdpbr("-j", "-n", lab.switch, "stats", "br0", "--watch", "--interval", "0.1", "--count", "2")
     docs = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(docs) == 2
-    assert any(r["reason"] == "forward" and r["attach"] == "tc" and r["packets"] > 0 for r in docs[1])
-    assert set(docs[1][0]) == {"bridge", "port", "attach", "reason", "packets", "bytes"}
+    assert set(docs[1]) == {"time", "interval_s", "bridges", "total"}
+    assert [p["port"] for p in docs[1]["bridges"][0]["ports"]] == [lab.c1.port, lab.c2.port]
 
 
 @pytest.mark.root

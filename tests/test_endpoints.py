@@ -89,7 +89,9 @@ def test_a_tap_endpoint_is_a_persistent_vnet_hdr_tap_on_the_bridge(two_container
     assert f"user {owner} " in detail
     assert f"master {lab.bridge}" in detail
     args = endpoints.qemu_args(lab.bridge, lab.switch, "vm2")
-    assert args.startswith("-netdev tap,id=vm2,ifname=vm2,script=no,downscript=no,vhost=on")
+    assert args.startswith("-netdev tap,id=vm2,ifname=vm2,script=no,downscript=no")
+    # QEMU refuses vhost=on without /dev/vhost-net (tests/test_qemu.py for each QEMU version)
+    assert ("vhost=on" in args) == os.path.exists("/dev/vhost-net")
     by_name = xdpbr("-n", lab.switch, "endpoint", "qemu-args", "vm2")  # the grammar
     assert by_name.returncode == 0 and by_name.stdout.strip() == args
     missing = xdpbr("-n", lab.switch, "endpoint", "qemu-args", "vm9")

@@ -4,6 +4,7 @@ traffic flows."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -31,6 +32,41 @@ def test_the_dashboard_has_bridge_and_port_variables():
         board = json.load(f)
     names = {v["name"] for v in board["templating"]["list"]}
     assert {"bridge", "port"} <= names
+
+
+def _panels():
+    with open(DASHBOARD) as f:
+        return json.load(f)["panels"]
+
+
+def test_every_panel_has_a_title_a_unit_and_a_description():
+    """What a reader needs without a screenshot: what the panel is, in what unit, and how to read it."""
+    missing = [
+        (p.get("id"), field)
+        for p in _panels()
+        for field, value in (
+            ("title", p.get("title")),
+            ("unit", p.get("fieldConfig", {}).get("defaults", {}).get("unit")),
+            ("description", p.get("description")),
+        )
+        if not (isinstance(value, str) and value.strip())
+    ]
+    assert missing == []
+
+
+def test_a_panel_shows_the_fast_path_share_of_each_port():
+    share = [
+        p
+        for p in _panels()
+        if p["fieldConfig"]["defaults"]["unit"] == "percentunit"
+        and any(
+            "xdpbr_fast_path_packets_total" in t["expr"]
+            and "xdpbr_received_packets_total" in t["expr"]
+            and re.search(r"by \([^)]*\bport\b", t["expr"])
+            for t in p["targets"]
+        )
+    ]
+    assert share, "no panel divides fast-path frames by received frames per port"
 
 
 def _free_port():
