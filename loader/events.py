@@ -11,6 +11,7 @@ lost meanwhile. An overrun (ENOBUFS) is delivered as `None`: resync everything.
 """
 
 import errno
+import socket
 import struct
 import threading
 import time
@@ -43,10 +44,20 @@ def parse_links(buf):
     return out
 
 
-# what a reader subscribes to: (group, receive buffer, parser of one datagram)
+NFNLGRP_NFTABLES = 7  # every nftables ruleset change: table, chain, rule, set, generation
+
+
+def parse_nft(buf):
+    """An nftables change notification: only that something changed matters (the owner reads
+    the ruleset again), so one marker per datagram."""
+    return ["NFT_CHANGE"] if any(True for _ in rtnl.messages(buf)) else []
+
+
+# what a reader subscribes to: (protocol, group, receive buffer, parser of one datagram)
 KINDS = {
-    "link": (RTNLGRP_LINK, LINK_RCVBUF, parse_links),
-    "fdb": (neigh.RTNLGRP_NEIGH, neigh.RCVBUF, lambda buf: neigh.parse(buf)[0]),
+    "link": (socket.NETLINK_ROUTE, RTNLGRP_LINK, LINK_RCVBUF, parse_links),
+    "fdb": (socket.NETLINK_ROUTE, neigh.RTNLGRP_NEIGH, neigh.RCVBUF, lambda buf: neigh.parse(buf)[0]),
+    "nft": (rtnl.NETLINK_NETFILTER, NFNLGRP_NFTABLES, LINK_RCVBUF, parse_nft),
 }
 
 
@@ -64,9 +75,9 @@ class EventReader(threading.Thread):
         self.failure = None  # why the reader stopped on its own
 
     def run(self):
-        group, rcvbuf, parse = KINDS[self.kind]
+        protocol, group, rcvbuf, parse = KINDS[self.kind]
         try:
-            sock = rtnl.subscribe(group, self.netns, rcvbuf)
+            sock = rtnl.subscribe(group, self.netns, rcvbuf, protocol)
             sock.settimeout(self.STOP_POLL_S)
         except Exception as exc:  # noqa: BLE001 - a namespace gone, fds exhausted: reported, not raised
             self.failure = f"cannot subscribe: {exc}"

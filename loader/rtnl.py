@@ -63,10 +63,14 @@ def messages(buf):
         pos += (length + 3) & ~3
 
 
-def open_socket(netns=None, rcvbuf=None):
-    """A bound NETLINK_ROUTE socket in `netns`, with a receive buffer of `rcvbuf` bytes."""
+NETLINK_NETFILTER = 12  # nftables' notifications (NFNLGRP_NFTABLES) come on this family
+
+
+def open_socket(netns=None, rcvbuf=None, protocol=socket.NETLINK_ROUTE):
+    """A bound netlink socket (NETLINK_ROUTE unless told) in `netns`, with a receive buffer of
+    `rcvbuf` bytes."""
     with entered(netns):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
     try:
         if rcvbuf:
             try:
@@ -80,9 +84,10 @@ def open_socket(netns=None, rcvbuf=None):
     return sock
 
 
-def subscribe(group, netns=None, rcvbuf=None):
-    """A socket that receives the multicast group's events (RTNLGRP_*) of the namespace."""
-    sock = open_socket(netns, rcvbuf)
+def subscribe(group, netns=None, rcvbuf=None, protocol=socket.NETLINK_ROUTE):
+    """A socket that receives the multicast group's events (RTNLGRP_*, or NFNLGRP_* with
+    protocol NETLINK_NETFILTER) of the namespace."""
+    sock = open_socket(netns, rcvbuf, protocol)
     try:
         sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
     except BaseException:

@@ -538,8 +538,8 @@ def test_a_dead_fdb_listener_is_restarted_with_a_resync_and_counted(two_containe
             raise OSError(errno.EIO, "injected")
         return msgs
 
-    group, rcvbuf, _ = events.KINDS["fdb"]
-    monkeypatch.setitem(events.KINDS, "fdb", (group, rcvbuf, failing_parse))
+    protocol, group, rcvbuf, _ = events.KINDS["fdb"]
+    monkeypatch.setitem(events.KINDS, "fdb", (protocol, group, rcvbuf, failing_parse))
     d = Daemon(config.Config())
     runner = threading.Thread(target=d.run, daemon=True)
     runner.start()
