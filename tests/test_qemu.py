@@ -152,8 +152,7 @@ sys.exit(0 if len(fds) == queues and set(domains) == {44} else 3)
 def test_the_printed_launcher_hands_qemu_one_af_xdp_socket_per_queue(two_containers, daemon, tmp_path):
     from control import attachment
     from control.broker import socket_path
-    from tests.conftest import wait_for
-    from tests.test_cli import SCRIPT, xdpbr
+    from tests.helpers import ROOT, wait_for, xdpbr
 
     lab = two_containers
     endpoints.add(lab.bridge, lab.switch, "vm1", mac=AFXDP["mac"], queues=2)
@@ -170,8 +169,8 @@ def test_the_printed_launcher_hands_qemu_one_af_xdp_socket_per_queue(two_contain
         command = shlex.split(res.stdout.splitlines()[-1])
         assert command[command.index("--") + 1] == str(stand_in)
         if command[0] == "xdpbr":  # on PATH: run this checkout's
-            command[0] = SCRIPT
-        started = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            command[0:1] = [sys.executable, "-m", "control.cli"]
+        started = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert started.returncode == 0, started.stdout + started.stderr
         report = json.loads(started.stdout)
         assert report["queues"] == 2 and len(report["fds"]) == 2
@@ -185,6 +184,7 @@ def test_the_printed_launcher_hands_qemu_one_af_xdp_socket_per_queue(two_contain
             capture_output=True,
             text=True,
             timeout=60,
+            cwd=ROOT,
         )
         assert (refused.returncode, refused.stdout) == (1, "")
         assert refused.stderr.startswith("xdpbr: cannot reach the broker at ")

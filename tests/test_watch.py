@@ -22,8 +22,7 @@ import pytest
 
 from control import render, watch
 from loader.netns import entered
-from tests.conftest import ROOT
-from tests.test_cli import xdpbr
+from tests.helpers import ROOT, xdpbr
 
 
 def snap(ports, bridge="br0", netns=None):

@@ -8,7 +8,7 @@ import os
 import re
 
 from control.cli import build_parser
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 FORBIDDEN = re.compile(r"\bseeds?\b", re.I)
 SKIP_DIRS = {"tests", "__pycache__", "node_modules"}  # tests may seed a random generator
