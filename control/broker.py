@@ -8,18 +8,24 @@ Protocol (one request per connection, then xdpbr closes it):
             {"ok": false, "error": "..."}\\n  and no fds.
 The sockets are created by xdpbr and already in the endpoint's XSKMAP at their queue's index,
 not bound: the receiver registers its UMEM on them and binds (loader/afxdp.XskSocket). xdpbr
-closes its own copies once sent, so a VMM that stops frees its sockets and XSKMAP slots. The
-peer's credentials (SO_PEERCRED) must match the endpoint's --owner or --group (root always).
+closes its own copies once sent, so a VMM that stops frees its sockets and XSKMAP slots.
+
+The peer's credentials are taken at accept (SO_PEERCRED, SO_PEERGROUPS): a peer who may use no
+endpoint of the bridge is refused before its request is read, the others per endpoint (its
+--owner or --group; root always). The whole request must arrive within REQUEST_DEADLINE_S of
+the accept and fit MAX_REQUEST bytes; anything else gets one {"ok": false, ...} line.
 """
 
+import errno
+import grp
 import json
 import logging
 import os
 import socket
 import struct
-import threading
 
 from control import endpoints
+from control.connections import RequestLoop, listening_unix
 from loader import bpfsys, instance
 from loader.afxdp import new_socket
 from loader.bridge_id import BridgeId
@@ -30,23 +36,40 @@ from loader.netns import interface_index
 log = logging.getLogger("xdpbr.broker")
 
 MAX_REQUEST = 4096
-REQUEST_TIMEOUT_S = 2.0
+REQUEST_DEADLINE_S = 2.0  # the whole request, from accept: not per recv()
+WRITE_DEADLINE_S = 2.0
+# Connections open at once per bridge. Answers take milliseconds, so only slow or idle clients
+# stay; one more evicts the oldest of those (control/connections.py).
+MAX_CONNECTIONS = 32
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13+; Python 3.11 lacks the name
+MAX_GROUPS = 65536  # NGROUPS_MAX
+
+MALFORMED = 'malformed request: expected one JSON line {"endpoint": "NAME"}'
+
+
+def _line(reply):
+    return json.dumps(reply).encode() + b"\n"
 
 
 def socket_path(bridge, netns=None):
     return BridgeId(bridge, netns).socket_path
 
 
-def _peer(conn):
-    pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    groups = {gid}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    groups |= {int(g) for g in line.split()[1:]}
-    except OSError:
-        pass
+def peer_credentials(sock):
+    """(uid, groups) the kernel recorded when the peer connected: SO_PEERCRED's uid and gid and
+    SO_PEERGROUPS' supplementary groups. Read at accept, never from /proc/PID later: that PID
+    may have exited, changed its groups or been reused by another process by then."""
+    _pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    size = 64 * 4
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+            break
+        except OSError as exc:  # ERANGE: more groups than the buffer holds
+            if exc.errno != errno.ERANGE or size >= MAX_GROUPS * 4:
+                raise
+            size *= 4
+    groups = {gid, *struct.unpack(f"{len(raw) // 4}I", raw)}
     return uid, groups
 
 
@@ -60,62 +83,80 @@ def allowed(record, uid, groups):
 
 
 class Broker:
-    """Serves one bridge's socket from a thread; stop() removes it."""
+    """Serves one bridge's socket from one thread (control/connections.RequestLoop: concurrent
+    clients, bounded in number, time and size); stop() removes it."""
 
     def __init__(self, bridge, netns=None, group=None):
         self.bridge, self.netns = bridge, netns
         self.path = socket_path(bridge, netns)
         os.makedirs(instance.run_dir(), exist_ok=True)
-        if os.path.exists(self.path):
-            os.unlink(self.path)  # a previous daemon's
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self.server.bind(self.path)
-        os.chmod(self.path, 0o660)
-        os.chown(self.path, 0, _gid(group))
-        self.server.listen(16)
-        self.alive = True
-        self.thread = threading.Thread(target=self._serve, daemon=True, name=f"broker-{bridge}")
-        self.thread.start()
+        listener = listening_unix(self.path, 0o660, group_id(group))
+        self.loop = RequestLoop(
+            listener,
+            self,
+            name=f"broker-{bridge}",
+            max_connections=MAX_CONNECTIONS,
+            max_request=MAX_REQUEST,
+            deadline_s=REQUEST_DEADLINE_S,
+            write_deadline_s=WRITE_DEADLINE_S,
+        )
 
-    def _serve(self):
-        while self.alive:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    self.handle(conn)
-                except Exception as exc:  # noqa: BLE001 - one bad client must not stop the broker
-                    log.warning("%s: broker request failed: %s", self.bridge, exc)
+    def set_group(self, gid):
+        """The socket's group, as the configuration says now (SIGHUP): connected clients stay."""
+        os.chown(self.path, 0, gid)
 
-    def handle(self, conn):
-        conn.settimeout(REQUEST_TIMEOUT_S)
-        data = b""
-        while b"\n" not in data and len(data) < MAX_REQUEST:
-            chunk = conn.recv(MAX_REQUEST)
-            if not chunk:
-                break
-            data += chunk
-        uid, groups = _peer(conn)
-        reply, fds = self.answer(data.split(b"\n", 1)[0], uid, groups)
+    # the protocol of connections.RequestLoop
+    too_long = _line({"ok": False, "error": f"malformed request: longer than {MAX_REQUEST} bytes"})
+    timed_out = _line({"ok": False, "error": f"timed out: send the request within {REQUEST_DEADLINE_S:g} s"})
+    busy = _line({"ok": False, "error": "busy: too many clients at once, try again"})
+
+    def admit(self, sock):
+        """Credentials at accept; a peer who may use no endpoint of this bridge is refused
+        before anything it sent is read."""
+        uid, groups = peer_credentials(sock)
+        if uid != 0 and not any(allowed(r, uid, groups) for r in self._records()):
+            error = (
+                f"permission denied: uid {uid} (groups {','.join(map(str, sorted(groups)))}) may use "
+                f"no endpoint of {endpoints.label(self.bridge, self.netns)}"
+            )
+            log.info("%s: refused a client at accept: %s", self.bridge, error)
+            return None, _line({"ok": False, "error": error})
+        return (uid, groups), None
+
+    def _records(self):
         try:
-            socket.send_fds(conn, [json.dumps(reply).encode() + b"\n"], [s.fileno() for s in fds])
-        finally:
-            for s in fds:
-                s.close()  # the VMM holds them now: when it stops, the sockets and slots go
+            return endpoints.records(self.bridge, self.netns)
+        except (OSError, ValueError) as exc:  # a record being written: refuse now, not crash
+            log.warning("%s: cannot read endpoint records: %s", self.bridge, exc)
+            return []
 
-    def answer(self, line, uid, groups):
+    @staticmethod
+    def end(data):
+        newline = data.find(b"\n")
+        return None if newline < 0 else newline + 1
+
+    def answer(self, context, line):
+        uid, groups = context
+        try:
+            reply, fds = self.decide(line.rstrip(b"\r\n"), uid, groups)
+        except Exception as exc:  # noqa: BLE001 - a record or pin that vanished: the client gets a line
+            log.warning("%s: broker request failed: %s", self.bridge, exc)
+            reply, fds = {"ok": False, "error": " ".join(f"failed: {exc}".split())}, []
+        return _line(reply), fds
+
+    def decide(self, line, uid, groups):
+        """(reply, [AF_XDP sockets]) for one request line."""
+
         def refuse(error):
             log.info("%s: refused a request from uid %d: %s", self.bridge, uid, error)
             return {"ok": False, "error": error}, []
 
         try:
             request = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            return refuse('malformed request: expected one JSON line {"endpoint": "NAME"}')
+        except (ValueError, RecursionError):  # RecursionError: arrays or objects nested ~1,000 deep
+            return refuse(MALFORMED)
         if not isinstance(request, dict) or not isinstance(request.get("endpoint"), str):
-            return refuse('malformed request: expected one JSON line {"endpoint": "NAME"}')
+            return refuse(MALFORMED)
         name = request["endpoint"]
         try:
             record = endpoints.find(self.bridge, self.netns, name)
@@ -154,22 +195,14 @@ class Broker:
         return reply, made
 
     def stop(self):
-        self.alive = False
-        try:
-            self.server.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.server.close()
+        self.loop.stop()
         if os.path.exists(self.path):
             os.unlink(self.path)
 
 
-def _gid(group):
-    if group is None:
-        return 0
-    import grp
-
-    return grp.getgrnam(group).gr_gid
+def group_id(group):
+    """The gid of a configured group name (None: root's group); KeyError if there is none."""
+    return 0 if group is None else grp.getgrnam(group).gr_gid
 
 
 def request(path, name, timeout=5.0):

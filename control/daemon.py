@@ -132,6 +132,8 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return False
         old = {(b.name, b.netns): b for b in self.config.bridges}
+        if new.broker_group != self.config.broker_group:
+            self.set_broker_group(new.broker_group)
         self.config = new
         self.attach_failed.clear()
         for bc in new.bridges:
@@ -170,6 +172,24 @@ class Daemon:
             self.brokers[(bridge, netns)] = Broker(bridge, netns, group=self.config.broker_group)
         except (OSError, KeyError) as exc:
             log.warning("%s: no AF_XDP broker: %s", bridge, exc)
+
+    def set_broker_group(self, group):
+        """A reload's [broker] group: running brokers' sockets change group in place (a new
+        socket would cut clients mid-request). The configuration was checked when loaded, but
+        the group may have gone since."""
+        from control.broker import group_id
+
+        try:
+            gid = group_id(group)
+        except KeyError:
+            log.error("[broker] group %r does not exist: broker sockets keep their group", group)
+            return
+        for broker in self.brokers.values():
+            try:
+                broker.set_group(gid)
+            except OSError as exc:
+                log.warning("%s: cannot set the broker socket's group: %s", broker.bridge, exc)
+        log.info("broker sockets now belong to group %s", group or "root")
 
     def scan(self):
         """Attach configured bridges, adopt newly attached ones, drop detached ones."""

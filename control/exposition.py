@@ -9,16 +9,17 @@ The tests check that Prometheus' parser reads the same samples from both writers
 promtool accepts the output.
 """
 
-import http.server
+import http
 import itertools
 import math
 import socket
 import sys
-import threading
 from urllib.parse import urlsplit
 
 from prometheus_client.core import Metric
 from prometheus_client.samples import Sample
+
+from control.connections import RequestLoop
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -130,40 +131,74 @@ def render(registry):
     return "".join(out).encode()
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """GET /metrics (or /): one scrape at a time, so concurrent scrapers cannot pile up reads."""
+# The endpoint runs in the root daemon and any local user can connect to it: connections are
+# served from one thread (control/connections.py), each bounded in time and size.
+MAX_HEADER = 8192  # request line and headers; Prometheus sends a few hundred bytes
+REQUEST_DEADLINE_S = 5.0  # a scraper sends its request at once: idle and slow clients are cut here
+WRITE_DEADLINE_S = 10.0  # for the response (1,000 ports: ~2 MB); a client reading slower is cut
+MAX_CONNECTIONS = 256  # one more cuts the oldest still sending its request
 
-    def do_GET(self):
-        if urlsplit(self.path).path not in ("/", "/metrics"):
-            self.send_error(404, "try /metrics")
-            return
+
+def _response(status, body, content_type="text/plain; charset=utf-8", head=False, extra=""):
+    return (
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
+    ).encode() + (b"" if head else body)
+
+
+def _error(status, text, **kwargs):
+    return _response(status, f"xdpbr: {text}\n".encode(), **kwargs)
+
+
+class _Http:
+    """GET (or HEAD) /metrics or /: the protocol of connections.RequestLoop, one request per
+    connection (Connection: close). Scrapes run one at a time, in the loop's thread."""
+
+    too_long = _error(431, f"request headers over {MAX_HEADER} bytes")
+    timed_out = _error(408, f"no whole request within {REQUEST_DEADLINE_S:g} s")
+    busy = _error(503, "too many connections at once")
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    @staticmethod
+    def admit(sock):
+        return None, None  # anyone may scrape, as before
+
+    @staticmethod
+    def end(data):
+        """Where the headers end (a blank line; bare LFs accepted, like http.server)."""
+        found = [i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := data.find(sep)) >= 0]
+        return min(found, default=None)
+
+    def answer(self, _context, request):
+        parts = request.split(b"\n", 1)[0].decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return _error(400, "malformed request line"), []
+        method, target, _ = parts
+        head = method == "HEAD"
+        if method not in ("GET", "HEAD"):
+            return _error(405, "only GET", extra="Allow: GET, HEAD\r\n"), []
+        if urlsplit(target).path not in ("/", "/metrics"):
+            return _error(404, "try /metrics", head=head), []
         try:
-            with self.server.scrape_lock:
-                body = render(self.server.registry)
+            body = render(self.registry)
         except Exception as exc:  # a scrape that fails answers 500 and the server goes on
             print(f"xdpbr: metrics scrape failed: {exc}", file=sys.stderr)
-            self.send_error(500, "scrape failed")
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):  # no access log: Prometheus scrapes every few seconds
-        pass
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+            return _error(500, "scrape failed", head=head), []
+        return _response(200, body, CONTENT_TYPE, head=head), []
 
 
 def start_server(addr, port, registry):
-    """Serve the registry on addr:port from a daemon thread; returns the server."""
-    server_class = type(
-        "Server", (_Server,), {"address_family": socket.AF_INET6 if ":" in addr else socket.AF_INET}
+    """Serve the registry on addr:port from one daemon thread; returns the RequestLoop."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    listener = socket.create_server((addr, port), family=family, backlog=128)
+    return RequestLoop(
+        listener,
+        _Http(registry),
+        name="metrics",
+        max_connections=MAX_CONNECTIONS,
+        max_request=MAX_HEADER,
+        deadline_s=REQUEST_DEADLINE_S,
+        write_deadline_s=WRITE_DEADLINE_S,
     )
-    server = server_class((addr, port), _Handler)
-    server.registry, server.scrape_lock = registry, threading.Lock()
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server

@@ -557,7 +557,8 @@ def test_a_dead_fdb_listener_is_restarted_with_a_resync_and_counted(two_containe
         assert failures, "the injected failure did not happen"
         assert d.listeners[lab.switch] is not first and d.listeners[lab.switch].failure is None
         assert d.workers[(lab.bridge, lab.switch)].counters.errors >= 1
-        assert d.workers[(lab.bridge, lab.switch)].healthy
+        # the daemon's thread marks the bridge healthy just after the resync wrote the mirror
+        assert wait_for(lambda: d.workers[(lab.bridge, lab.switch)].healthy, timeout=WAIT_S)
     finally:
         d.stopping = True
         runner.join(10)

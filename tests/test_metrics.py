@@ -1,8 +1,11 @@
 """The Prometheus collector over maps filled by real traffic, and its exposition."""
 
+import os
 import signal
 import socket
 import subprocess
+import threading
+import time
 import urllib.request
 
 import pytest
@@ -11,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, SummaryM
 from prometheus_client.parser import text_string_to_metric_families
 
 from control import attachment
-from control.exposition import RowFamily, render
+from control.exposition import RowFamily, render, start_server
 from control.metrics import PinnedMapReader, XdpbrCollector, bridge_label, parse_listen
 from loader.errors import XdpbrError
 from tests.helpers import wait_for
@@ -208,3 +211,98 @@ def test_the_exporter_survives_daemon_restarts_and_bridges_coming_and_going(brid
     back = _scrape(port)
     info = ("xdpbr_port_info", (("bridge", b), ("mode", "tc"), ("port", lab.c1.port)))
     assert any(name == info[0] and set(info[1]) <= set(labels) for name, labels in back)
+
+
+DEADLINE_S = 5.0  # README: a request must arrive whole within 5 s of the connect
+
+
+def _threads(pid):
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _read_until_closed(sock, timeout):
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except OSError as exc:
+        return data or repr(exc).encode()
+    return data
+
+
+@pytest.mark.root
+def test_idle_and_slow_clients_neither_hold_up_a_scrape_nor_add_threads(two_containers, daemon):
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    port = _free_port()
+    exporter = daemon("--metrics", str(port))
+    assert wait_for(lambda: _scrape(port), timeout=10), "the exporter did not answer"
+    baseline = _threads(exporter.proc.pid)
+    opened = time.monotonic()
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
+    slow = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+    stop = threading.Event()
+
+    def dribble():
+        """Slow-loris: a request line, then a header a byte every 0.5 s, never the blank line."""
+        for sock in slow:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+        for byte in b"X-Slow: " + b"a" * 100:
+            for sock in slow:
+                try:
+                    sock.send(bytes([byte]))
+                except OSError:
+                    pass  # cut: what the test expects
+            if stop.wait(0.5):
+                return
+
+    dribbler = threading.Thread(target=dribble)
+    dribbler.start()
+    try:
+        time.sleep(1.0)  # every connection accepted, the slow ones a few bytes in
+        started = time.monotonic()
+        scraped = _scrape(port)
+        latency = time.monotonic() - started
+        held = _threads(exporter.proc.pid)
+        assert scraped and ("xdpbr_scrape_errors_total", ()) in scraped
+        assert latency < 1.0, f"a scrape beside 220 open connections took {latency:.2f} s"
+        assert held <= baseline + 1, f"the daemon went from {baseline} to {held} threads"
+        # each idle or slow client is cut at the deadline, with a one-line 408
+        answers = [
+            _read_until_closed(s, max(0.1, opened + DEADLINE_S + 2 - time.monotonic())) for s in idle + slow
+        ]
+        cut = time.monotonic() - opened
+    finally:
+        stop.set()
+        dribbler.join(5)
+        for sock in idle + slow:
+            sock.close()
+    lines = {a.split(b"\r\n", 1)[0] for a in answers}
+    assert lines == {b"HTTP/1.1 408 Request Timeout"}, lines
+    assert all(a.endswith(b"\r\n\r\nxdpbr: no whole request within 5 s\n") for a in answers)
+    assert cut < DEADLINE_S + 2
+    print(f"\nscrape beside 220 open connections: {latency * 1000:.0f} ms, threads {baseline} -> {held}")
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", b"431"),
+        (b"GET /nope HTTP/1.1\r\n\r\n", b"404"),
+        (b"POST /metrics HTTP/1.1\r\n\r\n", b"405"),
+        (b"\x00\xff junk\r\n\r\n", b"400"),
+    ],
+)
+def test_a_bad_request_gets_a_status_and_one_line(request_bytes, status):
+    port = _free_port()
+    server = start_server("127.0.0.1", port, Families([]))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(request_bytes)
+            answer = _read_until_closed(sock, 5)
+    finally:
+        server.stop()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == status, answer[:200]
+    assert body.startswith(b"xdpbr: ") and body.count(b"\n") == 1, body
