@@ -125,8 +125,11 @@ class _Walk:
         self.bridge, self.ports = bridge, tuple(ports)
         self.holds = []  # (PortSet, Hold) in walk order
 
-    def hold(self, ins, outs, table, chain, position, text, reason):
-        self.holds.append((_side(ins, outs), Hold(table.family, table.source, table.name, chain.name,
+    def hold(self, ins, outs, table, chain, position, text, reason, via=""):
+        side = _side(ins, outs)
+        if via and side.full:
+            reason += f"; reached through a test xdpbr cannot evaluate: {via}"
+        self.holds.append((side, Hold(table.family, table.source, table.name, chain.name,
                                                   position, text, reason)))  # fmt: skip
 
     # -- conditions --
@@ -190,8 +193,9 @@ class _Walk:
         return sides or True
 
     # -- chains --
-    def chain(self, table, chain, kind, hook, ins, outs, depth=0, stack=()):
-        """Walk `chain` with frames (ins x outs); returns the reach left at its end."""
+    def chain(self, table, chain, kind, hook, ins, outs, depth=0, stack=(), via=""):
+        """Walk `chain` with frames (ins x outs); returns the reach left at its end. `via` names
+        the first test on the way here that could not be evaluated (for the hold's reason)."""
         have_in, have_out = _sides(kind, hook)
         for rule in chain.rules:
             r = self.reach(rule, kind, hook, have_in, have_out)
@@ -201,15 +205,20 @@ class _Walk:
             rin, rout = ins & cin, outs & cout
             if rin.empty or rout.empty:
                 continue
+            here = via or next(
+                (c.what for c in rule.conds if c.kind == "maybe" and c.what.startswith("xt ")), ""
+            )
             if rule.effects:
-                self.hold(rin, rout, table, chain, rule.position, rule.text, "; ".join(rule.effects))
+                self.hold(rin, rout, table, chain, rule.position, rule.text, "; ".join(rule.effects), here)
             if rule.verdict in ("jump", "goto"):
                 sub = table.chains.get(rule.target)
                 if sub is None or depth >= MAX_DEPTH or rule.target in stack:
                     why = "jump target not found" if sub is None else "chain nesting not evaluated"
-                    self.hold(rin, rout, table, chain, rule.position, rule.text, f"{why}: {rule.target}")
+                    self.hold(
+                        rin, rout, table, chain, rule.position, rule.text, f"{why}: {rule.target}", here
+                    )
                 else:
-                    self.chain(table, sub, kind, hook, rin, rout, depth + 1, (*stack, chain.name))
+                    self.chain(table, sub, kind, hook, rin, rout, depth + 1, (*stack, chain.name), here)
             terminal = rule.verdict in ("accept", "drop", "queue", "reject", "goto")
             # a RETURN ends a user chain; in a base chain it falls to the policy like the end
             terminal |= rule.verdict == "return" and chain.hook is None
@@ -268,6 +277,8 @@ def decide(bridge, ports, calls, tables, unreadable=()):
     legacy ebtables): each holds the whole bridge, as its rules could."""
     walk = _Walk(bridge, ports)
     for family, source, reason in unreadable:
+        if family in ("ip", "ip6", "arp") and _kind(family, calls) is None:
+            continue  # the bridge never calls this family: its tables do not matter
         walk.holds.append((ALL, Hold(family, source, "", "", None, "", reason)))
     order = {f: i for i, f in enumerate(FAMILY_ORDER)}
     for table in sorted(tables, key=lambda t: (order.get(t.family, 99), t.source, t.name)):

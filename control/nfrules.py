@@ -217,7 +217,9 @@ def _nft_rules(r, text):
             vmaps.append(val)
         elif key == "xt":
             name = val.get("name", "?")
-            if val.get("type") == "match":
+            if val.get("type") == "match" and name in NEUTRAL_MATCHES:
+                conds.append(Cond("true"))
+            elif val.get("type") == "match":
                 conds.append(Cond("maybe", what=f"xt match {name} (arguments not readable)"))
                 if name in STATEFUL_MATCHES:
                     effects.append(f"stateful xt match {name}")
