@@ -124,6 +124,7 @@ class _Walk:
     def __init__(self, bridge, ports):
         self.bridge, self.ports = bridge, tuple(ports)
         self.holds = []  # (PortSet, Hold) in walk order
+        self.memo = {}
 
     def hold(self, ins, outs, table, chain, position, text, reason, via=""):
         side = _side(ins, outs)
@@ -134,10 +135,12 @@ class _Walk:
 
     # -- conditions --
     def names(self, test):
-        hits = frozenset(p for p in self.ports if test.matches(p))
-        if getattr(test, "invert", False):
-            return PortSet(frozenset(self.ports) - hits, True)
-        return PortSet(hits)
+        # memoised: thousands of per-tap rules repeat a few hundred names
+        if test not in self.memo:
+            hits = frozenset(p for p in self.ports if test.matches(p))
+            inverted = getattr(test, "invert", False)
+            self.memo[test] = PortSet(frozenset(self.ports) - hits, True) if inverted else PortSet(hits)
+        return self.memo[test]
 
     def reach(self, rule, kind, hook, have_in, have_out):
         """(ins, outs, exact) the rule's conditions allow, or None when it cannot match."""
