@@ -9,7 +9,7 @@ OVS_LIBS := libbpf1 libcap-ng0 libnuma1 libssl3 libunbound8 libxdp1
 # bcc (python3-bpfcc) needs kernel headers: Debian's linux-headers-amd64 serve when no package
 # matches the running kernel (loader/compile.py finds them).
 APT_PACKAGES := ca-certificates python3-bpfcc python3-venv python3-pip clang llvm libxdp1 libxdp-dev xdp-tools \
-	bpftool iproute2 iputils-ping linux-headers-amd64 iperf3 ethtool nftables procps \
+	bpftool iproute2 iputils-ping linux-headers-amd64 iperf3 ethtool nftables iptables arptables procps \
 	prometheus python3-matplotlib systemd
 
 .PHONY: setup demo test lint bench clean install-service

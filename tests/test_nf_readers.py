@@ -1,0 +1,202 @@
+"""The netfilter readers against real rules loaded in a throwaway namespace.
+
+Rules go in with iptables-legacy, ip6tables-legacy, arptables-legacy and nft run inside the
+namespace (`ip netns exec`); the readers run in this process after setns. The host's own rules
+are never touched.
+"""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from pyroute2 import IPRoute
+
+from control import nfsnapshot
+from loader import nftables, xtables
+from loader.netns import entered
+
+pytestmark = pytest.mark.root
+
+TOOLS = ("iptables-legacy", "ip6tables-legacy", "arptables-legacy", "nft")
+
+
+@pytest.fixture
+def ns():
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (make setup installs iptables, arptables, nftables)")
+    name = f"xdpbr-nf-{os.urandom(4).hex()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def run(ns, *argv, stdin=None):
+    out = subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin, capture_output=True, text=True)
+    assert out.returncode == 0, f"{' '.join(argv)} failed: {out.stderr.strip()}"
+    return out.stdout
+
+
+def test_a_fresh_namespace_has_no_legacy_tables_and_reading_creates_none(ns):
+    with entered(ns):
+        assert [xtables.read_family(f) for f in ("ip", "ip6", "arp")] == [[], [], []]
+        assert [xtables.table_names(f) for f in ("ip", "ip6", "arp")] == [[], [], []]
+
+
+def test_iptables_legacy_chains_jumps_physdev_and_policy(ns):
+    run(ns, "iptables-legacy", "-P", "FORWARD", "DROP")
+    run(ns, "iptables-legacy", "-N", "vm")
+    run(ns, "iptables-legacy", "-N", "empty")
+    physdev = ["-m", "physdev", "--physdev-in", "vnet3", "--physdev-is-bridged"]
+    run(ns, "iptables-legacy", "-A", "FORWARD", *physdev, "-j", "vm")
+    run(ns, "iptables-legacy", "-A", "FORWARD", "-i", "br0", "!", "-o", "eth+", "-j", "ACCEPT")
+    run(ns, "iptables-legacy", "-A", "FORWARD", "-m", "physdev", "!", "--physdev-out", "vnet4", "-g", "vm")
+    run(ns, "iptables-legacy", "-A", "vm", "-s", "10.0.0.1", "-j", "RETURN")
+    run(ns, "iptables-legacy", "-A", "vm", "-j", "DROP")
+    with entered(ns):
+        (t,) = xtables.read_family("ip")
+    assert t.name == "filter"
+    assert [(c.name, c.hook, c.policy) for c in t.chains] == [
+        ("INPUT", "INPUT", "ACCEPT"), ("FORWARD", "FORWARD", "DROP"), ("OUTPUT", "OUTPUT", "ACCEPT"),
+        ("empty", None, None), ("vm", None, None),
+    ]  # fmt: skip
+    fwd, vm = t.chain("FORWARD").rules, t.chain("vm").rules
+    assert [(r.position, r.target, r.target_kind) for r in fwd] == [
+        (1, "vm", "jump"), (2, "ACCEPT", "verdict"), (3, "vm", "goto")]  # fmt: skip
+    p = fwd[0].matches[0].physdev
+    assert (p.physindev.name, p.physoutdev, p.bitmask, p.invert) == ("vnet3", None, 0x05, 0)
+    assert (
+        fwd[0].text("ip", "FORWARD") == "-A FORWARD -m physdev --physdev-in vnet3 --physdev-is-bridged -j vm"
+    )
+    assert fwd[1].text("ip", "FORWARD") == "-A FORWARD -i br0 ! -o eth+ -j ACCEPT"
+    assert (fwd[1].iin.matches("br0"), fwd[1].iout.matches("eth7"), fwd[1].iout.matches("br0")) == (
+        True,
+        False,
+        True,
+    )
+    q = fwd[2].matches[0].physdev
+    assert (q.physoutdev.name, q.physoutdev.invert, q.bitmask, q.invert) == ("vnet4", True, 0x02, 0x02)
+    assert [(r.target, r.conditions) for r in vm] == [("RETURN", True), ("DROP", False)]
+    assert t.chain("empty").rules == ()
+
+
+def test_digest_ignores_counters_and_follows_rules(ns):
+    run(ns, "iptables-legacy", "-A", "FORWARD", "-j", "ACCEPT")
+    with entered(ns):
+        before, fp = xtables.read_table("ip", "filter").digest, xtables.fingerprint("ip")
+        run(ns, "iptables-legacy", "-Z")
+        run(ns, "iptables-legacy", "-A", "INPUT", "-j", "ACCEPT")
+        run(ns, "iptables-legacy", "-D", "INPUT", "1")
+        assert xtables.read_table("ip", "filter").digest == before and xtables.fingerprint("ip") == fp
+        run(ns, "iptables-legacy", "-I", "FORWARD", "-j", "DROP")
+        assert xtables.read_table("ip", "filter").digest != before and xtables.fingerprint("ip") != fp
+
+
+def test_counters_do_not_change_the_digest_under_traffic(ns):
+    run(ns, "iptables-legacy", "-A", "OUTPUT", "-j", "ACCEPT")
+    run(ns, "ip", "link", "set", "lo", "up")
+    with entered(ns):
+        before = xtables.read_table("ip", "filter").digest
+        run(ns, "ping", "-c", "2", "-i", "0.2", "127.0.0.1")
+        t = xtables.read_table("ip", "filter")
+    assert t.digest == before
+
+
+def test_ip6tables_and_arptables_legacy(ns):
+    run(ns, "ip6tables-legacy", "-A", "FORWARD", "-d", "2001:db8::1", "-p", "udp", "-j", "DROP")
+    run(
+        ns,
+        "ip6tables-legacy",
+        "-t",
+        "mangle",
+        "-A",
+        "PREROUTING",
+        "-i",
+        "br0",
+        "-j",
+        "MARK",
+        "--set-mark",
+        "1",
+    )
+    run(ns, "arptables-legacy", "-A", "FORWARD", "-i", "vnet3", "-j", "DROP")
+    run(ns, "arptables-legacy", "-A", "FORWARD", "-o", "vnet4", "-j", "ACCEPT")
+    with entered(ns):
+        six = {t.name: t for t in xtables.read_family("ip6")}
+        (arp,) = xtables.read_family("arp")
+    (drop,) = six["filter"].chain("FORWARD").rules
+    assert (drop.target, drop.conditions, drop.iin.wildcard) == ("DROP", True, True)
+    (mark,) = six["mangle"].chain("PREROUTING").rules
+    assert (mark.target, mark.target_kind, mark.iin.name) == ("MARK", "target", "br0")
+    assert [c.name for c in arp.chains] == ["INPUT", "OUTPUT", "FORWARD"]
+    rules = arp.chain("FORWARD").rules
+    assert [(r.iin.name, r.iout.name, r.target, r.conditions) for r in rules] == [
+        ("vnet3", "", "DROP", False), ("", "vnet4", "ACCEPT", False)]  # fmt: skip
+
+
+def test_ebtables_absence_is_reported_not_queried():
+    present, why = xtables.ebtables_status()
+    assert isinstance(present, bool) and why
+
+
+def test_nft_reader_gives_structure_text_handles_and_devices(ns):
+    run(ns, "ip", "link", "add", "vnet3", "type", "veth", "peer", "name", "vnet3p")
+    run(ns, "nft", "-f", "-", stdin="""
+table bridge f {
+  chain fw {
+    type filter hook forward priority 0; policy accept;
+    iifname "vnet3" ether saddr != 52:54:00:00:00:01 counter drop
+  }
+}
+table netdev n {
+  chain ing {
+    type filter hook ingress device "vnet3" priority 0; policy accept;
+    counter
+  }
+}
+""")  # fmt: skip
+    run(ns, "iptables-nft", "-A", "FORWARD", "-m", "physdev", "--physdev-in", "vnet3", "-j", "DROP")
+    with entered(ns):
+        rs = nftables.read_ruleset()
+    rules = [i["rule"] for i in rs.items if "rule" in i]
+    fw = next(r for r in rules if r["chain"] == "fw")
+    assert (
+        rs.texts[("bridge", "f", "fw", fw["handle"])]
+        == 'iifname "vnet3" ether saddr != 52:54:00:00:00:01 counter drop'
+    )
+    assert rs.devices[("netdev", "n", "ing")] == ("vnet3",)
+    xt = next(r for r in rules if r["family"] == "ip")
+    assert {"xt": {"type": "match", "name": "physdev"}} in xt["expr"]
+
+
+def test_nft_missing_is_a_one_line_reason(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(nftables.NftUnavailable, match="nft is not installed"):
+        nftables.read_ruleset()
+
+
+def test_snapshot_and_decision_follow_the_bridge_option(ns):
+    # br_netfilter's sysctls are per namespace: off here, so only the bridge's own option calls
+    for name in ("iptables", "ip6tables", "arptables"):
+        run(ns, "sysctl", "-qw", f"net.bridge.bridge-nf-call-{name}=0")
+    run(ns, "ip", "link", "add", "br0", "type", "bridge", "nf_call_iptables", "1")
+    run(ns, "iptables-legacy", "-A", "FORWARD", "-m", "physdev", "--physdev-in", "vnet3", "-j", "DROP")
+    run(ns, "iptables-legacy", "-A", "FORWARD", "-i", "br9", "-j", "DROP")
+    run(ns, "ip6tables-legacy", "-A", "FORWARD", "-j", "DROP")  # ip6 is not called: no hold
+    with IPRoute(netns=ns, flags=0) as ipr:
+        options = nfsnapshot.bridge_options(ipr, "br0")
+    assert options == {"nf_call_iptables": True, "nf_call_ip6tables": False, "nf_call_arptables": False}
+    snap = nfsnapshot.read(ns)
+    assert snap.sysctls == {"iptables": False, "ip6tables": False, "arptables": False}
+    assert {("legacy", "ip", "filter"), ("legacy", "ip6", "filter"), ("nft",)} <= set(snap.digests)
+    d = nfsnapshot.decide(snap, "br0", ["vnet3", "vnet4"], options)
+    assert d.held() == ["vnet3"] and d.bridge_hold is None
+    assert d.ports["vnet3"].rule == "-A FORWARD -m physdev --physdev-in vnet3 -j DROP"
+    before = nfsnapshot.fingerprint(ns)
+    assert nfsnapshot.fingerprint(ns) == before
+    run(ns, "iptables-legacy", "-D", "FORWARD", "1")
+    assert nfsnapshot.fingerprint(ns) != before
+    d = nfsnapshot.decide(nfsnapshot.read(ns), "br0", ["vnet3", "vnet4"], options)
+    assert d.held() == []
