@@ -158,15 +158,18 @@ class BounceLoop:
             cpu_busy=cpustat.busy(s0, s1),
         )
 
-    def measure(self, traffic, seconds, in_flight=DEFAULT_IN_FLIGHT, attempts=3, busy_cpu=None):
+    def measure(
+        self, traffic, seconds, in_flight=DEFAULT_IN_FLIGHT, attempts=3, busy_cpu=None, inject_loss=0
+    ):
         """A valid window, at most `attempts` windows; the last one is returned either way (its
         `lost`, `cpu_busy` and `attempts` say). A window is valid when it lost no frames (after
         a loss: again with a quarter fewer in flight) and, given `busy_cpu` (the switch's),
         when that CPU was at least BUSY_ENOUGH busy: otherwise the loop was bound by its own
         latency (both sides waiting on NAPI wake-ups, the frames bunched in one train) and
-        measured itself, not the switch; a fresh seed bunches them differently."""
+        measured itself, not the switch; a fresh seed bunches them differently. `inject_loss`
+        frames are dropped in the first window (tests)."""
         for attempt in range(1, attempts + 1):
-            w = self.window(traffic, in_flight, seconds)
+            w = self.window(traffic, in_flight, seconds, inject_loss=inject_loss if attempt == 1 else 0)
             w.attempts = attempt
             if w.lost > LOSS_TOLERATED:
                 in_flight = max(8, in_flight * 3 // 4)
