@@ -31,6 +31,7 @@ only inside them.
 
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -420,6 +421,9 @@ def command(args):
     if not 1 <= args.tcp_seconds <= MAX_TCP_S:
         raise UsageError(f"--tcp-seconds {args.tcp_seconds}: expected 1 to {MAX_TCP_S} seconds")
     from testbed.sources import choose
+
+    # a SIGTERM (timeout, systemd) unwinds like an exception: every path removes its namespaces
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
     choice = choose(getattr(args, "generator", "auto"))  # probes live frames once
     instance.select(INSTANCE)

@@ -13,7 +13,11 @@ before (the caller's static entries); the figure is the bouncer's count over the
 frames per second through the switch in one direction.
 
 Where the cost goes: R's NAPI runs threaded on the bouncer's CPU, the switch's ingress port's
-NAPI on the switch's CPU; each window reports both CPUs' busy fraction (/proc/stat).
+NAPI on the switch's CPU; each window reports both CPUs' busy fraction (/proc/stat). Where the
+switch delivers with bpf_redirect_peer (xdpbr's tc path), R's ingress runs inside the switch's
+softirq: tc_bounce then runs on the switch's CPU and its cost counts against the path, as the
+live-frames sink's did. With live frames, the sink's XDP ran on the switch's CPU on every path;
+here the bouncer runs on its own CPU, so fast paths measure higher than with live frames.
 
 Robustness:
 - `in_flight` stays below a veth ring (256 frames): the loop holds no more frames than any one
@@ -36,6 +40,7 @@ from loader import bpfsys
 from loader.journal import Journal
 from loader.netns import entered, existing_index
 from testbed import cpustat
+from testbed.lab import sh
 from testbed.napi import pin_napi_threads
 from testbed.packetgen import PacketFrames
 from testbed.trafficgen import attach_program
@@ -99,6 +104,11 @@ class BounceLoop:
             at.attach_tc(ipr, index, receiver, programs.tc_bounce.fd)
             self.undo.push(lambda: (at.del_clsact(ipr, index), ipr.close()))
             pin_napi_threads(netns, receiver, cpu)
+            # tc_bounce sends skbs out of the sender; veth hands them to the port's NAPI (the
+            # switch's CPU) only if they are GRO-eligible, which a TSO-capable sender's are not:
+            # they would go through netif_rx on the CPU that sent them, and the whole loop
+            # would stay there
+            sh("ip", "netns", "exec", netns, "ethtool", "-K", sender, "tso", "off")
             self.configure(drain=1)  # nothing circulates until a window seeds
         except BaseException:
             self.undo.rollback()
