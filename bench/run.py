@@ -36,6 +36,7 @@ import statistics
 import sys
 import time
 
+from bench.figures import describe, generator_line, summarise
 from loader.errors import UsageError
 
 SCENARIOS = (
@@ -122,32 +123,6 @@ def alternate(items, round_index):
     return items if round_index % 2 == 0 else list(reversed(items))
 
 
-def _describe(fig):
-    load = f"offered {fig['offered'] / 1e6:.2f}" if "offered" in fig else f"{fig['in_flight']} in flight"
-    lost = f", {fig['lost']} lost" if fig.get("lost") else ""
-    bound = ", generator-bound" if fig["generator_bound"] else ""
-    return f"{fig['rate'] / 1e6:7.3f} Mfps ({load}, CPU {fig['cpu_busy']:.0%} busy{lost}{bound})"
-
-
-def _summarise(figures):
-    """Median, min, max of the rates, with the medians of what describes them."""
-    from bench.veth import BUSY_ENOUGH, NEAR_OFFER
-
-    out = _summary([f["rate"] for f in figures])
-    out["cpu_busy"] = statistics.median(f["cpu_busy"] for f in figures)
-    if all("offered" in f for f in figures):
-        out["offered"] = statistics.median(f["offered"] for f in figures)
-    if all("in_flight" in f for f in figures):
-        out["in_flight"] = statistics.median(f["in_flight"] for f in figures)
-        out["lost"] = sum(f.get("lost", 0) for f in figures)
-    if any("source_cpu_busy" in f for f in figures):
-        out["source_cpu_busy"] = statistics.median(f.get("source_cpu_busy", 0) for f in figures)
-    out["generator_bound"] = out["cpu_busy"] < BUSY_ENOUGH or (
-        "offered" in out and out["median"] >= NEAR_OFFER * out["offered"]
-    )
-    return out
-
-
 def run_frames(scenarios, rounds, window, flows, choice):
     paths = []
     try:
@@ -161,7 +136,7 @@ def run_frames(scenarios, rounds, window, flows, choice):
                 for name, path in alternate(paths, r):
                     fig = path.measure(size, window)
                     figures[(name, size)].append(fig)
-                    _progress(f"round {r + 1} {size:5} B {name:10} {_describe(fig)}")
+                    _progress(f"round {r + 1} {size:5} B {name:10} {describe(fig)}")
     finally:
         os.sched_setaffinity(0, set(range(os.cpu_count())))
         for _, path in paths:
@@ -170,7 +145,7 @@ def run_frames(scenarios, rounds, window, flows, choice):
     for size in SIZES:
         row = {}
         for name, _ in paths:
-            row[name] = _summarise(figures[(name, size)])
+            row[name] = summarise(figures[(name, size)])
         base = row["bridge"]["median"]
         for summary in row.values():
             summary["vs_bridge"] = summary["median"] / base if base else None
@@ -336,7 +311,7 @@ def table(results):
     lines = [
         f"kernel {results['kernel']}, {results['cpus']} CPUs ({results['cpu_model']}), {results['rounds']} "
         f"rounds of {results['window_s']} s, {results['flows']} flow(s); medians (min-max)",
-        _generator_line(results["generator"]),
+        generator_line(results["generator"]),
     ]
     for size, row in results.get("frames", {}).items():
         lines += ["", f"{size} B frames     Mframes/s (min-max)      vs bridge   load          CPU busy"]
@@ -381,14 +356,6 @@ def table(results):
         for t in results["targets"]:
             lines.append(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']}")
     return "\n".join(lines)
-
-
-def _generator_line(g):
-    live = "live frames allowed" if g["live_frames"] == "allowed" else g["live_frames"]
-    return (
-        f"generator {g['requested']}: capacity from {g['capacity']}, "
-        f"rate-bounded from {g['rate_bounded']} ({live})"
-    )
 
 
 def check_scenarios(names):

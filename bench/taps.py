@@ -17,7 +17,8 @@ import os
 import select
 import time
 
-from bench.veth import GENERATOR_CPU, SWITCH_CPU, figure
+from bench.figures import figure
+from bench.veth import GENERATOR_CPU, SWITCH_CPU
 from control import attachment
 from loader.journal import Journal
 from loader.tap import VNET_HDR_LEN, TapEndpoint, VnetHdr

@@ -16,17 +16,18 @@ Each figure says how busy SWITCH_CPU was while it was measured.
 
 import time
 
+from bench.figures import figure
 from control import attachment
 from loader.journal import Journal
 from loader.netns import existing_index
 from testbed import cpustat
-from testbed.bounceloop import BUSY_ENOUGH, BounceLoop
+from testbed.bounceloop import BounceLoop
 from testbed.lab import Host, Lab, sh
 from testbed.napi import pin_napi_threads
 from testbed.sources import open_source
 from testbed.trafficgen import BenchPrograms, Traffic, attach_program, attach_sinks
 
-__all__ = ["BUSY_ENOUGH", "GENERATOR_CPU", "PATHS", "SWITCH_CPU", "VethPath", "pin_napi_threads"]
+__all__ = ["GENERATOR_CPU", "PATHS", "SWITCH_CPU", "VethPath", "pin_napi_threads"]
 
 # path -> (what it is, xdpbr mode or None)
 PATHS = {
@@ -41,19 +42,6 @@ PATHS = {
 PER_CALL = 1_000_000  # live frames: ~0.2-0.3 s flat out, amortises the ~30 ms a call costs
 GENERATOR_CPU, SWITCH_CPU = 0, 1
 GENERATORS = ("live", "packet", "bounce")
-# BUSY_ENOUGH (0.90): below it the switch's CPU had time to spare: the source was the limit
-NEAR_OFFER = 0.90  # an open-loop figure this close to its offer measured the source
-
-
-def figure(rate, busy, offered=None, in_flight=None, **extra):
-    """One measured figure as the JSON reports it."""
-    out = {"rate": rate, "cpu_busy": busy}
-    if offered is not None:
-        out["offered"] = offered
-    if in_flight is not None:
-        out["in_flight"] = in_flight
-    out["generator_bound"] = busy < BUSY_ENOUGH or (offered is not None and rate >= NEAR_OFFER * offered)
-    return out | extra
 
 
 class VethPath:
