@@ -14,7 +14,6 @@ from bench.taps import RelayLoop
 from bench.veth import GENERATOR_CPU, pin_napi_threads
 from loader.afxdp import XskRedirect, XskSocket, forward
 from loader.journal import Journal
-from loader.netns import existing_index
 from testbed.lab import Lab, sh
 from testbed.trafficgen import BenchPrograms, attach_program
 
@@ -75,7 +74,7 @@ class AfxdpLoop(RelayLoop):
             self.ns = ns = self.lab.netns("xsk")
             build_endpoint_veths(ns, self.programs, self.undo)
             self.undo.push(attach_program(ns, "xa", self.redirect.prog.fd))
-            self.source_ifindex = existing_index(ns, "ga")
+            self.source_ifname = "ga"
         except BaseException:
             self.close()
             raise

@@ -20,7 +20,8 @@ from loader import attach as at
 from loader.journal import Journal
 from loader.netns import existing_index
 from testbed.lab import Lab, sh
-from testbed.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_sinks
+from testbed.sources import open_source
+from testbed.trafficgen import BenchPrograms, Traffic, attach_sinks
 
 RATE = 100_000  # frames/s: well inside what every path carries, so a loss is a real loss
 RESTARTS = 3
@@ -30,8 +31,8 @@ HOTPLUGS = 20
 class RestartUnderLoad:
     name = "restart"
 
-    def __init__(self, mode="auto"):
-        self.mode = mode
+    def __init__(self, mode="auto", generator="live"):
+        self.mode, self.generator = mode, generator  # generator: live or packet (testbed.sources)
         self.lab = Lab(prefix="xdpbr-bench-restart")
         self.programs = BenchPrograms()
         self.undo, self.daemon = Journal(), None
@@ -61,7 +62,7 @@ class RestartUnderLoad:
     def measure(self, seconds=8.0):
         """{sent, received, lost, fast_path, restarts, upgrades} over one bounded run."""
         traffic = Traffic(self.gen.mac, self.sink.mac, self.gen.ip, self.sink.ip, size=60)
-        gen = LiveFrames(self.programs, self.gen.netns, existing_index(self.gen.netns, "eth0"), traffic)
+        gen = open_source(self.generator, self.programs, self.gen.netns, "eth0", traffic)
         events = {"restarts": 0, "upgrades": 0}
 
         def disturb():
@@ -80,7 +81,10 @@ class RestartUnderLoad:
         before_sink, before_fast = self.programs.sink_total(), self.forward_count()
         thread = threading.Thread(target=disturb, daemon=True)
         thread.start()
-        sent = gen.run_for(seconds, rate=RATE)
+        try:
+            sent = gen.run_for(seconds, rate=RATE)
+        finally:
+            gen.close()
         thread.join(30)
         time.sleep(0.5)  # the last frames reach the sink
         received = self.programs.sink_total() - before_sink
@@ -89,6 +93,7 @@ class RestartUnderLoad:
             "received": received,
             "lost": sent - received,
             "fast_path": self.forward_count() - before_fast,
+            "generator": self.generator,
             **events,
         }
 

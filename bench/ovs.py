@@ -24,7 +24,7 @@ from bench.afxdp import build_endpoint_veths
 from bench.taps import RelayLoop
 from bench.veth import SWITCH_CPU
 from loader.journal import Journal
-from loader.netns import existing_index, netns_path, nsenter_prefix
+from loader.netns import netns_path, nsenter_prefix
 from testbed.lab import Lab
 from testbed.trafficgen import BenchPrograms
 
@@ -80,7 +80,7 @@ class OvsAfxdpLoop(RelayLoop):
             self.ns = ns = self.lab.netns("ovs")
             build_endpoint_veths(ns, self.programs, self.undo)  # as afxdp-loop's
             self._start_ovs()
-            self.source_ifindex = existing_index(ns, "ga")
+            self.source_ifname = "ga"
         except BaseException:
             self.close()
             raise

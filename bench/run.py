@@ -15,6 +15,14 @@ Scenarios (all of them when none is named):
   hotplug    a veth enslaved while the daemon runs, 20 times: time until it is accelerated
 Frame-rate scenarios always include `bridge`, the baseline every ratio is taken against.
 
+Traffic sources (`--generator`, testbed/sources.py): live frames where the kernel allows them;
+else (`auto`) a closed loop through the switch (testbed/bounceloop.py) for the veth paths'
+capacity figures and AF_PACKET for rate-bounded traffic (restart, the relays' feed). Every
+figure carries `cpu_busy` (the CPU that runs the path under test), `offered` (open loop) or
+`in_flight` (closed loop), and `generator_bound` where that CPU had time to spare or an
+open-loop figure came within 10 % of its offer: such a figure measures the source, not the
+path.
+
 Method: each round measures every path once, in an order reversed every other round
 (A B C, C B A, ...), at least 5 rounds; medians with min and max; ratios between medians of
 the same run. Every path builds its own namespaces and removes them afterwards; sysctls change
@@ -23,10 +31,12 @@ only inside them.
 
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
 
+from bench.figures import describe, generator_line, summarise
 from loader.errors import UsageError
 
 SCENARIOS = (
@@ -65,7 +75,7 @@ def _cpu_model():
     return platform.processor() or "unknown"
 
 
-def frame_paths(scenarios, flows):
+def frame_paths(scenarios, flows, choice):
     """(name, constructor) of every frame-rate path the scenarios need, baseline first."""
     from bench.taps import TapLoop, VmPath
     from bench.veth import VethPath
@@ -82,19 +92,28 @@ def frame_paths(scenarios, flows):
         names += ["xdp", "tc", "xdp+tc", "auto"]
     if "limit" in scenarios:
         names.append("limit")
-    paths = [(n, lambda n=n, i=i: VethPath(n, i, flows)) for i, n in enumerate(names)]
+    paths = [(n, lambda n=n, i=i: VethPath(n, i, flows, choice.capacity)) for i, n in enumerate(names)]
+
+    def fed(cls):  # the relays' feed: an open-loop source that outruns a Python relay
+        def make():
+            path = cls()
+            path.feed = choice.rate_bounded
+            return path
+
+        return make
+
     if "tap-loop" in scenarios or "afxdp-loop" in scenarios:
-        paths.append(("tap-loop", TapLoop))
+        paths.append(("tap-loop", fed(TapLoop)))
     if "afxdp-loop" in scenarios:
         from bench import ovs
         from bench.afxdp import AfxdpLoop
 
-        paths.append(("afxdp-loop", AfxdpLoop))
+        paths.append(("afxdp-loop", fed(AfxdpLoop)))
         why = ovs.unavailable()
         if why:
             _progress(f"ovs-afxdp skipped: {why}")
         else:
-            paths.append(("ovs-afxdp", ovs.OvsAfxdpLoop))
+            paths.append(("ovs-afxdp", fed(ovs.OvsAfxdpLoop)))
     if "vm" in scenarios:
         paths += [("vm-bridge", lambda: VmPath(None)), ("vm-auto", lambda: VmPath("auto"))]
     return paths
@@ -104,25 +123,20 @@ def alternate(items, round_index):
     return items if round_index % 2 == 0 else list(reversed(items))
 
 
-def run_frames(scenarios, rounds, window, flows):
+def run_frames(scenarios, rounds, window, flows, choice):
     paths = []
     try:
-        for name, make in frame_paths(scenarios, flows):
+        for name, make in frame_paths(scenarios, flows, choice):
             _progress(f"building {name}")
             paths.append((name, make()))
-        received = {(n, s): [] for n, _ in paths for s in SIZES}
-        offered = {(n, s): [] for n, _ in paths for s in SIZES}
+        figures = {(n, s): [] for n, _ in paths for s in SIZES}
         os.sched_setaffinity(0, {0})  # the generator's CPU (veth.GENERATOR_CPU)
         for r in range(rounds):
             for size in SIZES:
                 for name, path in alternate(paths, r):
-                    rate, load = path.measure(size, window)
-                    received[(name, size)].append(rate)
-                    offered[(name, size)].append(load)
-                    mfps, load_mfps = rate / 1e6, load / 1e6
-                    _progress(
-                        f"round {r + 1} {size:5} B {name:10} {mfps:7.3f} Mfps (offered {load_mfps:.2f})"
-                    )
+                    fig = path.measure(size, window)
+                    figures[(name, size)].append(fig)
+                    _progress(f"round {r + 1} {size:5} B {name:10} {describe(fig)}")
     finally:
         os.sched_setaffinity(0, set(range(os.cpu_count())))
         for _, path in paths:
@@ -131,9 +145,7 @@ def run_frames(scenarios, rounds, window, flows):
     for size in SIZES:
         row = {}
         for name, _ in paths:
-            summary = _summary(received[(name, size)])
-            summary["offered"] = statistics.median(offered[(name, size)])
-            row[name] = summary
+            row[name] = summarise(figures[(name, size)])
         base = row["bridge"]["median"]
         for summary in row.values():
             summary["vs_bridge"] = summary["median"] / base if base else None
@@ -195,10 +207,10 @@ def run_control(rounds):
     return out
 
 
-def run_restart(rounds):
+def run_restart(rounds, choice):
     from bench.operations import RestartUnderLoad
 
-    path = RestartUnderLoad()
+    path = RestartUnderLoad(generator=choice.rate_bounded)
     try:
         runs = []
         for r in range(max(1, rounds // 2)):
@@ -267,8 +279,9 @@ def targets(results):
     return [{"target": t, "value": round(v, 3), "met": bool(m)} for t, v, m in rows]
 
 
-def run(scenarios, rounds, window, tcp_seconds, flows):
+def run(scenarios, rounds, window, tcp_seconds, flows, choice):
     results = {
+        "generator": choice.as_dict(),
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "cpu_model": _cpu_model(),
@@ -280,14 +293,14 @@ def run(scenarios, rounds, window, tcp_seconds, flows):
     }
     frame_scenarios = {"bridge", "fastpath", "limit", "tap-loop", "afxdp-loop", "vm"} & set(scenarios)
     if frame_scenarios:
-        results["frames"] = run_frames(frame_scenarios, rounds, window, flows)
+        results["frames"] = run_frames(frame_scenarios, rounds, window, flows, choice)
     if "tcp" in scenarios:
         results["tcp_seconds"] = tcp_seconds
         results["tcp_gbit_s"] = run_tcp(rounds, tcp_seconds)
     if "control" in scenarios:
         results["control"] = run_control(rounds)
     if "restart" in scenarios:
-        results["restart"] = run_restart(rounds)
+        results["restart"] = run_restart(rounds, choice)
     if "hotplug" in scenarios:
         results["hotplug"] = run_hotplug()
     results["targets"] = targets(results)
@@ -298,16 +311,19 @@ def table(results):
     lines = [
         f"kernel {results['kernel']}, {results['cpus']} CPUs ({results['cpu_model']}), {results['rounds']} "
         f"rounds of {results['window_s']} s, {results['flows']} flow(s); medians (min-max)",
+        generator_line(results["generator"]),
     ]
     for size, row in results.get("frames", {}).items():
-        lines += ["", f"{size} B frames     Mframes/s (min-max)      vs bridge   offered Mframes/s"]
+        lines += ["", f"{size} B frames     Mframes/s (min-max)      vs bridge   load          CPU busy"]
         for name, r in row.items():
+            load = f"{r['offered'] / 1e6:6.2f} Mfps" if "offered" in r else f"{r['in_flight']:4.0f} in flight"
+            mark = "  generator-bound: not a capacity" if r["generator_bound"] else ""
             extra = f"   {r['vs_vm_bridge']:.2f} x vm-bridge" if "vs_vm_bridge" in r else ""
             extra += f"   {r['vs_tap_loop']:.2f} x tap-loop" if "vs_tap_loop" in r else ""
             extra += f", {r['vs_ovs_afxdp']:.2f} x ovs-afxdp" if "vs_ovs_afxdp" in r else ""
             lines.append(
                 f"  {name:12} {r['median'] / 1e6:8.3f} ({r['min'] / 1e6:.3f}-{r['max'] / 1e6:.3f})"
-                f" {r['vs_bridge']:8.2f}x {r['offered'] / 1e6:12.2f}{extra}"
+                f" {r['vs_bridge']:8.2f}x  {load} {r['cpu_busy']:7.0%}{extra}{mark}"
             )
     if "tcp_gbit_s" in results:
         lines += ["", f"TCP, one stream, {results['tcp_seconds']} s   Gbit/s (min-max)   vs bridge"]
@@ -371,8 +387,14 @@ def command(args):
         raise UsageError(f"--window {args.window}: expected 0.1 to {MAX_WINDOW_S} seconds")
     if not 1 <= args.tcp_seconds <= MAX_TCP_S:
         raise UsageError(f"--tcp-seconds {args.tcp_seconds}: expected 1 to {MAX_TCP_S} seconds")
+    from testbed.sources import choose
+
+    # a SIGTERM (timeout, systemd) unwinds like an exception: every path removes its namespaces
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+    choice = choose(getattr(args, "generator", "auto"))  # probes live frames once
     instance.select(INSTANCE)
-    results = run(scenarios, args.rounds, args.window, args.tcp_seconds, args.flows)
+    results = run(scenarios, args.rounds, args.window, args.tcp_seconds, args.flows, choice)
     png = chart.write_png(results, args.png) if args.png else None
     results["png"] = png
     if args.json:

@@ -17,14 +17,16 @@ import os
 import select
 import time
 
+from bench.figures import figure
 from bench.veth import GENERATOR_CPU, SWITCH_CPU
 from control import attachment
 from loader.journal import Journal
-from loader.netns import existing_index
 from loader.tap import VNET_HDR_LEN, TapEndpoint, VnetHdr
+from testbed import cpustat
 from testbed.frames import udp_frame
 from testbed.lab import Lab, sh
-from testbed.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program
+from testbed.sources import open_source
+from testbed.trafficgen import BenchPrograms, Traffic, attach_program
 
 GUEST_A, GUEST_B = "02:00:00:00:0b:01", "02:00:00:00:0b:02"
 IP_A, IP_B = "10.202.0.1", "10.202.0.2"
@@ -89,27 +91,36 @@ def relay(src, dst, deadline):
 
 class RelayLoop:
     """Kernel -> endpoint A -> a Python relay in a child process -> endpoint B -> XDP sink.
-    Subclasses set lab, programs, ns, source_ifindex (where the generator sends), undo, and
-    give relay(deadline) -> frames relayed, run in the child."""
+    Subclasses set lab, programs, ns, source_ifname (where the generator sends), undo, and
+    give relay(deadline) -> frames relayed, run in the child. `feed` is the open-loop source
+    (live or packet: testbed.sources), set by whoever builds the path."""
 
     RATE = 2_000_000  # offered frames/s: more than any Python relay moves
     SETTLE_S = 0.3  # the child sets up its sockets before frames come
+    feed = "live"
 
     def measure(self, size, window, warmup=0.5):
         traffic = Traffic(GUEST_B, GUEST_A, IP_B, IP_A, size=size)  # the host sends to guest A
-        gen = LiveFrames(self.programs, self.ns, self.source_ifindex, traffic)
+        gen = open_source(self.feed, self.programs, self.ns, self.source_ifname, traffic)
         wait = _in_child(SWITCH_CPU, self.SETTLE_S + warmup + window, self.relay)
         try:
             time.sleep(self.SETTLE_S)
             gen.run_for(warmup, rate=self.RATE)
-            before, start = self.programs.sink_total(), time.monotonic()
+            before, s0, start = self.programs.sink_total(), cpustat.snapshot(), time.monotonic()
             offered = gen.run_for(window - 0.05, rate=self.RATE)
             elapsed = time.monotonic() - start
+            busy = cpustat.busy(s0, cpustat.snapshot())
             received = self.programs.sink_total() - before
         finally:
             wait()
+            gen.close()
         self.after_round()
-        return received / elapsed, offered / elapsed
+        return figure(
+            received / elapsed,
+            busy[SWITCH_CPU],
+            offered=offered / elapsed,
+            source_cpu_busy=busy[GENERATOR_CPU],
+        )
 
     def after_round(self):
         pass
@@ -137,7 +148,7 @@ class TapLoop(RelayLoop):
                 # a queue as deep as the AF_XDP loop's rings: the generator sends in bursts
                 sh("ip", "-n", self.ns, "link", "set", ifname, "txqueuelen", "16384", "up")
             self.undo.push(attach_program(self.ns, "tapb", self.programs.sink.fd))
-            self.source_ifindex = existing_index(self.ns, "tapa")
+            self.source_ifname = "tapa"
         except BaseException:
             self.close()
             raise
@@ -202,6 +213,7 @@ class VmPath:
     def measure(self, size, window, warmup=0.5):
         frame = udp_frame(GUEST_B, GUEST_A, IP_A, IP_B, size)
         a, b = self.taps
+        s0 = cpustat.snapshot()
         wait = _in_child(GENERATOR_CPU, warmup + window, lambda deadline: write_frames(a.fd, frame, deadline))
         os.sched_setaffinity(0, {SWITCH_CPU % os.cpu_count()})
         try:
@@ -226,8 +238,16 @@ class VmPath:
         finally:
             sent = wait()
             os.sched_setaffinity(0, {GENERATOR_CPU % os.cpu_count()})
+        busy = cpustat.busy(s0, cpustat.snapshot())
         _drain(b.fd)
-        return received / max(elapsed, 1e-9), sent / (warmup + window)
+        # the guests' processes are the source: one writes on GENERATOR_CPU; the bridge's work
+        # runs in the writer's writev (the TAP's ingress) and the reader's CPU
+        return figure(
+            received / max(elapsed, 1e-9),
+            busy[GENERATOR_CPU],
+            offered=sent / (warmup + window),
+            source_cpu_busy=busy[SWITCH_CPU],
+        )
 
     def close(self):
         for tap in self.taps:

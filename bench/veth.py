@@ -2,23 +2,32 @@
 and the ceiling.
 
 Each path lives in namespaces of its own (sysctls such as bridge-nf-call-iptables change only
-there): a generator container, a switch namespace with the bridge, a sink container. Method
-(KERNEL-FACTS): the live-frames generator runs on CPU 0 and sends UDP frames out of the
-generator's veth, whose peer is the switch's ingress port; that port's NAPI runs threaded,
-pinned to CPU 1; the sink counts per CPU at XDP (and at TC ingress, for frames that
-bpf_redirect_peer hands straight to the sink's ingress) and drops.
+there). The switch's ingress port's NAPI runs threaded, pinned to SWITCH_CPU; the traffic
+source works on GENERATOR_CPU. Sources (`generator`):
+- live:   (KERNEL-FACTS) the live-frames generator sends UDP frames out of a generator
+          container's veth, flat out (open loop); a sink container counts per CPU at XDP (and
+          at TC ingress, for frames that bpf_redirect_peer hands straight to its ingress).
+- packet: the same containers, AF_PACKET instead of live frames: ~0.56 Mframes/s at most,
+          below the bridge, so its figures are marked generator-bound.
+- bounce: the closed loop of testbed/bounceloop.py: both hosts' veths in one namespace, the
+          receiver's bouncer (on GENERATOR_CPU) sends every frame round again.
+Each figure says how busy SWITCH_CPU was while it was measured.
 """
 
-import glob
-import os
-import subprocess
 import time
 
+from bench.figures import figure
 from control import attachment
 from loader.journal import Journal
 from loader.netns import existing_index
-from testbed.lab import Lab, sh
-from testbed.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program, attach_sinks
+from testbed import cpustat
+from testbed.bounceloop import BounceLoop
+from testbed.lab import Host, Lab, sh
+from testbed.napi import pin_napi_threads
+from testbed.sources import open_source
+from testbed.trafficgen import BenchPrograms, Traffic, attach_program, attach_sinks
+
+__all__ = ["GENERATOR_CPU", "PATHS", "SWITCH_CPU", "VethPath", "pin_napi_threads"]
 
 # path -> (what it is, xdpbr mode or None)
 PATHS = {
@@ -30,64 +39,59 @@ PATHS = {
     "auto": ("xdpbr, default mode (auto)", "auto"),
     "limit": ("minimal XDP redirect to the other port: the ceiling", None),
 }
-PER_CALL = 1_000_000  # ~0.2-0.3 s of frames flat out: amortises the ~30 ms a call costs
+PER_CALL = 1_000_000  # live frames: ~0.2-0.3 s flat out, amortises the ~30 ms a call costs
 GENERATOR_CPU, SWITCH_CPU = 0, 1
-
-
-def _napi_threads(ifname):
-    """{pid} of the kernel threads named napi/<ifname>-<napi id>, in any namespace."""
-    pids = set()
-    for comm in glob.glob("/proc/[0-9]*/comm"):
-        try:
-            with open(comm) as f:
-                if f.read().strip().startswith(f"napi/{ifname}-"):
-                    pids.add(int(comm.split("/")[2]))
-        except OSError:
-            continue
-    return pids
-
-
-def pin_napi_threads(netns, ifname, cpu):
-    """Threaded NAPI for an interface, its kthreads pinned to `cpu`. Only the threads that
-    switching it on created are touched: another namespace's interface of the same name (the
-    host's own) keeps its threads where they are."""
-    before = _napi_threads(ifname)
-    subprocess.run(
-        ["ip", "netns", "exec", netns, "sh", "-c", f"echo 1 > /sys/class/net/{ifname}/threaded"], check=True
-    )
-    for pid in _napi_threads(ifname) - before:
-        try:
-            os.sched_setaffinity(pid, {cpu % os.cpu_count()})
-        except OSError:
-            continue
+GENERATORS = ("live", "packet", "bounce")
 
 
 class VethPath:
-    """A generator, a bridge with two veth ports and a sink, in namespaces of their own."""
+    """Traffic through a bridge with two veth ports, in namespaces of its own."""
 
-    def __init__(self, name, index, flows=1):
-        self.name, self.flows = name, flows
+    def __init__(self, name, index, flows=1, generator="live"):
+        if generator not in GENERATORS:
+            raise ValueError(f"generator {generator!r}: expected one of {', '.join(GENERATORS)}")
+        self.name, self.flows, self.generator = name, flows, generator
         self.mode = PATHS[name][1]
         self.lab = Lab(prefix=f"xdpbr-bench-{name.replace('+', '')}")
         self.programs = BenchPrograms()
         self.undo = Journal()
+        self.loop = None
         try:
             self._build(index)
         except BaseException:
             self.close()
             raise
 
+    def _hosts(self, i):
+        """The sender and the receiver: containers of their own, or (closed loop) two veths
+        in one namespace, so that the bouncer can send what arrives at one out of the other."""
+        lab = self.lab
+        if self.generator != "bounce":
+            return lab.container(f"g{i}", ip=f"10.201.{i}.1"), lab.container(f"s{i}", ip=f"10.201.{i}.2")
+        ns = lab.netns(f"h{i}")
+        for conf in ("all", "default"):  # no chatter from the hosts' stack
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1")
+        hosts = []
+        for role, n in (("g", 1), ("s", 2)):
+            port, ifname = f"v{role}{i}", f"{role}0"
+            sh("ip", "-n", lab.switch, "link", "add", port, "type", "veth", "peer", ifname, "netns", ns)
+            sh("ip", "-n", ns, "link", "set", ifname, "address", f"02:00:00:c9:{i:02x}:{n:02x}", "up")
+            sh("ip", "-n", lab.switch, "link", "set", port, "master", lab.bridge, "up")
+            hosts.append(Host(role, ns, ifname, f"10.201.{i}.{n}", port))
+        return hosts
+
     def _build(self, i):
         lab = self.lab
         lab.make_bridge(nf_call_iptables=self.name == "bridge+nf")
-        self.gen = lab.container(f"g{i}", ip=f"10.201.{i}.1")
-        self.sink = lab.container(f"s{i}", ip=f"10.201.{i}.2")
+        self.gen, self.sink = self._hosts(i)
         lab.wait_forwarding()
         for host in (self.gen, self.sink):  # no flooding, no aging out during a window
             sh("bridge", "-n", lab.switch, "fdb", "replace", host.mac, "dev", host.port, "master", "static")
-        self.undo.push(attach_sinks(self.programs, self.sink.netns, "eth0"))
-        # the generator's XDP_TX needs NAPI at the switch port: GRO on, as for any veth that
-        # receives XDP frames (modes with an XDP program there would have it anyway)
+        if self.generator != "bounce":
+            self.undo.push(attach_sinks(self.programs, self.sink.netns, "eth0"))
+        # frames enter the switch port from XDP (XDP_TX or ndo_xdp_xmit): it needs NAPI, GRO
+        # on, as for any veth that receives XDP frames (modes with an XDP program there would
+        # have it anyway)
         sh("ip", "netns", "exec", lab.switch, "ethtool", "-K", self.gen.port, "gro", "on")
         if self.mode:
             attachment.attach(lab.bridge, lab.switch, mode=self.mode, grace_s=86400)
@@ -95,19 +99,46 @@ class VethPath:
             self.programs.set_limit_egress(lab.switch, existing_index(lab.switch, self.sink.port))
             self.undo.push(attach_program(lab.switch, self.gen.port, self.programs.limit.fd))
         pin_napi_threads(lab.switch, self.gen.port, cpu=SWITCH_CPU)
-        self.gen_ifindex = existing_index(self.gen.netns, "eth0")
+        if self.generator == "bounce":
+            self.loop = BounceLoop(
+                self.programs, self.gen.netns, self.gen.ifname, self.sink.ifname, GENERATOR_CPU
+            )
+            self.undo.push(self.loop.close)
 
     def traffic(self, size):
         return Traffic(self.gen.mac, self.sink.mac, self.gen.ip, self.sink.ip, size=size, flows=self.flows)
 
-    def measure(self, size, window, warmup=1.0):
-        """(frames/s received, frames/s offered) over one window, after a warm-up."""
-        gen = LiveFrames(self.programs, self.gen.netns, self.gen_ifindex, self.traffic(size))
-        gen.run_for(warmup, PER_CALL)
-        before, start = self.programs.sink_total(), time.monotonic()
-        offered = gen.run_for(window, PER_CALL)
-        elapsed = time.monotonic() - start
-        return (self.programs.sink_total() - before) / elapsed, offered / elapsed
+    def measure(self, size, window, warmup=1.0, in_flight=None):
+        """One figure (see `figure`) over one window, after a warm-up."""
+        traffic = self.traffic(size)
+        if self.loop:
+            kwargs = {"in_flight": in_flight} if in_flight else {}
+            w = self.loop.measure(traffic, window, busy_cpu=SWITCH_CPU, **kwargs)
+            return figure(
+                w.rate,
+                w.cpu_busy[SWITCH_CPU],
+                in_flight=w.in_flight,
+                lost=w.lost,
+                attempts=w.attempts,
+                source_cpu_busy=w.cpu_busy[GENERATOR_CPU],
+            )
+        gen = open_source(self.generator, self.programs, self.gen.netns, self.gen.ifname, traffic)
+        per_call = {"per_call": PER_CALL} if self.generator == "live" else {}
+        try:
+            gen.run_for(warmup, **per_call)
+            before, s0, start = self.programs.sink_total(), cpustat.snapshot(), time.monotonic()
+            offered = gen.run_for(window, **per_call)
+            elapsed = time.monotonic() - start
+            busy = cpustat.busy(s0, cpustat.snapshot())
+            received = self.programs.sink_total() - before
+        finally:
+            gen.close()
+        return figure(
+            received / elapsed,
+            busy[SWITCH_CPU],
+            offered=offered / elapsed,
+            source_cpu_busy=busy[GENERATOR_CPU],
+        )
 
     def close(self):
         self.undo.rollback()

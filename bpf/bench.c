@@ -11,15 +11,18 @@
  * tc_sink:   the same at TC ingress, for frames that skip the device's XDP (bpf_redirect_peer
  *            hands a frame straight to a veth peer's ingress).
  * limit:     redirects every frame to DEVMAP slot 0: the ceiling any XDP switch reaches here.
+ * bounce:    the closed loop's bouncer on the receiving host's veth (testbed/bounceloop.py):
+ *            a generator's frame that crossed the switch is counted and redirected out of
+ *            the sending host's veth (DEVMAP slot 0), so it enters the switch again, as the
+ *            same frame (no field changes: it is still from the sender to the receiver).
+ *            XDP_REDIRECT, not XDP_TX: the frame must enter the switch's ingress port, and
+ *            ndo_xdp_xmit's flush wakes that port's NAPI even when it runs no XDP program.
+ * tc_bounce: the same at TC ingress (bpf_redirect_peer skips the receiver's XDP).
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
 
-struct gen_config {
-	__u32 flows;
-	__u32 sport_offset; /* of the UDP source port in the frame: 34, or 38 behind a VLAN tag */
-	__u32 base_sport;
-};
+#include "bench.h"
 
 BPF_ARRAY(gen_config, struct gen_config, 1);
 BPF_PERCPU_ARRAY(gen_seq, __u32, 1);
@@ -87,4 +90,53 @@ int tc_sink(struct __sk_buff *skb)
 int limit(struct xdp_md *ctx)
 {
 	return limit_ports.redirect_map(0, 0);
+}
+
+BPF_ARRAY(bounce_config, struct bounce_config, 1);
+BPF_PERCPU_ARRAY(bounce_count, struct bounce_counts, 1);
+BPF_DEVMAP(bounce_out, 1);
+
+/* XDP_DROP, XDP_PASS or -1 (bounce it) for one frame; counts per CPU. */
+static __always_inline int bounce_verdict(void *data, void *data_end)
+{
+	__u32 zero = 0;
+	if (!generated(data, data_end))
+		return XDP_PASS;
+	struct bounce_config *cfg = bounce_config.lookup(&zero);
+	struct bounce_counts *n = bounce_count.lookup(&zero);
+	if (!cfg || !n)
+		return XDP_PASS;
+	if (cfg->drain) {
+		n->drained++;
+		return XDP_DROP;
+	}
+	if (cfg->inject_loss) {
+		__sync_fetch_and_add(&cfg->inject_loss, -1);
+		n->injected++;
+		return XDP_DROP;
+	}
+	n->bounced++;
+	return -1;
+}
+
+int bounce(struct xdp_md *ctx)
+{
+	int verdict = bounce_verdict((void *)(long)ctx->data, (void *)(long)ctx->data_end);
+	if (verdict >= 0)
+		return verdict;
+	return bounce_out.redirect_map(0, 0);
+}
+
+BPF_ARRAY(tc_bounce_out, __u32, 1); /* the sender's ifindex: bpf_redirect takes no DEVMAP */
+
+int tc_bounce(struct __sk_buff *skb)
+{
+	int verdict = bounce_verdict((void *)(long)skb->data, (void *)(long)skb->data_end);
+	if (verdict == XDP_PASS)
+		return TC_ACT_OK;
+	if (verdict == XDP_DROP)
+		return TC_ACT_SHOT;
+	__u32 zero = 0;
+	__u32 *out = tc_bounce_out.lookup(&zero);
+	return out ? bpf_redirect(*out, 0) : TC_ACT_SHOT;
 }

@@ -237,6 +237,14 @@ def build_parser():
     be.add_argument("--tcp-seconds", type=int, default=5, help="seconds an iperf3 run (default 5)")
     be.add_argument("--flows", type=int, default=1, help="UDP flows the generator cycles through")
     be.add_argument(
+        "--generator",
+        choices=("auto", "live", "packet", "bounce"),
+        default="auto",
+        help="traffic source: live frames (BPF_PROG_RUN), packet (AF_PACKET, rate-bounded only), "
+        "bounce (a closed XDP loop through the switch); auto (default) probes live frames once "
+        "and otherwise uses bounce for capacity figures and packet for rate-bounded scenarios",
+    )
+    be.add_argument(
         "--png", metavar="FILE", default="xdpbr-bench.png", help="chart (default xdpbr-bench.png)"
     )
     return p

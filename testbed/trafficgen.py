@@ -62,7 +62,7 @@ class Traffic:
 
 
 class _GenConfig(ctypes.Structure):
-    """struct gen_config in bpf/bench.c."""
+    """struct gen_config in bpf/bench.h."""
 
     _fields_ = [
         ("flows", ctypes.c_uint32),
@@ -85,6 +85,8 @@ class BenchPrograms:
         self.sink = self.bpf.load_func(b"sink", BPF.XDP)
         self.tc_sink = self.bpf.load_func(b"tc_sink", BPF.SCHED_CLS)
         self.limit = self.bpf.load_func(b"limit", BPF.XDP)
+        self.bounce = self.bpf.load_func(b"bounce", BPF.XDP)
+        self.tc_bounce = self.bpf.load_func(b"tc_bounce", BPF.SCHED_CLS)
         self.ncpu = bpfsys.possible_cpus()
 
     def configure(self, traffic):
@@ -148,6 +150,9 @@ class LiveFrames:
                 if ahead > 0:
                     time.sleep(ahead)
         return sent
+
+    def close(self):
+        """Nothing to release (the programs belong to BenchPrograms): as PacketFrames."""
 
 
 def attach_program(netns, ifname, prog_fd, mode="native"):

@@ -6,7 +6,9 @@ import struct
 import pytest
 
 from loader import bpfsys
+from testbed.bounceloop import BounceLoop
 from testbed.lab import Lab, sh
+from testbed.packetgen import PacketFrames, flow_frames
 from testbed.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program
 
 TRAFFIC = dict(src_mac="02:00:00:00:0a:01", dst_mac="02:00:00:00:0a:02", src_ip="10.9.0.1", dst_ip="10.9.0.2")
@@ -57,25 +59,107 @@ def test_the_generator_cycles_through_the_flows(programs, vlan):
     assert sorted(set(ports)) == [10000, 10001, 10002]
 
 
-@pytest.mark.root
-@pytest.mark.live_frames
-def test_what_is_sent_is_counted_exactly_and_received(programs):
+def _quiet(ns):
+    """No IPv6 autoconfiguration frames: the sink counts every frame."""
+    for conf in ("all", "default"):
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1")
+
+
+@pytest.fixture
+def gen_and_sink(programs):
+    """(lab, generator namespace, sink namespace): a veth gen0 -> sink0, the XDP sink on sink0."""
     with Lab(prefix="xdpbr-test-gen") as lab:
         a, b = lab.netns("a"), lab.netns("b")
-        for ns in (a, b):  # no IPv6 autoconfiguration frames: the sink counts every frame
-            for conf in ("all", "default"):
-                sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1")
+        for ns in (a, b):
+            _quiet(ns)
         sh("ip", "link", "add", "gen0", "netns", a, "type", "veth", "peer", "sink0", "netns", b)
         sh("ip", "-n", a, "link", "set", "gen0", "up")
         sh("ip", "-n", b, "link", "set", "sink0", "up")
         detach = attach_program(b, "sink0", programs.sink.fd)
         try:
-            ifindex = int(sh("ip", "-n", a, "-o", "link", "show", "gen0").split(":")[0])
-            gen = LiveFrames(programs, a, ifindex, Traffic(**TRAFFIC, size=60, flows=4))
-            before = programs.sink_total()
-            sent = gen.run_for(5.0, rate=100_000, count=20_000)
-            assert sent == gen.sent == 20_000
-            # a veth at a modest rate loses nothing: every frame sent arrives
-            assert programs.sink_total() - before == 20_000
+            yield lab, a, b
         finally:
             detach()
+
+
+@pytest.mark.root
+@pytest.mark.live_frames
+def test_what_is_sent_is_counted_exactly_and_received(programs, gen_and_sink):
+    _, a, _ = gen_and_sink
+    ifindex = int(sh("ip", "-n", a, "-o", "link", "show", "gen0").split(":")[0])
+    gen = LiveFrames(programs, a, ifindex, Traffic(**TRAFFIC, size=60, flows=4))
+    before = programs.sink_total()
+    sent = gen.run_for(5.0, rate=100_000, count=20_000)
+    assert sent == gen.sent == 20_000
+    # a veth at a modest rate loses nothing: every frame sent arrives
+    assert programs.sink_total() - before == 20_000
+
+
+def test_packet_frames_cycle_through_the_flows():
+    traffic = Traffic(**TRAFFIC, size=60, flows=3, vlan=5)
+    ports = [struct.unpack_from("!H", f, traffic.sport_offset)[0] for f in flow_frames(traffic)]
+    assert ports == [10000, 10001, 10002]
+
+
+@pytest.mark.root
+def test_af_packet_sent_is_counted_exactly_and_received(programs, gen_and_sink):
+    _, a, _ = gen_and_sink
+    gen = PacketFrames(a, "gen0", Traffic(**TRAFFIC, size=60, flows=4))
+    try:
+        before = programs.sink_total()
+        sent = gen.run_for(5.0, rate=100_000, count=20_000)
+    finally:
+        gen.close()
+    assert sent == gen.sent == 20_000
+    assert programs.sink_total() - before == 20_000
+
+
+@pytest.fixture
+def loop(programs):
+    """A bridge with two veth ports whose peers g0 and s0 share a namespace, the bouncer on s0:
+    the closed loop of testbed/bounceloop.py, FDB static before any frame."""
+    with Lab(prefix="xdpbr-test-loop") as lab:
+        lab.make_bridge()
+        ns = lab.netns("h")
+        _quiet(ns)
+        for role, n in (("g", 1), ("s", 2)):
+            port, ifname, mac = f"v{role}", f"{role}0", f"02:00:00:00:0a:0{n}"
+            sh("ip", "-n", lab.switch, "link", "add", port, "type", "veth", "peer", ifname, "netns", ns)
+            sh("ip", "-n", ns, "link", "set", ifname, "address", mac, "up")
+            sh("ip", "-n", lab.switch, "link", "set", port, "master", lab.bridge, "up")
+            sh("bridge", "-n", lab.switch, "fdb", "replace", mac, "dev", port, "master", "static")
+        lab.wait_forwarding()
+        sh("ip", "netns", "exec", lab.switch, "ethtool", "-K", "vg", "gro", "on")  # ndo_xdp_xmit needs NAPI
+        bounce = BounceLoop(programs, ns, "g0", "s0", cpu=0)
+        try:
+            yield bounce
+        finally:
+            bounce.close()
+
+
+@pytest.mark.root
+def test_the_loop_returns_every_frame_it_was_seeded_with(loop):
+    traffic = Traffic(**TRAFFIC, size=60, flows=2)
+    before = loop.counts()
+    w = loop.window(traffic, in_flight=32, seconds=0.3, warmup=0.1)
+    after = loop.counts()
+    assert w.in_flight == 32
+    assert w.lost == 0  # the drain took out all 32
+    assert after.drained - before.drained == 32
+    assert w.rate > 10_000  # frames went round, through the bridge
+    assert after.bounced - before.bounced >= w.rate * w.seconds
+    assert set(w.cpu_busy) >= {0}
+
+
+@pytest.mark.root
+def test_frames_lost_from_the_loop_are_counted(loop):
+    traffic = Traffic(**TRAFFIC, size=60)
+    before = loop.counts()
+    w = loop.window(traffic, in_flight=32, seconds=0.2, warmup=0.1, inject_loss=5)
+    assert loop.counts().injected - before.injected == 5
+    assert w.lost == 5
+    # a window that lost frames is measured again, with fewer in flight
+    first = loop.counts().injected
+    w = loop.measure(traffic, 0.2, in_flight=32, attempts=2, inject_loss=3)
+    assert loop.counts().injected - first == 3
+    assert (w.attempts, w.in_flight, w.lost) == (2, 24, 0)
