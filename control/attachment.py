@@ -166,21 +166,25 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
 
     replace_programs: an attach over a running attachment swaps in the new programs (the XDP
     program is replaced whenever its id differs; TC filters only when asked, as their program
-    id is not visible through pyroute2). Returns ([(PortInfo, PortPlan)], netfilter why).
+    id is not visible through pyroute2). netfilter_state: the namespace's netfilter Snapshot
+    if the caller has it (the daemon), else read now. Returns ([(PortInfo, PortPlan)], the
+    netfilter Decision, None under `--netfilter bypass`).
     """
     journal = journal or Journal()
     meta = s.meta()
     default_mode = REQUESTED_MODES[meta.mode]
     xdp_mode = XDP_MODE_REQUESTS[meta.xdp_mode]
-    if meta.netfilter == 1:
-        blocked, nf_why = False, "bypass"
-    else:
-        blocked, nf_why = netfilter_state or netfilter.check(s.netns)
-    s.write_bridge_state(heartbeat=False, netfilter_block=blocked)
+    kernel_ports = list_ports(s.ipr, s.bridge)
+    # decided on the ports there are now: a port that joined since the rules were read is
+    # decided like the others (a rule naming it, or a wildcard, holds it)
+    decision = (
+        None if meta.netfilter == 1 else netfilter.decide(s, [p.name for p in kernel_ports], netfilter_state)
+    )
+    s.write_bridge_state(heartbeat=False, netfilter_block=bool(decision and decision.bridge_hold))
+    netfilter.save(s.bridge_name, s.netns, decision)
 
     requested = s.requested_modes()
     current = s.ports()
-    kernel_ports = list_ports(s.ipr, s.bridge)
     kernel_index = {p.ifindex for p in kernel_ports}
     for ifindex, entry in current.items():
         if ifindex not in kernel_index:
@@ -191,7 +195,8 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
     results = []
     for port in kernel_ports:
         entry = current.get(port.ifindex) or _new_entry(port.ifindex)
-        plan = plan_port(port, requested.get(port.name, default_mode), netfilter_blocked=blocked)
+        held = decision is not None and (decision.bridge_hold or decision.ports.get(port.name)) is not None
+        plan = plan_port(port, requested.get(port.name, default_mode), netfilter_blocked=held)
         if not entry.slot:
             slot = _free_slot(used, s.max_ports)
             if slot is None:
@@ -234,7 +239,7 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
             # the entry first, then the index that makes the fast path see it
             s.write_port(entry.slot, entry)
             s.write_port_index(port.ifindex, entry.slot)
-    return [(port, plan) for port, plan, _ in results], nf_why
+    return [(port, plan) for port, plan, _ in results], decision
 
 
 def _peer_redirect_ok(s, port):
@@ -400,6 +405,7 @@ def detach(bridge, netns=None):
         s.maps.close()
         s.maps = None
         pins.remove_dir(s.dir)
+        netfilter.forget(bridge, netns)
         if not pins.attached_bridges():
             tracepoints.remove()
 

@@ -395,6 +395,11 @@ def _stats(args):
         from control import watch
 
         return watch.run(args.bridge, args.netns, args.interval, args.count, args.json)
+    if not args.json:
+        for b in state.show(args.bridge, args.netns):
+            if b["netfilter_hold"]:  # nothing runs on its ports: say why rather than a table of zeros
+                hold = b["netfilter_hold"]["text"]
+                print(f"bridge {b['bridge']}: every port is on the Linux bridge, held by {hold}")
     render.emit(state.stats(args.bridge, args.netns), args.json, render.stats_text)
 
 

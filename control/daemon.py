@@ -23,7 +23,7 @@ import signal
 import socket
 import time
 
-from control import config, endpoints
+from control import config, endpoints, netfilter
 from control.attachment import attach, detach
 from control.worker import BridgeWorker, pin_identity
 from loader import bridge_limits, events, pins
@@ -36,7 +36,9 @@ log = logging.getLogger("xdpbr.daemon")
 
 HEARTBEAT_S = 1.0
 AGING_REFRESH_S = 1.0
-NETFILTER_CHECK_S = 2.0
+# legacy tables are polled (a fingerprint of their rules: ~12 ms for 5,000) this often, so a
+# rule is honoured within 1 s; nftables changes arrive as notifications
+NETFILTER_CHECK_S = 0.75
 NETLINK_RECYCLE_S = 60.0  # Session.reopen_netlink: bounds what pyroute2 keeps per request
 PIN_SCAN_S = 0.5
 LISTENER_RETRY_S = 1.0  # a namespace's event readers that keep failing are retried this often
@@ -44,17 +46,27 @@ ATTACH_RETRY_S = 30.0  # a configured bridge that failed to attach is tried agai
 
 
 class NamespaceEvents:
-    """The link and FDB event readers of one namespace, into the daemon's queue. They stop
-    together and are restarted together, with a full resync (events were lost meanwhile)."""
+    """The link, FDB and nftables event readers of one namespace. Link and FDB events go into
+    the daemon's queue; an nftables change only marks the namespace's rules for a re-read. They
+    stop together and are restarted together, with a full resync (events were lost meanwhile)."""
 
     def __init__(self, netns, queue_):
         self.netns = netns
+        self.rules_dirty = True  # read the rules at the next check
+        self.fingerprint = None  # of the legacy tables and sysctls at the last read
 
         def deliver(msgs, received_ns):
             queue_.put((netns, msgs, received_ns))
 
-        self.readers = [events.start("link", netns, deliver), events.start("fdb", netns, deliver)]
-        self.retry_at = 0.0  # when a failed pair may be started again
+        def nft_changed(msgs, received_ns):
+            self.rules_dirty = True
+
+        self.readers = [
+            events.start("link", netns, deliver),
+            events.start("fdb", netns, deliver),
+            events.start("nft", netns, nft_changed),
+        ]
+        self.retry_at = 0.0  # when a failed set may be started again
 
     @property
     def failure(self):
@@ -278,6 +290,27 @@ class Daemon:
             if not fresh.failure:
                 self.events.put((netns, None, 0))  # resync its bridges: events were lost meanwhile
 
+    def check_rules(self):
+        """Per namespace: read its netfilter rules again when nft said they changed or the
+        legacy tables' fingerprint moved, and have its bridges decide their ports anew."""
+        for netns, listener in list(self.listeners.items()):
+            workers = [w for (_, n), w in self.workers.items() if n == netns]
+            if not workers or listener.failure:
+                continue
+            try:
+                fingerprint = netfilter.fingerprint(netns)
+                if not listener.rules_dirty and fingerprint == listener.fingerprint:
+                    continue
+                listener.rules_dirty, listener.fingerprint = False, fingerprint
+                snapshot = netfilter.snapshot(netns)
+            except (XdpbrError, OSError) as exc:
+                if netns and not netns_exists(netns):
+                    continue  # check_listeners forgets its bridges
+                log.warning("%s: cannot read netfilter rules: %s", netns or "default namespace", exc)
+                continue
+            for worker in workers:
+                worker.rules_changed(snapshot)
+
     def listening(self, netns):
         listener = self.listeners.get(netns)
         return listener is not None and listener.failure is None
@@ -308,11 +341,10 @@ class Daemon:
         periodic = [
             (HEARTBEAT_S, BridgeWorker.heartbeat),
             (AGING_REFRESH_S, BridgeWorker.refresh_aging),
-            (NETFILTER_CHECK_S, BridgeWorker.check_netfilter),
             (NETLINK_RECYCLE_S, BridgeWorker.recycle_netlink),
         ]
         due = [0.0] * len(periodic)
-        next_scan = 0.0
+        next_scan = next_rules = 0.0
         while not self.stopping:
             if self.reload_requested:
                 self.reload()
@@ -337,6 +369,9 @@ class Daemon:
                     due[i] = now + interval
                     for worker in list(self.workers.values()):
                         self.guarded(worker, getattr(worker, method.__name__))
+            if now >= next_rules:
+                next_rules = now + NETFILTER_CHECK_S
+                self.check_rules()
             if now >= next_scan:
                 next_scan = now + PIN_SCAN_S
                 for worker in list(self.workers.values()):

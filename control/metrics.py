@@ -20,6 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from control import netfilter
 from control.exposition import RowFamily, render, start_server
 from loader.bridge_id import BridgeId
 from loader.errors import UsageError, XdpbrError
@@ -46,6 +47,7 @@ class BridgeReading:
     counters: list = field(default_factory=list)  # (port, attach, reason, packets, bytes)
     redirect_errors: dict = field(default_factory=dict)  # port -> errors
     ports: list = field(default_factory=list)  # dicts: port, mode, why, xdp_mode, prog ids
+    holds: dict = field(default_factory=dict)  # port -> the netfilter hold that keeps it on the bridge
 
 
 # One sample per bridge each: (family type, name, help, value from a BridgeReading).
@@ -172,6 +174,11 @@ class PinnedMapReader:
                     port = port_of[ifindex]
                     reading.redirect_errors[port] = reading.redirect_errors.get(port, 0) + errors
             reading.counters = state.counter_rows(s, reading.ports)
+            saved = netfilter.load(name, ns) or {"bridge_hold": None, "ports": {}}
+            for p in reading.ports:
+                hold = saved["bridge_hold"] or saved["ports"].get(p["port"])
+                if hold:
+                    reading.holds[p["port"]] = hold
             return reading
 
 
@@ -214,6 +221,11 @@ class XdpbrCollector(Collector):
         }
         port_info = InfoMetricFamily(
             "xdpbr_port", "Mode of each bridge port and why.", labels=["bridge", "port"]
+        )
+        hold_info = InfoMetricFamily(
+            "xdpbr_port_netfilter_hold",
+            "The netfilter rule (or policy) that keeps a port on the Linux bridge.",
+            labels=["bridge", "port"],
         )
         prog_info = InfoMetricFamily(
             "xdpbr_program", "xdpbr program attached to a port.", labels=["bridge", "port", "attach"]
@@ -265,6 +277,12 @@ class XdpbrCollector(Collector):
                 port_info.add_metric(
                     [b, p["port"]], {"mode": p["mode"], "xdp_mode": p["xdp_mode"], "reason": p["why"]}
                 )
+                hold = reading.holds.get(p["port"])
+                if hold:
+                    where = {
+                        k: str(hold[k] if hold[k] is not None else "") for k in ("family", "table", "chain")
+                    }
+                    hold_info.add_metric([b, p["port"]], where | {"position": str(hold["position"] or "")})
                 for attach in ATTACH_POINTS:
                     if p[f"{attach}_prog_id"]:
                         prog_info.add_metric([b, p["port"], attach], {"prog_id": str(p[f"{attach}_prog_id"])})
@@ -276,7 +294,7 @@ class XdpbrCollector(Collector):
         yield from fast.values()
         yield from passed.values()
         yield from received.values()
-        yield from (port_info, prog_info, redirect_errors, sync_lag)
+        yield from (port_info, hold_info, prog_info, redirect_errors, sync_lag)
         if hasattr(self.reader, "endpoints"):
             yield from _endpoint_families(self.reader)
         yield from (family for family, _ in per_bridge)

@@ -1,82 +1,77 @@
-"""Could netfilter rules see the frames of a bridge in this namespace?
+"""Which ports of a bridge netfilter rules could see, and so must stay on the Linux bridge.
 
-The fast path skips bridge netfilter, where libvirt and OpenStack keep anti-spoofing rules. So a
-bridge is accelerated only if no rule could see its frames, unless the operator chose
-`--netfilter bypass`: nftables `bridge` family rules (ebtables-nft too), and with
-bridge-nf-call-{iptables,ip6tables,arptables} on, any rule or a non-accept policy in the
-FORWARD chains of the matching families.
+The fast path skips bridge netfilter (br_netfilter's calls into the ip, ip6 and arp families,
+and the bridge family's hooks), where libvirt, OpenStack and Docker keep their rules. With
+`--netfilter respect` (the default) every port a rule can see is held in `bridge` mode, and
+frames towards it go to the bridge; every other port stays accelerated. The rulesets are read
+through the kernel (legacy tables by getsockopt, loader/xtables.py) and nft (loader/nftables.py),
+walked per port by control/nfpolicy.py; a ruleset that cannot be read holds what it could reach.
+
+The decision of the last reconcile is kept beside the instance's run state, so `show` and the
+metrics name each held port's rule without walking the rules again.
 """
 
 import json
-import subprocess
+import os
 
-from loader.netns import entered, netns_path, nsenter_prefix
-
-CALL_SYSCTLS = {
-    "iptables": ("ip", "inet"),
-    "ip6tables": ("ip6", "inet"),
-    "arptables": ("arp",),
-}
+from control import nfpolicy, nfsnapshot
+from loader import instance
+from loader.bridge_id import BridgeId
 
 
-def _sysctl_on(name):
+def snapshot(netns):
+    """The rulesets, sysctls and unreadable sources of namespace `netns`, read now."""
+    return nfsnapshot.read(netns)
+
+
+def decide(s, ports, snap=None):
+    """nfpolicy.Decision for the bridge of Session `s` and its `ports` (names); `snap` saves a
+    caller that has the namespace's Snapshot a second read."""
+    snap = snap or snapshot(s.netns)
+    return nfsnapshot.decide(snap, s.bridge.name, ports, nfsnapshot.bridge_options(s.ipr, s.bridge.name))
+
+
+def fingerprint(netns):
+    """Cheap: equal answers, same legacy rules and sysctls (nft changes arrive as events)."""
+    return nfsnapshot.fingerprint(netns)
+
+
+def _path(bridge, netns):
+    return os.path.join(instance.run_dir(), "netfilter", f"{BridgeId(bridge, netns).label}.json")
+
+
+def save(bridge, netns, decision):
+    """Keep the decision (None: bypass) for `show` and the metrics; written atomically."""
+    path = _path(bridge, netns)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(decision.to_dict() if decision else None, f)
+    os.rename(tmp, path)
+
+
+def load(bridge, netns):
+    """{"bridge_hold": hold|None, "ports": {port: hold|None}} as saved, or None (bypass, or
+    never decided); a hold is nfpolicy.Hold.to_dict() plus its one-line text."""
     try:
-        with open(f"/proc/sys/net/bridge/bridge-nf-call-{name}") as f:
-            return f.read().strip() == "1"
-    except OSError:
-        return False  # br_netfilter not loaded: the bridge calls no IP hooks
-
-
-def _ruleset(netns):
-    argv = ["nft", "-j", "list", "ruleset"]
-    if netns:
-        argv = [*nsenter_prefix(netns_path(netns)), *argv]
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-    except FileNotFoundError:
+        with open(_path(bridge, netns)) as f:
+            raw = json.load(f)
+    except (OSError, ValueError):
         return None
-    if out.returncode != 0:
+    if not isinstance(raw, dict):
         return None
-    return json.loads(out.stdout or "{}").get("nftables", [])
+
+    def hold(h):
+        return dict(h, text=nfpolicy.Hold(**h).line()) if h else None
+
+    return {
+        "bridge_hold": hold(raw.get("bridge_hold")),
+        "ports": {p["port"]: hold(p["hold"]) for p in raw.get("ports", [])},
+    }
 
 
-def check(netns=None):
-    """(could_see, why): why is a short sentence for `xdpbr show`."""
-    with entered(netns):
-        calls = {name: _sysctl_on(name) for name in CALL_SYSCTLS}
-        legacy = _legacy_ip_tables()
-    items = _ruleset(netns)
-    if items is None:
-        return True, "cannot list nftables rules (is nft installed?)"
-    families = {"bridge"}
-    for name, fams in CALL_SYSCTLS.items():
-        if calls[name]:
-            families.update(fams)
-    chains, rules = {}, {}
-    for item in items:
-        if "chain" in item:
-            c = item["chain"]
-            chains[(c["family"], c["table"], c["name"])] = c
-        elif "rule" in item:
-            r = item["rule"]
-            key = (r["family"], r["table"], r["chain"])
-            rules[key] = rules.get(key, 0) + 1
-    for key, chain in sorted(chains.items()):
-        family = key[0]
-        if family not in families or "hook" not in chain:
-            continue
-        if family != "bridge" and chain["hook"] != "forward":
-            continue
-        if rules.get(key) or chain.get("policy", "accept") != "accept":
-            return True, f"nftables chain {family} {key[1]} {key[2]} could see bridged frames"
-    if calls["iptables"] and legacy:
-        return True, "legacy iptables tables are loaded and bridge-nf-call-iptables is on"
-    return False, "no netfilter rule can see bridged frames"
-
-
-def _legacy_ip_tables():
+def forget(bridge, netns):
     try:
-        with open("/proc/net/ip_tables_names") as f:
-            return bool(f.read().strip())
+        os.unlink(_path(bridge, netns))
     except OSError:
-        return False
+        pass

@@ -41,7 +41,11 @@ def show_text(bridges):
     for b in bridges:
         where = f" netns {b['netns']}" if b["netns"] else ""
         state = "active" if b["fast_path_active"] else "PASSING ALL (no daemon heartbeat within grace period)"
-        nf = b["netfilter"] + (" (blocked: rules could see frames)" if b["netfilter_blocked"] else "")
+        nf = b["netfilter"]
+        if b.get("netfilter_hold"):
+            nf += f" (every port held by {b['netfilter_hold']['text']})"
+        elif any(p.get("netfilter_hold") for p in b["ports"]):
+            nf += f" ({sum(1 for p in b['ports'] if p.get('netfilter_hold'))} port(s) held by rules)"
         head = (
             f"bridge {b['bridge']}{where}: fast path {state}; mode {b['mode']}, xdp-mode {b['xdp_mode']}, "
             f"netfilter {nf}; heartbeat {b['heartbeat_age_s']:.1f}s ago (grace {b['grace_s']:g}s); "
@@ -67,6 +71,13 @@ def show_text(bridges):
                 "peer_gro_set",
             ],
         )
+        held = [
+            f"{p['port']}: held by {p['netfilter_hold']['text']}"
+            for p in b["ports"]
+            if p.get("netfilter_hold")
+        ]
+        if held and not b.get("netfilter_hold"):
+            table += "\n" + "\n".join(held)
         blocks.append(head + ("\n" + _indent(table) if table else ""))
     return "\n".join(blocks)
 

@@ -5,6 +5,7 @@ Only pinned maps (bpf(2)) and netlink reads: never the compiler, so these stay f
 
 import os
 
+from control import netfilter
 from control.session import Session
 from loader import pins
 from loader.errors import NotFound, XdpbrError
@@ -114,6 +115,9 @@ def _show_one(name, ns, s):
     meta, state = s.meta(), s.bridge_state()
     heartbeat_age, active = s.heartbeat_age()
     ports = port_rows(s, ns)
+    holds = netfilter.load(name, ns) or {"bridge_hold": None, "ports": {}}
+    for row in ports:  # the rule that keeps each held port on the bridge
+        row["netfilter_hold"] = holds["bridge_hold"] or holds["ports"].get(row["port"])
     return [
         {
             "bridge": name,
@@ -122,6 +126,7 @@ def _show_one(name, ns, s):
             "xdp_mode": XDP_MODE_REQUESTS[meta.xdp_mode],
             "netfilter": "bypass" if meta.netfilter else "respect",
             "netfilter_blocked": bool(state.flags & BRIDGE_NETFILTER_BLOCK),
+            "netfilter_hold": holds["bridge_hold"],
             "fdb_mirror_full": bool(state.flags & BRIDGE_FDB_FULL),
             "heartbeat_age_s": round(heartbeat_age, 3),
             "grace_s": state.grace_jiffies / max(state.hz, 1),

@@ -43,7 +43,7 @@ class BridgeWorker:
         self._open()
         self.kernel_fdb = {}
         self.refreshed = {}
-        self.netfilter_state = None
+        self.netfilter_state = None  # the namespace's netfilter Snapshot, set by the daemon
         self.healthy = False
         self.needs_reconcile = False
         self.slots = {}
@@ -93,7 +93,7 @@ class BridgeWorker:
                 s.find_bridge()
                 records = fdb.dump(s.netns, s.bridge.ifindex)
                 self.kernel_fdb = {(r.mac, r.vid): r for r in records}
-                self.netfilter_state = self._netfilter()
+                self.netfilter_state = self.netfilter_state or netfilter.snapshot(self.netns)
                 reconcile(s, netfilter_state=self.netfilter_state)
                 self.slots = s.port_slots()
                 written, deleted = self.mirror.sync(records, self.slots, full=True)
@@ -114,12 +114,6 @@ class BridgeWorker:
             written,
             deleted,
         )
-
-    def _netfilter(self):
-        meta = self.session.meta()
-        if meta.netfilter == 1:
-            return False, "bypass"
-        return netfilter.check(self.netns)
 
     def on_messages(self, msgs, received_ns):
         s = self.session
@@ -207,11 +201,7 @@ class BridgeWorker:
                 log.debug("%s: NTF_USE %s failed: %s", self.label, key, exc)
                 self.counters.errors += 1
 
-    def check_netfilter(self):
-        if not self.healthy:
-            return
-        state = self._netfilter()
-        if self.netfilter_state is None or state[0] != self.netfilter_state[0]:
-            log.info("%s: netfilter %s", self.label, state[1])
-            self.netfilter_state = state
-            self.needs_reconcile = True
+    def rules_changed(self, snapshot):
+        """The namespace's rules changed (the daemon read them again): decide the ports anew."""
+        self.netfilter_state = snapshot
+        self.needs_reconcile = True

@@ -9,6 +9,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# How long a test waits for the daemon to react. It reacts in milliseconds (bench: control,
+# hotplug); the wait only bounds a failure, so it is generous for a loaded CI machine.
+WAIT_S = 10
 
 
 def xdpbr(*argv, user=None):

@@ -13,11 +13,7 @@ import pytest
 from control import attachment, state
 from control.session import Session
 from loader import pins
-from tests.helpers import wait_for
-
-# How long a test waits for the daemon to react. It reacts in milliseconds (bench: control,
-# hotplug); the wait only bounds a failure, so it is generous for a loaded CI machine.
-WAIT_S = 10
+from tests.helpers import WAIT_S, wait_for
 
 
 def mirrored(lab, mac):
@@ -226,10 +222,11 @@ def test_the_daemon_rechecks_netfilter_when_rules_change(two_containers, daemon)
     assert {p["mode"] for p in ports(lab).values()} == {"xdp"}
     nft(lab, "add", "table", "bridge", "filter")
     nft(lab, "add", "chain", "bridge", "filter", "forward", "{ type filter hook forward priority 0; }")
-    nft(lab, "add", "rule", "bridge", "filter", "forward", "counter")
-    assert wait_for(lambda: {p["why"] for p in ports(lab).values()} == {"netfilter"}, timeout=6)
+    nft(lab, "add", "rule", "bridge", "filter", "forward", "counter")  # counts only: holds nothing
+    nft(lab, "add", "rule", "bridge", "filter", "forward", "ip", "protocol", "udp", "drop")
+    assert wait_for(lambda: {p["why"] for p in ports(lab).values()} == {"netfilter"}, timeout=WAIT_S)
     nft(lab, "delete", "table", "bridge", "filter")
-    assert wait_for(lambda: {p["mode"] for p in ports(lab).values()} == {"xdp"}, timeout=6)
+    assert wait_for(lambda: {p["mode"] for p in ports(lab).values()} == {"xdp"}, timeout=WAIT_S)
 
 
 @pytest.mark.root
