@@ -210,6 +210,9 @@ def request(path, name, timeout=5.0):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(json.dumps({"endpoint": name}).encode() + b"\n")
+        try:
+            sock.sendall(json.dumps({"endpoint": name}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before the request was read: the refusal is waiting to be read
         msg, fds, _, _ = socket.recv_fds(sock, 65536, 64)
     return json.loads(msg.split(b"\n", 1)[0]), fds

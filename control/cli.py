@@ -3,6 +3,8 @@
 Commands return dicts; render.py prints them as text or JSON. Errors are one line on stderr,
 `xdpbr: ...`, exit 1 (2 for usage). Read-only commands (show, stats, fdb show) use pinned maps
 only and never start the compiler.
+The module is over 400 lines because the whole command grammar (argparse declarations, help
+text for every option) lives here, in one place the README's usage block is checked against.
 """
 
 import argparse

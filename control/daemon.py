@@ -25,8 +25,9 @@ import time
 
 from control import config, endpoints, netfilter
 from control.attachment import attach, detach
+from control.namespace_events import NamespaceEvents
 from control.worker import BridgeWorker, pin_identity
-from loader import bridge_limits, events, pins
+from loader import bridge_limits, pins
 from loader.bridge_id import BridgeId
 from loader.errors import XdpbrError
 from loader.lock import writer_lock
@@ -43,39 +44,6 @@ NETLINK_RECYCLE_S = 60.0  # Session.reopen_netlink: bounds what pyroute2 keeps p
 PIN_SCAN_S = 0.5
 LISTENER_RETRY_S = 1.0  # a namespace's event readers that keep failing are retried this often
 ATTACH_RETRY_S = 30.0  # a configured bridge that failed to attach is tried again this often
-
-
-class NamespaceEvents:
-    """The link, FDB and nftables event readers of one namespace. Link and FDB events go into
-    the daemon's queue; an nftables change only marks the namespace's rules for a re-read. They
-    stop together and are restarted together, with a full resync (events were lost meanwhile)."""
-
-    def __init__(self, netns, queue_):
-        self.netns = netns
-        self.rules_dirty = True  # read the rules at the next check
-        self.fingerprint = None  # of the legacy tables and sysctls at the last read
-
-        def deliver(msgs, received_ns):
-            queue_.put((netns, msgs, received_ns))
-
-        def nft_changed(msgs, received_ns):
-            self.rules_dirty = True
-
-        self.readers = [
-            events.start("link", netns, deliver),
-            events.start("fdb", netns, deliver),
-            events.start("nft", netns, nft_changed),
-        ]
-        self.retry_at = 0.0  # when a failed set may be started again
-
-    @property
-    def failure(self):
-        """Why a reader stopped on its own, or None while both run."""
-        return next((f"{r.kind} events: {r.failure}" for r in self.readers if r.failed), None)
-
-    def stop(self):
-        for reader in self.readers:
-            reader.stop()
 
 
 class Daemon:
@@ -208,13 +176,16 @@ class Daemon:
         present = set(pins.attached_bridges())
         self.attach_configured(present)
         for key in list(self.workers):
-            if key not in present:
+            if key[1] and not netns_exists(key[1]):
+                # its sockets keep a deleted namespace alive, so nothing else would notice
+                self.forget(*key)
+            elif key not in present:
                 log.info("%s: detached, no longer managed", self.workers[key].label)
                 self.workers.pop(key).close()
                 if key in self.brokers:
                     self.brokers.pop(key).stop()
             elif pin_identity(self.workers[key].session.dir) != self.workers[key].identity:
-                self.workers[key].resync()  # detached and attached again, or upgraded
+                self.guarded(self.workers[key], self.workers[key].resync)  # re-attached or upgraded
         for bridge, netns in present - set(self.workers):
             if netns and not netns_exists(netns):
                 self.forget(bridge, netns)

@@ -16,7 +16,7 @@ import socket
 import time
 
 from loader.netns import entered
-from testbed.trafficgen import Traffic
+from testbed.trafficgen import Traffic, paced
 
 PACKET_QDISC_BYPASS = 20  # linux/if_packet.h
 SOL_PACKET = 263
@@ -111,17 +111,7 @@ class PacketFrames:
         """Send for about `seconds` (flat out, or at `rate` frames/s), at most `count` frames;
         returns the frames sent."""
         per_call = per_call or (max(1, min(BATCH, int(rate * 0.001))) if rate else BATCH * 16)
-        start = time.monotonic()
-        deadline = start + seconds
-        sent = 0
-        while time.monotonic() < deadline and (count is None or sent < count):
-            n = per_call if count is None else min(per_call, count - sent)
-            sent += self.send(n, deadline=deadline)
-            if rate:
-                ahead = sent / rate - (time.monotonic() - start)
-                if ahead > 0:
-                    time.sleep(ahead)
-        return sent
+        return paced(lambda n, deadline: self.send(n, deadline=deadline), seconds, per_call, rate, count)
 
     def close(self):
         self.sock.close()

@@ -139,20 +139,32 @@ class LiveFrames:
         """Send for about `seconds` (flat out, or at `rate` frames/s), at most `count` frames;
         returns the frames sent."""
         per_call = per_call or (max(1, int(rate * 0.03)) if rate else 1_000_000)
-        start = time.monotonic()
-        sent = 0
-        while time.monotonic() - start < seconds and (count is None or sent < count):
-            n = per_call if count is None else min(per_call, count - sent)
+
+        def send(n, _deadline):
             self.send(n)
-            sent += n
-            if rate:
-                ahead = sent / rate - (time.monotonic() - start)
-                if ahead > 0:
-                    time.sleep(ahead)
-        return sent
+            return n  # every frame handed over counts
+
+        return paced(send, seconds, per_call, rate, count)
 
     def close(self):
         """Nothing to release (the programs belong to BenchPrograms): as PacketFrames."""
+
+
+def paced(send, seconds, per_call, rate=None, count=None):
+    """Call send(n, deadline) -> frames sent, `per_call` frames at a time, for about `seconds`
+    (at `rate` frames/s when given, sleeping when ahead), at most `count` frames in all; returns
+    the frames sent. The one loop behind every traffic source's run_for()."""
+    start = time.monotonic()
+    deadline = start + seconds
+    sent = 0
+    while time.monotonic() < deadline and (count is None or sent < count):
+        n = per_call if count is None else min(per_call, count - sent)
+        sent += send(n, deadline)
+        if rate:
+            ahead = sent / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+    return sent
 
 
 def attach_program(netns, ifname, prog_fd, mode="native"):
