@@ -403,6 +403,9 @@ def test_a_tap_hot_plugged_while_traffic_flows_gets_the_fast_path_and_leaves_not
     assert wait_for(lambda: ports(lab).get(vm.port, {}).get("mode") == "xdp+tc", timeout=WAIT_S)
     lab.wait_forwarding(ports=[vm.port])
     assert vm.ping(lab.c1.ip, count=2)
+    # the bridge has learned the guest's MAC; fast-path frames need the daemon to mirror it (the
+    # sync lag is measured on its own), so a loaded machine must not turn that lag into a failure
+    assert wait_for(lambda: mirrored(lab, vm.mac), timeout=WAIT_S)
     before = counter(lab, vm.port, "xdp", "forward")
     assert vm.ping(lab.c1.ip, count=5)
     assert counter(lab, vm.port, "xdp", "forward") >= before + 3  # the new port is fast-pathed
