@@ -148,3 +148,68 @@ def test_the_daemon_honours_a_rule_added_and_removed_on_one_port(two_containers,
     run(lab, "nft", "delete", "table", "bridge", "guard")
     assert wait_for(lambda: {p["mode"] for p in ports(lab).values()} == {"tc"}, timeout=WAIT_S)
     assert udp(lab.c1.netns, lab.c2.netns, lab.c2.ip) == 50
+
+
+@pytest.mark.root
+def test_an_arptables_rule_on_one_port_holds_it(two_containers):
+    lab = two_containers
+    with entered(lab.switch):  # arp only: the ip families stay uncalled
+        with open("/proc/sys/net/bridge/bridge-nf-call-arptables", "w") as f:
+            f.write("1")
+    run(lab, "arptables-legacy", "-A", "FORWARD", "-i", lab.c1.port, "-j", "DROP")
+    attachment.attach(lab.bridge, lab.switch, mode="tc")
+    shown = ports(lab)
+    assert shown[lab.c1.port]["netfilter_hold"]["family"] == "arp"
+    assert shown[lab.c2.port]["netfilter_hold"] is None and shown[lab.c2.port]["mode"] == "tc"
+
+
+@pytest.mark.root
+def test_the_bridges_own_nf_call_option_calls_the_family_with_the_sysctl_off(two_containers):
+    lab = two_containers
+    lab.set_nf_call(False)
+    run(lab, "iptables-legacy", "-A", "FORWARD", "-m", "physdev", "--physdev-in", lab.c2.port, "-j", "DROP")
+    attachment.attach(lab.bridge, lab.switch, mode="tc")
+    assert {p["netfilter_hold"] for p in ports(lab).values()} == {None}, "the bridge calls no ip hooks yet"
+    subprocess.run(
+        ["ip", "-n", lab.switch, "link", "set", lab.bridge, "type", "bridge", "nf_call_iptables", "1"]
+    )
+    attachment.attach(lab.bridge, lab.switch, mode="tc")
+    shown = ports(lab)
+    assert shown[lab.c2.port]["why"] == "netfilter" and shown[lab.c1.port]["mode"] == "tc"
+
+
+@pytest.mark.root
+def test_a_bridge_family_prerouting_rule_on_one_port_holds_it_while_traffic_flows(two_containers, daemon):
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="tc")
+    daemon()
+    background = subprocess.Popen(  # bounded: 200 pings over ~2 s
+        ["ip", "netns", "exec", lab.c1.netns, "ping", "-q", "-c", "200", "-i", "0.01", "-W", "1", lab.c2.ip],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    run(lab, "nft", "add", "table", "bridge", "pre")
+    run(lab, "nft", "add", "chain", "bridge", "pre", "in", "{ type filter hook prerouting priority 0; }")
+    run(
+        lab,
+        "nft",
+        "add",
+        "rule",
+        "bridge",
+        "pre",
+        "in",
+        "iifname",
+        lab.c2.port,
+        "udp",
+        "dport",
+        "7100",
+        "drop",
+    )
+    assert wait_for(lambda: ports(lab)[lab.c2.port]["why"] == "netfilter", timeout=WAIT_S)
+    assert ports(lab)[lab.c1.port]["mode"] == "tc"
+    assert udp(lab.c2.netns, lab.c1.netns, lab.c1.ip) == 0
+    run(lab, "nft", "delete", "table", "bridge", "pre")
+    assert wait_for(lambda: ports(lab)[lab.c2.port]["mode"] == "tc", timeout=WAIT_S)
+    out, _ = background.communicate(timeout=30)
+    assert background.returncode == 0 and " 0% packet loss" in out, out  # nothing else was disturbed
