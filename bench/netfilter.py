@@ -1,0 +1,100 @@
+"""netfilter: how fast the daemon honours a rule, and what watching the rules costs it.
+
+Ten bridges, each in a namespace of its own with two veth ports, bridge-nf-call-iptables on and
+500 legacy iptables rules in FORWARD (5,000 in all; ACCEPTs of single addresses, which hold no
+port but must be walked), attached and followed by one `xdpbr daemon`. Measured:
+  rule_to_hold_ms   a `--physdev-in PORT -j DROP` rule inserted on one bridge, until `show`
+                    says that port is held (target: under 1 s)
+  release_ms        the rule deleted, until the port is accelerated again
+  daemon_cpu_percent  the daemon's CPU (utime + stime from /proc) over an idle window, in % of
+                    one core (target: under 2 %)
+"""
+
+import os
+import subprocess
+import time
+
+from bench.control_plane import start_daemon
+from control import attachment, state
+from testbed.lab import Lab
+
+BRIDGES = 10
+RULES_PER_BRIDGE = 500
+CPU_WINDOW_S = 10.0
+WAIT_S = 10.0
+
+
+def _run(netns, *argv, stdin=None):
+    subprocess.run(
+        ["ip", "netns", "exec", netns, *argv], check=True, input=stdin, text=True, capture_output=True
+    )
+
+
+def _held(lab, port):
+    return {p["port"]: p["why"] for p in state.show(lab.bridge, lab.switch)[0]["ports"]}.get(
+        port
+    ) == "netfilter"
+
+
+def _until(predicate, timeout=WAIT_S):
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.005)
+    return None
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class NetfilterReaction:
+    name = "netfilter"
+
+    def __init__(self):
+        self.labs, self.daemon = [], None
+        try:
+            rules = "*filter\n" + "".join(
+                f"-A FORWARD -s 10.98.{i // 250}.{i % 250 + 1}/32 -p tcp --dport {1000 + i} -j ACCEPT\n"
+                for i in range(RULES_PER_BRIDGE)
+            )
+            for _ in range(BRIDGES):
+                lab = Lab(prefix="xdpbr-bench-nf")
+                self.labs.append(lab)
+                lab.make_bridge(nf_call_iptables=True)
+                lab.c1, lab.c2 = lab.container("c1"), lab.container("c2")
+                _run(lab.switch, "iptables-legacy-restore", stdin=rules + "COMMIT\n")
+                attachment.attach(lab.bridge, lab.switch, mode="tc", grace_s=86400)
+            self.daemon = start_daemon()
+            time.sleep(2.0)  # adoption and the first read of every namespace's rules
+        except BaseException:
+            self.close()
+            raise
+
+    def reaction(self, i):
+        """(seconds until held, seconds until released) for a rule on one port of bridge i."""
+        lab = self.labs[i % len(self.labs)]
+        rule = ["FORWARD", "-m", "physdev", "--physdev-in", lab.c1.port, "-j", "DROP"]
+        start = time.monotonic()
+        _run(lab.switch, "iptables-legacy", "-I", *rule)
+        held = _until(lambda: _held(lab, lab.c1.port))
+        held = held and time.monotonic() - start
+        start = time.monotonic()
+        _run(lab.switch, "iptables-legacy", "-D", *rule)
+        released = _until(lambda: not _held(lab, lab.c1.port))
+        return held, released and time.monotonic() - start
+
+    def daemon_cpu_percent(self, seconds=CPU_WINDOW_S):
+        before = _cpu_seconds(self.daemon.pid)
+        time.sleep(seconds)
+        return 100 * (_cpu_seconds(self.daemon.pid) - before) / seconds
+
+    def close(self):
+        if self.daemon:
+            self.daemon.terminate()
+            self.daemon.wait(10)
+        for lab in self.labs:
+            lab.close()
