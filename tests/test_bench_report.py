@@ -83,3 +83,13 @@ def test_the_table_names_every_target():
     results["targets"] = targets(results)
     text = table(results)
     assert "replacing the earlier issues'" in text and "MISSED" in text and "p99.9" in text
+
+
+def test_percentiles_are_nearest_rank_in_microseconds():
+    from bench.latency import percentiles
+
+    samples = [i * 1000 for i in range(1, 1001)]  # 1..1000 us, shuffled order does not matter
+    p = percentiles(list(reversed(samples)))
+    assert (p["p50_us"], p["p99_us"], p["p999_us"]) == (500, 990, 999)
+    assert percentiles([7000])["p999_us"] == 7
+    assert percentiles([])["p99_us"] is None
