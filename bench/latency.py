@@ -4,8 +4,9 @@ Per path (the bridge, xdpbr `xdp`, the default mode `auto`) one lab: a client, a
 third host as the background source, plus a sink for that background, all ports of one bridge.
 The server (one Python process in its namespace, via nsenter) echoes every datagram; the
 client (another) sends a 60 B frame's worth of UDP payload, waits for the echo and times the
-round trip with time.perf_counter_ns, one at a time, SAMPLES times (bounded by SECONDS; a
-datagram not answered within TIMEOUT_S counts as lost). Idle first, then under background
+round trip with time.perf_counter_ns, one at a time, SAMPLES times in CHUNKS runs (each bounded
+by SECONDS; a datagram not answered within TIMEOUT_S counts as lost), the paths' runs
+interleaved in an order reversed every other chunk. Idle first, then under background
 load: AF_PACKET frames from the third host to the sink (which drops them at XDP) at half the
 bridge's one-direction capacity measured in the same run, so the switch's CPU is shared.
 """
@@ -25,8 +26,9 @@ from testbed.sources import open_source
 from testbed.trafficgen import BenchPrograms, Traffic, attach_sinks
 
 PATHS = {"bridge": None, "xdp": "xdp", "auto": "auto"}  # path -> xdpbr mode
-SAMPLES = 20_000
-SECONDS = 20.0  # a run's bound; fewer samples are reported as such
+SAMPLES = 20_000  # a path's, in CHUNKS runs taken in alternating path order (drift hits all)
+CHUNKS = 4
+SECONDS = 10.0  # a run's bound; fewer samples are reported as such
 TIMEOUT_S = 0.2
 PAYLOAD = 18  # 14 Ethernet + 20 IPv4 + 8 UDP + 18 = a 60 B frame
 PORT = 7007
@@ -74,6 +76,11 @@ while len(rtts) < {samples} and clock() < deadline:
     rtts.append(clock() - t0)
 print(json.dumps({{"rtts": rtts, "lost": lost}}))
 """
+
+
+def summary(rtts, lost, background=None):
+    out = percentiles(rtts) | {"samples": len(rtts), "lost": lost}
+    return out | ({"background_fps": background} if background is not None else {})
 
 
 def percentiles(samples_ns):
@@ -141,9 +148,9 @@ class LatencyPath:
             raise RuntimeError(f"{self.name}: latency client: {res.stderr.strip().splitlines()[-1:]}")
         return json.loads(res.stdout)
 
-    def measure(self, samples=SAMPLES, background_fps=None):
-        """{p50_us, p99_us, p999_us, samples, lost[, background_fps (what was sent)]}: idle, or
-        with `background_fps` frames/s from the third host for the whole run."""
+    def measure(self, samples, background_fps=None):
+        """(round trips in ns, lost, background frames/s sent): idle, or with `background_fps`
+        frames/s from the third host for the whole run."""
         stop, sent = threading.Event(), {}
 
         def background():
@@ -166,10 +173,7 @@ class LatencyPath:
             stop.set()
             if thread:
                 thread.join(5)
-        result = percentiles(out["rtts"]) | {"samples": len(out["rtts"]), "lost": out["lost"]}
-        if background_fps:
-            result["background_fps"] = sent.get("frames", 0) / max(sent.get("seconds", 0), 1e-9)
-        return result
+        return out["rtts"], out["lost"], sent.get("frames", 0) / max(sent.get("seconds", 0), 1e-9)
 
     def close(self):
         if self.server and self.server.poll() is None:

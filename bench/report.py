@@ -127,7 +127,10 @@ def _control_lines(c):
 def _latency_lines(lat):
     lines = ["", f"UDP round trip, {lat['size']} B      p50 / p99 / p99.9 us   (samples)"]
     if "background_fps" in lat:
-        lines[-1] += f"   loaded: {lat['background_fps'] / 1e3:.0f} kframes/s from a third port"
+        lines[-1] += (
+            f"   loaded: a third port sent {lat['background_fps'] / 1e3:.0f} kframes/s "
+            f"(asked {lat['background_target_fps'] / 1e3:.0f}: half the bridge's capacity)"
+        )
     for name, row in lat.items():
         if not isinstance(row, dict) or "idle" not in row:
             continue

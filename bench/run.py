@@ -225,7 +225,7 @@ def run_control(rounds):
 def run_latency(rounds, window, choice):
     """The bridge's one-direction capacity (60 B, `rounds` windows), then each latency path
     idle and loaded at half that capacity from AF_PACKET (bench/latency.py)."""
-    from bench.latency import PATHS, LatencyPath
+    from bench.latency import CHUNKS, PATHS, SAMPLES, LatencyPath, summary
     from bench.veth import VethPath
 
     path = VethPath("bridge", 9, 1, choice.capacity)
@@ -246,8 +246,20 @@ def run_latency(rounds, window, choice):
             _progress(f"building latency-{name}")
             paths.append((name, LatencyPath(name, i, choice.rate_bounded)))
         os.sched_setaffinity(0, {0})  # the background source's CPU
-        for name, path in paths:
-            out[name] = {"idle": path.measure(), "loaded": path.measure(background_fps=target_fps)}
+        got = {(n, load): ([], [0], []) for n in PATHS for load in ("idle", "loaded")}
+        for chunk in range(CHUNKS):
+            for name, path in alternate(paths, chunk):
+                for load, fps in (("idle", None), ("loaded", target_fps)):
+                    rtts, lost, sent = path.measure(SAMPLES // CHUNKS, fps)
+                    got[(name, load)][0].extend(rtts)
+                    got[(name, load)][1][0] += lost
+                    got[(name, load)][2].append(sent)
+        for name in PATHS:
+            out[name] = {}
+            for load in ("idle", "loaded"):
+                rtts, lost, sent = got[(name, load)]
+                background = statistics.median(sent) if load == "loaded" else None
+                out[name][load] = summary(rtts, lost[0], background)
             _progress(f"latency {name}: {out[name]}")
     finally:
         os.sched_setaffinity(0, set(range(os.cpu_count())))
