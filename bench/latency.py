@@ -8,7 +8,8 @@ round trip with time.perf_counter_ns, one at a time, SAMPLES times in CHUNKS run
 by SECONDS; a datagram not answered within TIMEOUT_S counts as lost), the paths' runs
 interleaved in an order reversed every other chunk. Idle first, then under background
 load: AF_PACKET frames from the third host to the sink (which drops them at XDP) at half the
-bridge's one-direction capacity measured in the same run, so the switch's CPU is shared.
+bridge's one-direction capacity measured in the same run. The client, the server and the
+background port's NAPI run on CPU 1, the background source on CPU 0.
 """
 
 import json
@@ -32,10 +33,14 @@ SECONDS = 10.0  # a run's bound; fewer samples are reported as such
 TIMEOUT_S = 0.2
 PAYLOAD = 18  # 14 Ethernet + 20 IPv4 + 8 UDP + 18 = a 60 B frame
 PORT = 7007
-SWITCH_CPU = 1  # the background port's NAPI, as the frame-rate paths' (bench/veth.py)
+# the background port's NAPI, as the frame-rate paths' (bench/veth.py), and the echo client and
+# server: the latency traffic shares the switch's CPU with the background's forwarding, and
+# CPU 0 is left to the background source (a client inheriting the bench's CPU 0 would slow it)
+SWITCH_CPU = 1
 
 SERVER = """
-import socket, sys
+import os, socket
+os.sched_setaffinity(0, {{{cpu}}})
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", {port}))
 s.settimeout({idle})
@@ -49,7 +54,8 @@ except socket.timeout:
 """
 
 CLIENT = """
-import json, socket, time
+import json, os, socket, time
+os.sched_setaffinity(0, {{{cpu}}})
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.connect(("{ip}", {port}))
 s.settimeout({timeout})
@@ -124,7 +130,7 @@ class LatencyPath:
             attachment.attach(lab.bridge, lab.switch, mode=self.mode, grace_s=86400)
         pin_napi_threads(lab.switch, self.load.port, cpu=SWITCH_CPU)
         assert self.client.ping(self.echo.ip), f"{self.name}: no connectivity"
-        script = SERVER.format(port=PORT, idle=SECONDS * 6)
+        script = SERVER.format(port=PORT, idle=SECONDS * 6, cpu=SWITCH_CPU)
         self.server = subprocess.Popen(
             [*nsenter_prefix(netns_path(self.echo.netns)), sys.executable, "-c", script],
             stdout=subprocess.PIPE,
@@ -136,7 +142,7 @@ class LatencyPath:
     def _round_trips(self, samples):
         script = CLIENT.format(
             ip=self.echo.ip, port=PORT, timeout=TIMEOUT_S, seconds=SECONDS, warmup=200,
-            payload=PAYLOAD, samples=samples,
+            payload=PAYLOAD, samples=samples, cpu=SWITCH_CPU,
         )  # fmt: skip
         res = subprocess.run(
             [*nsenter_prefix(netns_path(self.client.netns)), sys.executable, "-c", script],
