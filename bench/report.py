@@ -139,7 +139,12 @@ def _latency_lines(lat):
             if r:
                 lines.append(
                     f"  {name:8} {load:7} {r['p50_us']:7.1f} {r['p99_us']:7.1f} {r['p999_us']:8.1f}"
-                    f"   ({r['samples']}, {r['lost']} lost)"
+                    f"   ({r['samples']}, {r['lost']} lost"
+                    + (
+                        f", background {r['background_fps'] / 1e3:.0f} kframes/s)"
+                        if "background_fps" in r
+                        else ")"
+                    )
                 )
     return lines
 
