@@ -1,5 +1,6 @@
-"""Control-plane speed: attaching a 64-port bridge (compile included), and how long after the
-bridge learns a MAC the fast path has it (the daemon running, as in production)."""
+"""Control-plane speed: attaching a 64-port bridge (compile included), how long after the
+bridge learns a MAC the fast path has it (the daemon running, as in production), and how long
+`xdpbr show` and `xdpbr stats` take from the shell on that bridge."""
 
 import os
 import socket
@@ -41,6 +42,25 @@ def start_daemon():
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def cli_seconds(netns, *argv, runs=20):
+    """Wall-clock seconds of `xdpbr -n NETNS ARGV...` as an operator runs it (a new Python
+    process each time, imports included), `runs` times; this checkout's CLI, the bench's
+    instance (XDPBR_INSTANCE is inherited)."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "control.cli", "-n", netns, *argv],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=30,
+        )
+        times.append(time.perf_counter() - start)
+    return times
 
 
 class Attach64:

@@ -1,9 +1,11 @@
 """Operations under load: the fast path across daemon restarts and upgrades, and hot-plug.
 
 restart   frames at a fixed rate between two veth containers through an accelerated bridge
-          while `xdpbr daemon` is killed with SIGKILL and started again three times and the
-          programs are replaced in place by `xdpbr attach` once; the sink counts every frame
-          (target: zero lost).
+          while `xdpbr daemon` is killed with SIGKILL and started again three times (one run),
+          and while the bridge is upgraded twice in place (another run): each upgrade is an
+          `xdpbr attach` compiled with another -DXDPBR_MAX_PORTS (512 <-> 1024), so the ports'
+          maps change layout and are rebuilt from the kernel under traffic; the sink counts
+          every frame (target: zero lost in either run).
 hotplug   with the daemon running, a veth is created and enslaved to the bridge 20 times; the
           time from `ip link set ... master` returning until the port runs xdpbr's program
           (target: median under 100 ms); each one is then deleted and must leave no slot.
@@ -25,6 +27,8 @@ from testbed.trafficgen import BenchPrograms, Traffic, attach_sinks
 
 RATE = 100_000  # frames/s: well inside what every path carries, so a loss is a real loss
 RESTARTS = 3
+UPGRADES = 2
+UPGRADE_PORTS = (512, 1024)  # -DXDPBR_MAX_PORTS toggled by each upgrade
 HOTPLUGS = 20
 
 
@@ -36,6 +40,7 @@ class RestartUnderLoad:
         self.lab = Lab(prefix="xdpbr-bench-restart")
         self.programs = BenchPrograms()
         self.undo, self.daemon = Journal(), None
+        self.max_ports = None  # the default size until the first upgrade
         try:
             lab = self.lab
             lab.make_bridge()
@@ -59,23 +64,38 @@ class RestartUnderLoad:
 
         return state.forwarded(self.lab.bridge, self.lab.switch, self.gen.port)
 
-    def measure(self, seconds=8.0):
-        """{sent, received, lost, fast_path, restarts, upgrades} over one bounded run."""
+    def _upgrade(self):
+        """A real upgrade: a re-attach compiled with the other -DXDPBR_MAX_PORTS, so the ports'
+        maps change layout and attach rebuilds them from the kernel while frames flow."""
+        from loader import pins
+        from loader.layouts import map_specs
+
+        self.max_ports = UPGRADE_PORTS[1] if self.max_ports == UPGRADE_PORTS[0] else UPGRADE_PORTS[0]
+        directory = pins.pin_dir(self.lab.bridge, self.lab.switch)
+        stale = pins.stale_maps(directory, map_specs(self.max_ports, pins.sizes(directory)[1]))
+        attachment.attach(self.lab.bridge, self.lab.switch, mode=self.mode, max_ports=self.max_ports)
+        return stale
+
+    def measure(self, kind, seconds=8.0):
+        """{sent, received, lost, fast_path, ...} over one bounded run of `kind`: `restart` (the
+        daemon SIGKILLed and started again RESTARTS times) or `upgrade` (UPGRADES re-attaches,
+        each changing the map layout). One kind a run, so a loss is attributed to its cause."""
         traffic = Traffic(self.gen.mac, self.sink.mac, self.gen.ip, self.sink.ip, size=60)
         gen = open_source(self.generator, self.programs, self.gen.netns, "eth0", traffic)
-        events = {"restarts": 0, "upgrades": 0}
+        events = {"restarts": 0, "upgrades": 0, "rebuilt": set()}
 
         def disturb():
-            step = seconds / (RESTARTS + 2)
-            for i in range(RESTARTS):
+            count = RESTARTS if kind == "restart" else UPGRADES
+            step = seconds / (count + 1)
+            for _ in range(count):
                 time.sleep(step)
-                self.daemon.send_signal(signal.SIGKILL)
-                self.daemon.wait(10)
-                self.daemon = start_daemon()
-                events["restarts"] += 1
-                if i == 1:
-                    time.sleep(step / 2)
-                    attachment.attach(self.lab.bridge, self.lab.switch, mode=self.mode)  # upgrade
+                if kind == "restart":
+                    self.daemon.send_signal(signal.SIGKILL)
+                    self.daemon.wait(10)
+                    self.daemon = start_daemon()
+                    events["restarts"] += 1
+                else:
+                    events["rebuilt"].update(self._upgrade())
                     events["upgrades"] += 1
 
         before_sink, before_fast = self.programs.sink_total(), self.forward_count()
@@ -85,16 +105,19 @@ class RestartUnderLoad:
             sent = gen.run_for(seconds, rate=RATE)
         finally:
             gen.close()
-        thread.join(30)
+        thread.join(60)
         time.sleep(0.5)  # the last frames reach the sink
         received = self.programs.sink_total() - before_sink
         return {
+            "kind": kind,
             "sent": sent,
             "received": received,
             "lost": sent - received,
-            "fast_path": self.forward_count() - before_fast,
+            # a rebuilt xdpbr_stats starts from zero: no before/after difference then
+            "fast_path": None if "xdpbr_stats" in events["rebuilt"] else self.forward_count() - before_fast,
             "generator": self.generator,
             **events,
+            "rebuilt": sorted(events["rebuilt"]),
         }
 
     def close(self):

@@ -9,9 +9,14 @@ Scenarios (all of them when none is named):
              and Open vSwitch's userspace datapath with AF_XDP ports (ovs-afxdp) alongside
   vm         two TAP endpoints joined by a bridge, plain and accelerated (guest to guest)
   tcp        iperf3 through the bridge and through xdpbr in each mode, default offloads
-  control    attach of a 64-port bridge (compile included), MAC learned -> fast path
-  restart    frames at a fixed rate while the daemon is SIGKILLed and restarted 3 times and
-             the programs are upgraded in place: frames lost (target 0)
+  latency    UDP round trips (60 B) through the bridge, xdp and auto: p50/p99/p99.9 of 20,000,
+             idle and with a third port sending at half the bridge's capacity (same run)
+  control    attach of a 64-port bridge (compile included), MAC learned -> fast path, and
+             `xdpbr show` / `xdpbr stats` from the shell (a new process each, median of 20)
+  metrics    a Prometheus scrape of 1,000 ports' counters (bench/metrics.py): median of 20
+  restart    frames at a fixed rate while the daemon is SIGKILLed and restarted 3 times, and
+             (another run) while the bridge is upgraded in place twice to a build whose map
+             layout differs (max_ports 1024 <-> 512): frames lost in each (target 0)
   hotplug    a veth enslaved while the daemon runs, 20 times: time until it is accelerated
   netfilter  10 bridges with 5,000 legacy rules in all under one daemon: a rule on one port
              until the port is held and released (target < 1 s), the daemon's idle CPU (< 2 %)
@@ -38,7 +43,8 @@ import statistics
 import sys
 import time
 
-from bench.figures import describe, generator_line, summarise
+from bench.figures import describe, summarise
+from bench.report import table, targets
 from loader.errors import UsageError
 
 SCENARIOS = (
@@ -49,7 +55,9 @@ SCENARIOS = (
     "afxdp-loop",
     "vm",
     "tcp",
+    "latency",
     "control",
+    "metrics",
     "restart",
     "hotplug",
     "netfilter",
@@ -186,8 +194,11 @@ def run_tcp(rounds, seconds):
     return out
 
 
+CLI_RUNS = 20  # `xdpbr show` / `xdpbr stats` runs timed in `control`
+
+
 def run_control(rounds):
-    from bench.control_plane import Attach64, LearnLag
+    from bench.control_plane import Attach64, LearnLag, cli_seconds
 
     out = {}
     attach = Attach64()
@@ -202,6 +213,10 @@ def run_control(rounds):
     learn = LearnLag()
     try:
         lags = [learn.measure() for _ in range(LEARN_SAMPLES)]
+        for verb in ("show", "stats"):  # the learned MACs' bridge: 2 ports, the daemon running
+            ms = [t * 1000 for t in cli_seconds(learn.lab.switch, verb, learn.lab.bridge, runs=CLI_RUNS)]
+            out[f"cli_{verb}_ms"] = _summary(ms)
+            _progress(f"`xdpbr {verb}`: median {out[f'cli_{verb}_ms']['median']:.0f} ms of {CLI_RUNS}")
     finally:
         learn.close()
     seen = [lag * 1000 for lag in lags if lag is not None]
@@ -210,18 +225,79 @@ def run_control(rounds):
     return out
 
 
+def run_latency(rounds, window, choice):
+    """The bridge's one-direction capacity (60 B, `rounds` windows), then each latency path
+    idle and loaded at half that capacity from AF_PACKET (bench/latency.py)."""
+    from bench.latency import CHUNKS, PATHS, SAMPLES, LatencyPath, summary
+    from bench.veth import VethPath
+
+    path = VethPath("bridge", 9, 1, choice.capacity)
+    try:
+        os.sched_setaffinity(0, {0})  # the generator's CPU (veth.GENERATOR_CPU)
+        capacity = summarise([path.measure(60, window) for _ in range(rounds)])
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count())))
+        path.close()
+    target_fps = capacity["median"] / 2
+    _progress(
+        f"latency: bridge capacity {capacity['median'] / 1e6:.3f} Mfps, CPU {capacity['cpu_busy']:.0%} busy"
+    )
+    out = {"size": 60, "bridge_capacity": capacity, "background_target_fps": target_fps}
+    paths = []
+    try:
+        for i, name in enumerate(PATHS):
+            _progress(f"building latency-{name}")
+            paths.append((name, LatencyPath(name, i, choice.rate_bounded)))
+        os.sched_setaffinity(0, {0})  # the background source's CPU
+        got = {(n, load): ([], [0], []) for n in PATHS for load in ("idle", "loaded")}
+        for chunk in range(CHUNKS):
+            for name, path in alternate(paths, chunk):
+                for load, fps in (("idle", None), ("loaded", target_fps)):
+                    rtts, lost, sent = path.measure(SAMPLES // CHUNKS, fps)
+                    got[(name, load)][0].extend(rtts)
+                    got[(name, load)][1][0] += lost
+                    got[(name, load)][2].append(sent)
+        for name in PATHS:
+            out[name] = {}
+            for load in ("idle", "loaded"):
+                rtts, lost, sent = got[(name, load)]
+                background = statistics.median(sent) if load == "loaded" else None
+                out[name][load] = summary(rtts, lost[0], background)
+            _progress(f"latency {name}: {out[name]}")
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count())))
+        for _, path in paths:
+            path.close()
+    sent = [out[n]["loaded"]["background_fps"] for n in PATHS]
+    out["background_fps"] = statistics.median(sent)  # what AF_PACKET managed: may fall short
+    return out
+
+
 def run_restart(rounds, choice):
-    from bench.operations import RestartUnderLoad
+    from bench.operations import UPGRADE_PORTS, RestartUnderLoad
 
     path = RestartUnderLoad(generator=choice.rate_bounded)
     try:
         runs = []
         for r in range(max(1, rounds // 2)):
-            runs.append(path.measure())
-            _progress(f"round {r + 1} restart under load: {runs[-1]}")
+            for kind in ("restart", "upgrade"):
+                runs.append(path.measure(kind))
+                _progress(f"round {r + 1} {kind} under load: {runs[-1]}")
     finally:
         path.close()
-    return {"runs": runs, "lost": sum(run["lost"] for run in runs), "sent": sum(run["sent"] for run in runs)}
+
+    def lost(kind):
+        return sum(run["lost"] for run in runs if run["kind"] == kind)
+
+    rebuilt = sorted({name for run in runs for name in run["rebuilt"]})
+    return {
+        "runs": runs,
+        "lost": sum(run["lost"] for run in runs),
+        "sent": sum(run["sent"] for run in runs),
+        "lost_restarts": lost("restart"),
+        "lost_upgrade": lost("upgrade"),
+        "upgrade": f"max_ports {UPGRADE_PORTS[1]} <-> {UPGRADE_PORTS[0]}, maps rebuilt: {', '.join(rebuilt)}",
+    }
 
 
 def run_hotplug():
@@ -240,52 +316,6 @@ def run_hotplug():
     summary = _summary(seen) if seen else {"median": None}
     _progress(f"hot-plug: median {summary['median']} ms over {len(seen)}")
     return summary | {"missed": joins.count(None), "left_behind": left}
-
-
-def targets(results):
-    """The benchmark issue's targets, each with the measured value and whether it is met."""
-    rows = []
-    frames = results.get("frames", {})
-    for size, row in frames.items():
-        if "xdp" in row and "limit" in row:
-            value = row["xdp"]["median"] / row["limit"]["median"]
-            rows.append((f"{size} B: xdp >= 0.90 x limit", value, value >= 0.90))
-        if "xdp" in row:
-            rows.append(
-                (f"{size} B: xdp >= 4 x bridge", row["xdp"]["vs_bridge"], row["xdp"]["vs_bridge"] >= 4)
-            )
-        if "tc" in row:
-            rows.append(
-                (f"{size} B: tc >= 1.2 x bridge", row["tc"]["vs_bridge"], row["tc"]["vs_bridge"] >= 1.2)
-            )
-    if "afxdp-loop" in frames.get("60", {}):
-        value = frames["60"]["afxdp-loop"]["vs_tap_loop"]
-        rows.append(("60 B: afxdp-loop >= 2.5 x tap-loop", value, value >= 2.5))
-    tcp = results.get("tcp_gbit_s", {})
-    if "auto" in tcp:
-        rows.append(("tcp: default mode >= bridge", tcp["auto"]["vs_bridge"], tcp["auto"]["vs_bridge"] >= 1))
-    control = results.get("control", {})
-    if control:
-        attach = control["attach_64_ports_s"]["median"]
-        rows.append(("attach of 64 ports < 3 s", attach, attach < 3))
-        learn = control["learn_to_fast_path_ms"]
-        rows.append(
-            ("MAC learned -> fast path < 50 ms (median of 100)", learn["median"], learn["median"] < 50)
-        )
-    if "restart" in results:
-        lost = results["restart"]["lost"]
-        rows.append(("frames lost across 3 SIGKILL restarts and an upgrade = 0", lost, lost == 0))
-    if "hotplug" in results:
-        h = results["hotplug"]
-        ok = h["median"] is not None and h["median"] < 100 and not h["missed"] and not h["left_behind"]
-        rows.append(("hot-plugged port accelerated < 100 ms (median of 20)", h["median"] or -1, ok))
-    if "netfilter" in results:
-        nf = results["netfilter"]
-        worst = max(nf["rule_to_hold_ms"]["max"], nf["release_ms"]["max"])
-        rows.append(("netfilter rule honoured < 1 s (worst of holds and releases), ms", worst, worst < 1000))
-        cpu = nf["daemon_cpu_percent"]
-        rows.append(("daemon CPU watching 10 bridges' 5,000 rules < 2 % of a core", cpu, cpu < 2))
-    return [{"target": t, "value": round(v, 3), "met": bool(m)} for t, v, m in rows]
 
 
 def run_netfilter(rounds):
@@ -332,8 +362,16 @@ def run(scenarios, rounds, window, tcp_seconds, flows, choice):
     if "tcp" in scenarios:
         results["tcp_seconds"] = tcp_seconds
         results["tcp_gbit_s"] = run_tcp(rounds, tcp_seconds)
+    if "latency" in scenarios:
+        results["latency"] = run_latency(rounds, window, choice)
     if "control" in scenarios:
         results["control"] = run_control(rounds)
+    if "metrics" in scenarios:
+        from bench import metrics
+
+        results["metrics"] = metrics.measure()
+        m = results["metrics"]
+        _progress(f"scrape of {m['ports']} ports: {m['scrape_ms']['median']:.1f} ms")
     if "restart" in scenarios:
         results["restart"] = run_restart(rounds, choice)
     if "hotplug" in scenarios:
@@ -342,65 +380,6 @@ def run(scenarios, rounds, window, tcp_seconds, flows, choice):
         results["netfilter"] = run_netfilter(rounds)
     results["targets"] = targets(results)
     return results
-
-
-def table(results):
-    lines = [
-        f"kernel {results['kernel']}, {results['cpus']} CPUs ({results['cpu_model']}), {results['rounds']} "
-        f"rounds of {results['window_s']} s, {results['flows']} flow(s); medians (min-max)",
-        generator_line(results["generator"]),
-    ]
-    for size, row in results.get("frames", {}).items():
-        lines += ["", f"{size} B frames     Mframes/s (min-max)      vs bridge   load          CPU busy"]
-        for name, r in row.items():
-            load = f"{r['offered'] / 1e6:6.2f} Mfps" if "offered" in r else f"{r['in_flight']:4.0f} in flight"
-            mark = "  generator-bound: not a capacity" if r["generator_bound"] else ""
-            extra = f"   {r['vs_vm_bridge']:.2f} x vm-bridge" if "vs_vm_bridge" in r else ""
-            extra += f"   {r['vs_tap_loop']:.2f} x tap-loop" if "vs_tap_loop" in r else ""
-            extra += f", {r['vs_ovs_afxdp']:.2f} x ovs-afxdp" if "vs_ovs_afxdp" in r else ""
-            lines.append(
-                f"  {name:12} {r['median'] / 1e6:8.3f} ({r['min'] / 1e6:.3f}-{r['max'] / 1e6:.3f})"
-                f" {r['vs_bridge']:8.2f}x  {load} {r['cpu_busy']:7.0%}{extra}{mark}"
-            )
-    if "tcp_gbit_s" in results:
-        lines += ["", f"TCP, one stream, {results['tcp_seconds']} s   Gbit/s (min-max)   vs bridge"]
-        for name, r in results["tcp_gbit_s"].items():
-            lines.append(
-                f"  {name:12} {r['median']:6.1f} ({r['min']:.1f}-{r['max']:.1f}) {r['vs_bridge']:10.2f}x"
-            )
-    if "control" in results:
-        a, m = results["control"]["attach_64_ports_s"], results["control"]["learn_to_fast_path_ms"]
-        lines += [
-            "",
-            f"attach of 64 ports: {a['median']:.2f} s ({a['min']:.2f}-{a['max']:.2f})",
-            f"MAC learned -> fast path: {m['median']:.2f} ms ({m['min']:.2f}-{m['max']:.2f}, "
-            f"{m['n']} MACs, {m['missed']} missed)",
-        ]
-    if "restart" in results:
-        r = results["restart"]
-        lines += [
-            "",
-            f"restart under load: {r['sent']} frames sent, {r['lost']} lost ({len(r['runs'])} runs)",
-        ]
-    if "hotplug" in results:
-        h = results["hotplug"]
-        med = "never" if h["median"] is None else f"{h['median']:.1f} ms"
-        lines += [
-            f"hot-plug: accelerated after {med} (median of {h.get('n', 0)}), {h['left_behind']} left behind"
-        ]
-    if "netfilter" in results:
-        nf = results["netfilter"]
-        held, released = nf["rule_to_hold_ms"], nf["release_ms"]
-        lines += [
-            f"netfilter ({nf['bridges']} bridges, {nf['legacy_rules']} legacy rules): rule -> port held "
-            f"{held['median']:.0f} ms (max {held['max']:.0f}), released {released['median']:.0f} ms "
-            f"(max {released['max']:.0f}); daemon CPU {nf['daemon_cpu_percent']:.2f} % of a core"
-        ]
-    if results["targets"]:
-        lines += ["", "targets:"]
-        for t in results["targets"]:
-            lines.append(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']}")
-    return "\n".join(lines)
 
 
 def check_scenarios(names):

@@ -232,8 +232,8 @@ def build_parser():
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help="bridge fastpath limit tap-loop afxdp-loop vm tcp control restart hotplug netfilter "
-        "(default: all)",
+        help="bridge fastpath limit tap-loop afxdp-loop vm tcp latency control metrics restart hotplug "
+        "netfilter (default: all)",
     )
     be.add_argument("--rounds", type=int, default=5, help="alternating rounds, at least 5 (default 5)")
     be.add_argument("--window", type=float, default=4.0, help="seconds a frame-rate measurement (default 4)")
