@@ -3,8 +3,9 @@ and the HTTP endpoint that serves it.
 
 prometheus_client's generate_latest() validates and escapes every label name of every sample
 and goes through float for every value: 277 ms for the 20,000 samples of 1,000 ports, against
-84 ms for this writer (medians of `xdpbr bench metrics`, recorded in its JSON). This writer takes the same families (any prometheus_client collector), escapes
-only label values, and writes integers as integers (exact, where floats round above 2**53).
+84 ms for this writer (medians of `xdpbr bench metrics`, recorded in its JSON). This writer
+takes the same families (any prometheus_client collector), escapes only label values, and
+writes integers as integers (exact, where floats round above 2**53).
 The tests check that Prometheus' parser reads the same samples from both writers and that
 promtool accepts the output.
 """
