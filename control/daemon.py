@@ -107,7 +107,8 @@ class Daemon:
         """SIGHUP: a new configuration replaces the old only if it loads without error."""
         self.reload_requested = False
         try:
-            new = config.load(self.config.path)
+            # started without a file: the instance's default path, and none there is empty
+            new = config.load(self.config.path) if self.config.path else config.load_default()
         except XdpbrError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return False
@@ -190,9 +191,13 @@ class Daemon:
             if netns and not netns_exists(netns):
                 self.forget(bridge, netns)
                 continue
+            worker = None
             try:
+                # the pins first: a bridge that cannot be adopted starts no readers (they would
+                # be stopped again at the end of this scan, and started at the next)
+                worker = BridgeWorker(bridge, netns)
                 if netns not in self.listeners:
-                    # subscribed before the dump: no event falls between
+                    # subscribed before resync() dumps the FDB: no event falls between
                     listener = NamespaceEvents(netns, self.events)
                     if listener.failure:
                         listener.stop()
@@ -200,8 +205,9 @@ class Daemon:
                             f"cannot follow {netns or 'the default namespace'}: {listener.failure}"
                         )
                     self.listeners[netns] = listener
-                worker = BridgeWorker(bridge, netns)
             except XdpbrError as exc:
+                if worker:
+                    worker.close()
                 if self.unadoptable.get((bridge, netns)) != str(exc):  # say it once, not every scan
                     log.warning("%s: cannot adopt: %s", bridge, exc)
                     self.unadoptable[(bridge, netns)] = str(exc)

@@ -83,4 +83,6 @@ def fingerprint(netns=None):
         out = {n: _sysctl_on(n) for n in SYSCTLS}
         for family in ("ip", "ip6", "arp"):
             out[family] = xtables.fingerprint(family)
+        # legacy ebtables appearing (its module autoloaded by a first rule) holds every bridge
+        out["ebtables"] = xtables.ebtables_status()[0]
     return out

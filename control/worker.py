@@ -98,7 +98,7 @@ class BridgeWorker:
                 self.slots = s.port_slots()
                 written, deleted = self.mirror.sync(records, self.slots, full=True)
                 s.write_bridge_state(heartbeat=True)
-        except XdpbrError as exc:
+        except Exception as exc:  # noqa: BLE001 - netlink or bpf: never heartbeat over a half-synced mirror
             if self.healthy or self.healthy is False:
                 log.warning("%s: cannot resync: %s", self.label, exc)
             self.healthy = None

@@ -235,3 +235,14 @@ def test_under_systemd_the_daemon_notifies_and_logs_with_levels(tmp_path):
         notify.close()
     lines = proc.stderr.read().splitlines()
     assert lines and all(line.startswith(("<6>", "<4>", "<3>", "<7>")) for line in lines), lines
+
+
+@pytest.mark.root
+def test_a_reload_without_a_configuration_file_keeps_the_daemon_running(daemon):
+    import signal
+    import time
+
+    d = daemon()  # no --config, and the test instance has no /etc/xdpbr/xdpbr-<instance>.toml
+    d.proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert d.proc.poll() is None, f"the daemon exited on SIGHUP: {d.stop()}"
