@@ -22,6 +22,13 @@ def run(lab, *argv):
     subprocess.run(["ip", "netns", "exec", lab.switch, *argv], check=True, capture_output=True)
 
 
+def bridge_rule(lab, table, hook, *rule):
+    """An nft bridge-family table with one base chain at `hook` holding `rule`."""
+    run(lab, "nft", "add", "table", "bridge", table)
+    run(lab, "nft", "add", "chain", "bridge", table, "base", f"{{ type filter hook {hook} priority 0; }}")
+    run(lab, "nft", "add", "rule", "bridge", table, "base", *rule)
+
+
 def ports(lab):
     return {p["port"]: p for p in state.show(lab.bridge, lab.switch)[0]["ports"]}
 
@@ -120,23 +127,7 @@ def test_the_daemon_honours_a_rule_added_and_removed_on_one_port(two_containers,
     lab = two_containers
     attachment.attach(lab.bridge, lab.switch, mode="tc")
     daemon()
-    run(lab, "nft", "add", "table", "bridge", "guard")
-    run(lab, "nft", "add", "chain", "bridge", "guard", "ports", "{ type filter hook forward priority 0; }")
-    run(
-        lab,
-        "nft",
-        "add",
-        "rule",
-        "bridge",
-        "guard",
-        "ports",
-        "iifname",
-        lab.c1.port,
-        "udp",
-        "dport",
-        "7100",
-        "drop",
-    )
+    bridge_rule(lab, "guard", "forward", "iifname", lab.c1.port, "udp", "dport", "7100", "drop")
 
     def held():
         shown = ports(lab)
@@ -189,23 +180,7 @@ def test_a_bridge_family_prerouting_rule_on_one_port_holds_it_while_traffic_flow
         stderr=subprocess.STDOUT,
         text=True,
     )
-    run(lab, "nft", "add", "table", "bridge", "pre")
-    run(lab, "nft", "add", "chain", "bridge", "pre", "in", "{ type filter hook prerouting priority 0; }")
-    run(
-        lab,
-        "nft",
-        "add",
-        "rule",
-        "bridge",
-        "pre",
-        "in",
-        "iifname",
-        lab.c2.port,
-        "udp",
-        "dport",
-        "7100",
-        "drop",
-    )
+    bridge_rule(lab, "pre", "prerouting", "iifname", lab.c2.port, "udp", "dport", "7100", "drop")
     assert wait_for(lambda: ports(lab)[lab.c2.port]["why"] == "netfilter", timeout=WAIT_S)
     assert ports(lab)[lab.c1.port]["mode"] == "tc"
     assert udp(lab.c2.netns, lab.c1.netns, lab.c1.ip) == 0
