@@ -18,7 +18,7 @@ import select
 import time
 
 from bench.figures import figure
-from bench.veth import GENERATOR_CPU, SWITCH_CPU
+from bench.veth import GENERATOR_CPU, SWITCH_CPU, open_loop_window
 from control import attachment
 from loader.journal import Journal
 from loader.tap import VNET_HDR_LEN, TapEndpoint, VnetHdr
@@ -106,21 +106,12 @@ class RelayLoop:
         try:
             time.sleep(self.SETTLE_S)
             gen.run_for(warmup, rate=self.RATE)
-            before, s0, start = self.programs.sink_total(), cpustat.snapshot(), time.monotonic()
-            offered = gen.run_for(window - 0.05, rate=self.RATE)
-            elapsed = time.monotonic() - start
-            busy = cpustat.busy(s0, cpustat.snapshot())
-            received = self.programs.sink_total() - before
+            fig = open_loop_window(self.programs, lambda: gen.run_for(window - 0.05, rate=self.RATE))
         finally:
             wait()
             gen.close()
         self.after_round()
-        return figure(
-            received / elapsed,
-            busy[SWITCH_CPU],
-            offered=offered / elapsed,
-            source_cpu_busy=busy[GENERATOR_CPU],
-        )
+        return fig
 
     def after_round(self):
         pass

@@ -44,6 +44,22 @@ GENERATOR_CPU, SWITCH_CPU = 0, 1
 GENERATORS = ("live", "packet", "bounce")
 
 
+def open_loop_window(programs, send):
+    """One open-loop figure: send() offers frames for a window and returns how many; the sink
+    counts what arrived, /proc/stat how busy the switch's and the source's CPUs were."""
+    before, s0, start = programs.sink_total(), cpustat.snapshot(), time.monotonic()
+    offered = send()
+    elapsed = time.monotonic() - start
+    busy = cpustat.busy(s0, cpustat.snapshot())
+    received = programs.sink_total() - before
+    return figure(
+        received / elapsed,
+        busy[SWITCH_CPU],
+        offered=offered / elapsed,
+        source_cpu_busy=busy[GENERATOR_CPU],
+    )
+
+
 class VethPath:
     """Traffic through a bridge with two veth ports, in namespaces of its own."""
 
@@ -126,19 +142,9 @@ class VethPath:
         per_call = {"per_call": PER_CALL} if self.generator == "live" else {}
         try:
             gen.run_for(warmup, **per_call)
-            before, s0, start = self.programs.sink_total(), cpustat.snapshot(), time.monotonic()
-            offered = gen.run_for(window, **per_call)
-            elapsed = time.monotonic() - start
-            busy = cpustat.busy(s0, cpustat.snapshot())
-            received = self.programs.sink_total() - before
+            return open_loop_window(self.programs, lambda: gen.run_for(window, **per_call))
         finally:
             gen.close()
-        return figure(
-            received / elapsed,
-            busy[SWITCH_CPU],
-            offered=offered / elapsed,
-            source_cpu_busy=busy[GENERATOR_CPU],
-        )
 
     def close(self):
         self.undo.rollback()

@@ -379,6 +379,13 @@ def _repin_programs(s):
         bpfsys.obj_pin(s.prog_fds[point], path)
 
 
+def forget(bridge, netns):
+    """What is left of a bridge whose namespace was deleted (its devices took the programs
+    with them): its pins and its saved netfilter decision."""
+    pins.remove_dir(pins.pin_dir(bridge, netns))
+    netfilter.forget(bridge, netns)
+
+
 def detach(bridge, netns=None):
     """Remove everything xdpbr put on the bridge's ports and its pins."""
     from loader.lock import writer_lock

@@ -40,7 +40,7 @@ from loader.layouts import FDB_SIZE_RANGE, MAX_PORTS_RANGE, REQUESTED_MODES, XDP
 def held_dir():
     """`xdpbr detach` holds a bridge here until `xdpbr attach`: the daemon does not re-attach
     it, also after a restart or a reboot."""
-    return os.path.join(instance.state_dir(), "detached")
+    return instance.held_dir()
 
 
 ON_STOP = ("keep", "detach")

@@ -23,7 +23,7 @@ import signal
 import socket
 import time
 
-from control import config, endpoints, netfilter
+from control import attachment, config, endpoints, netfilter
 from control.attachment import attach, detach
 from control.namespace_events import NamespaceEvents
 from control.worker import BridgeWorker, pin_identity
@@ -233,7 +233,7 @@ class Daemon:
             self.brokers.pop((bridge, netns)).stop()
         try:
             with writer_lock():
-                pins.remove_dir(pins.pin_dir(bridge, netns))
+                attachment.forget(bridge, netns)
             endpoints.forget_namespace(netns)
         except (XdpbrError, OSError) as exc:
             log.warning("%s: cannot remove its pins: %s", label, exc)

@@ -39,7 +39,7 @@ def label(bridge, netns):
 
 
 def record_root():
-    return os.path.join(instance.run_dir(), "endpoints")
+    return instance.endpoint_record_root()
 
 
 def _record_path(bridge, netns, name):

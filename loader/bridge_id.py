@@ -49,7 +49,7 @@ class BridgeId:
     @property
     def record_dir(self):
         """Its endpoints' records: /run/xdpbr[-INSTANCE]/endpoints/<label>/."""
-        return os.path.join(instance.run_dir(), "endpoints", self._component())
+        return os.path.join(instance.endpoint_record_root(), self._component())
 
     @property
     def endpoint_pin_dir(self):
@@ -60,4 +60,4 @@ class BridgeId:
     def held_marker(self):
         """Present while `xdpbr detach` holds it from the daemon:
         /var/lib/xdpbr[-INSTANCE]/detached/<label>."""
-        return os.path.join(instance.state_dir(), "detached", self._component())
+        return os.path.join(instance.held_dir(), self._component())

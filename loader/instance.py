@@ -63,6 +63,16 @@ def run_dir():
     return f"/run/xdpbr{_suffix()}"
 
 
+def endpoint_record_root():
+    """Endpoint records, one directory per bridge label (loader/bridge_id.py)."""
+    return os.path.join(run_dir(), "endpoints")
+
+
+def held_dir():
+    """Bridges held by `xdpbr detach`, one marker file per bridge label."""
+    return os.path.join(state_dir(), "detached")
+
+
 def config_path():
     return f"/etc/xdpbr/xdpbr{_suffix()}.toml"
 

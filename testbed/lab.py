@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from control import config
+from control import attachment, config
 from loader import pins, tracepoints
 from loader.bridge_id import BridgeId
 from loader.netns import entered, netns_path, nsenter_prefix
@@ -217,7 +217,7 @@ class Lab:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
         for bridge, netns in pins.attached_bridges():
             if netns in self.namespaces:
-                pins.remove_dir(pins.pin_dir(bridge, netns))
+                attachment.forget(bridge, netns)
         from control import endpoints
 
         for ns in self.namespaces:  # endpoints on the lab's bridges

@@ -579,6 +579,9 @@ def test_a_namespace_deleted_under_the_daemon_is_forgotten_and_the_other_bridges
         assert os.path.isdir(gone_pins)
         sh("ip", "netns", "del", gone.switch)
         assert wait_for(lambda: not os.path.exists(gone_pins), timeout=WAIT_S), "its pins were kept"
+        from control import netfilter
+
+        assert wait_for(lambda: netfilter.load(gone.bridge, gone.switch) is None, timeout=WAIT_S)
         time.sleep(2.5)  # a netfilter check and heartbeats later
         assert d.proc.poll() is None, f"the daemon exited: {d.stop()}"
         age = state.show(kept.bridge, kept.switch)[0]["heartbeat_age_s"]

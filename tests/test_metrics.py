@@ -183,13 +183,19 @@ def _scrape(port):
         return None
 
 
+def _exporting_daemon(lab, daemon):
+    """(port, daemon): the lab's bridge attached in xdp mode, a daemon serving its metrics."""
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    port = _free_port()
+    started = daemon("--metrics", str(port))
+    assert wait_for(lambda: _scrape(port), timeout=10), "the exporter did not answer"
+    return port, started
+
+
 @pytest.mark.root
 def test_the_exporter_survives_daemon_restarts_and_bridges_coming_and_going(bridge_lab, daemon):
     lab = bridge_lab
-    attachment.attach(lab.bridge, lab.switch, mode="xdp")
-    port = _free_port()
-    first = daemon("--metrics", str(port))
-    assert wait_for(lambda: _scrape(port), timeout=10), "the exporter did not answer"
+    port, first = _exporting_daemon(lab, daemon)
     assert lab.c1.ping(lab.c2.ip, count=5)
     b = bridge_label(lab.bridge, lab.switch)
     fast = ("xdpbr_fast_path_packets_total", (("attach", "xdp"), ("bridge", b), ("port", lab.c1.port)))
@@ -234,10 +240,7 @@ def _read_until_closed(sock, timeout):
 @pytest.mark.root
 def test_idle_and_slow_clients_neither_hold_up_a_scrape_nor_add_threads(two_containers, daemon):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch, mode="xdp")
-    port = _free_port()
-    exporter = daemon("--metrics", str(port))
-    assert wait_for(lambda: _scrape(port), timeout=10), "the exporter did not answer"
+    port, exporter = _exporting_daemon(lab, daemon)
     baseline = _threads(exporter.proc.pid)
     opened = time.monotonic()
     idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
