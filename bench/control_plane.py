@@ -44,6 +44,18 @@ def start_daemon():
     )
 
 
+def learn_lag(sock, session, frame, mac, timeout=2.0):
+    """Seconds from sending `frame` (from the new source `mac`) on `sock` to `mac`'s entry in
+    the fast path's FDB mirror (`session`'s pins); None if it is not there within `timeout`."""
+    start = time.monotonic()
+    sock.send(frame)
+    while time.monotonic() - start < timeout:
+        if bpfsys.map_lookup(session.maps["xdpbr_fdb"], mirror_key(mac, 0), FdbEntry()):
+            return time.monotonic() - start
+        time.sleep(0.0002)
+    return None
+
+
 def cli_seconds(netns, *argv, runs=20):
     """Wall-clock seconds of `xdpbr -n NETNS ARGV...` as an operator runs it (a new Python
     process each time, imports included), `runs` times; this checkout's CLI, the bench's
@@ -113,21 +125,13 @@ class LearnLag:
             self.close()
             raise
 
-    def _mirrored(self, mac):
-        return bpfsys.map_lookup(self.session.maps["xdpbr_fdb"], mirror_key(mac, 0), FdbEntry())
-
-    def measure(self, timeout=2.0):
+    def measure(self):
         """Seconds from sending a frame from a new MAC to its mirror entry (None: never)."""
         self.next_mac += 1
         mac = f"02:77:00:00:{self.next_mac >> 8:02x}:{self.next_mac & 0xFF:02x}"
-        frame = udp_frame(self.c2.mac, mac, self.c1.ip, self.c2.ip, 60)
-        start = time.monotonic()
-        self.sock.send(frame)
-        while time.monotonic() - start < timeout:
-            if self._mirrored(mac):
-                return time.monotonic() - start
-            time.sleep(0.0002)
-        return None
+        return learn_lag(
+            self.sock, self.session, udp_frame(self.c2.mac, mac, self.c1.ip, self.c2.ip, 60), mac
+        )
 
     def close(self):
         if self.daemon:

@@ -50,6 +50,29 @@ def _latency_targets(rows, latency):
                 rows.append((f"latency {load}: {name} p99 {label} (us)", p99, p99 <= limit))
 
 
+def _scale_targets(rows, sc):
+    n, xdp = sc["destinations"], sc["rates"]["xdp"]
+    _ratio(
+        rows,
+        f"scale: xdp to {n} destinations >= 0.9 x to one",
+        xdp["spread"],
+        xdp["one"],
+        xdp["spread"]["vs_one"],
+        0.9,
+    )
+    attach = sc["attach_s"]["median"]
+    rows.append(
+        (
+            f"scale: attach of {sc['ports']} ports, {sc['fdb_entries']} static entries < 3 s",
+            attach,
+            attach < 3,
+        )
+    )
+    lag = sc["sync_lag_ms"]
+    ok = lag["p99"] is not None and lag["p99"] < 50 and not lag["missed"]
+    rows.append(("scale: MAC learned under load -> fast path < 50 ms at p99", lag["p99"] or -1, ok))
+
+
 def targets(results):
     """Every target with the measured value and whether it is met (issue 11's, see above)."""
     rows = []
@@ -87,6 +110,8 @@ def targets(results):
         h = results["hotplug"]
         ok = h["median"] is not None and h["median"] < 100 and not h["missed"] and not h["left_behind"]
         rows.append(("hot-plugged port accelerated < 100 ms (median of 20)", h["median"] or -1, ok))
+    if "scale" in results:
+        _scale_targets(rows, results["scale"])
     if "netfilter" in results:  # issue 12's
         nf = results["netfilter"]
         worst = max(nf["rule_to_hold_ms"]["max"], nf["release_ms"]["max"])
@@ -155,6 +180,39 @@ def _latency_lines(lat):
     return lines
 
 
+SCALE_CASES = {"one": "1 destination", "one-port": "{n} behind one port", "spread": "{n} spread"}
+
+
+def _scale_lines(sc):
+    n = sc["destinations"]
+    lines = [
+        "",
+        f"scale: {sc['ports']} ports, {sc['fdb_entries']} static FDB entries, {sc['size']} B, from port 0"
+        "           Mframes/s (min-max)   vs 1 dest.  CPU busy",
+    ]
+    for name, row in sc["rates"].items():
+        for case, label in SCALE_CASES.items():
+            r = row[case]
+            mark = "  generator-bound: not a capacity" if r["generator_bound"] else ""
+            ratio = f"{r['vs_one']:8.2f}x" if "vs_one" in r else " " * 9
+            lines.append(
+                f"  {name:6} {label.format(n=n):24} {r['median'] / 1e6:7.3f} "
+                f"({r['min'] / 1e6:.3f}-{r['max'] / 1e6:.3f}) {ratio} {r['cpu_busy']:7.0%}{mark}"
+            )
+    a, lag = sc["attach_s"], sc["sync_lag_ms"]
+    lines.append(
+        f"  attach (compile and the entries' mirror included): {a['median']:.2f} s "
+        f"({a['min']:.2f}-{a['max']:.2f})"
+    )
+    if lag["p99"] is not None:
+        lines.append(
+            f"  MAC learned under load -> fast path: median {lag['median']:.2f} ms, p99 {lag['p99']:.2f} ms, "
+            f"max {lag['max']:.2f} ms ({lag['n']} MACs, {lag['missed']} missed; "
+            f"the loop carried {lag['loop_fps'] / 1e6:.3f} Mfps meanwhile, {lag['loop_lost']} lost)"
+        )
+    return lines
+
+
 def table(results):
     lines = [
         f"kernel {results['kernel']}, {results['cpus']} CPUs ({results['cpu_model']}), {results['rounds']} "
@@ -195,6 +253,8 @@ def table(results):
         lines += [
             f"hot-plug: accelerated after {med} (median of {h.get('n', 0)}), {h['left_behind']} left behind"
         ]
+    if "scale" in results:
+        lines += _scale_lines(results["scale"])
     if "netfilter" in results:
         nf = results["netfilter"]
         held, released = nf["rule_to_hold_ms"], nf["release_ms"]

@@ -20,6 +20,9 @@ Scenarios (all of them when none is named):
   hotplug    a veth enslaved while the daemon runs, 20 times: time until it is accelerated
   netfilter  10 bridges with 5,000 legacy rules in all under one daemon: a rule on one port
              until the port is held and released (target < 1 s), the daemon's idle CPU (< 2 %)
+  scale      a 64-port bridge with 4,096 static FDB entries: one port to --destinations MACs
+             spread over the others vs one destination (bridge and xdp, 60 B, closed loop),
+             attach of that bridge, and the daemon's sync lag for a MAC learned under that load
 Frame-rate scenarios always include `bridge`, the baseline every ratio is taken against.
 
 Traffic sources (`--generator`, testbed/sources.py): live frames where the kernel allows them;
@@ -61,6 +64,7 @@ SCENARIOS = (
     "restart",
     "hotplug",
     "netfilter",
+    "scale",
 )
 SIZES = (60, 1514)
 MIN_ROUNDS = 5
@@ -344,7 +348,55 @@ def run_netfilter(rounds):
     }
 
 
-def run(scenarios, rounds, window, tcp_seconds, flows, choice):
+def run_scale(rounds, window, flows, destinations):
+    """bench/scale.py: both paths, one destination and `destinations` (spread over the ports,
+    and all behind one port), in alternating rounds; the xdpbr bridge re-attached (timed)
+    every round; then the sync lag under load."""
+    from bench.scale import FDB_ENTRIES, PORTS, ScaleLoop, lag_summary
+    from bench.veth import GENERATOR_CPU
+
+    cases = [(1, "one"), (destinations, "one-port"), (destinations, "spread")]
+    paths = []
+    try:
+        for name, mode in (("bridge", None), ("xdp", "xdp")):
+            _progress(f"building scale-{name}: {PORTS} ports, {FDB_ENTRIES} static FDB entries")
+            paths.append((name, ScaleLoop(mode, flows, one_port=destinations)))
+        xdp = paths[1][1]
+        figures = {(name, case): [] for name, _ in paths for _, case in cases}
+        attach = []
+        os.sched_setaffinity(0, {GENERATOR_CPU})
+        for r in range(rounds):
+            attach.append(xdp.attach_seconds())
+            _progress(f"round {r + 1} scale: attach {attach[-1]:.2f} s")
+            for name, path in alternate(paths, r):
+                for n, case in alternate(cases, r):
+                    fig = path.measure(n, 60, window, layout="spread" if case == "one" else case)
+                    figures[(name, case)].append(fig)
+                    _progress(f"round {r + 1} scale {name:6} {n:5} dest. {case:8} {describe(fig)}")
+        lags, loop_fps, loop_lost = xdp.sync_lag(destinations)
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count())))
+        for _, path in paths:
+            path.close()
+    rates = {name: {case: summarise(figures[(name, case)]) for _, case in cases} for name, _ in paths}
+    for row in rates.values():
+        for case in ("spread", "one-port"):
+            row[case]["vs_one"] = row[case]["median"] / row["one"]["median"]
+    lag = lag_summary(lags) | {"loop_fps": loop_fps, "loop_lost": loop_lost}
+    _progress(f"scale: sync lag under load p99 {lag['p99']} ms, loop {loop_fps / 1e6:.3f} Mfps")
+    return {
+        "ports": PORTS,
+        "fdb_entries": FDB_ENTRIES,
+        "destinations": destinations,
+        "size": 60,
+        "rates": rates,
+        "xdp_vs_bridge": rates["xdp"]["spread"]["median"] / rates["bridge"]["spread"]["median"],
+        "attach_s": _summary(attach),
+        "sync_lag_ms": lag,
+    }
+
+
+def run(scenarios, rounds, window, tcp_seconds, flows, choice, destinations=1024):
     results = {
         "generator": choice.as_dict(),
         "kernel": platform.release(),
@@ -378,6 +430,8 @@ def run(scenarios, rounds, window, tcp_seconds, flows, choice):
         results["hotplug"] = run_hotplug()
     if "netfilter" in scenarios:
         results["netfilter"] = run_netfilter(rounds)
+    if "scale" in scenarios:
+        results["scale"] = run_scale(rounds, window, flows, destinations)
     results["targets"] = targets(results)
     return results
 
@@ -392,6 +446,7 @@ def check_scenarios(names):
 
 INSTANCE = "bench"  # the benchmark's own pins, run dir and daemons: never the host's xdpbr
 MAX_WINDOW_S, MAX_TCP_S = 600, 600
+MAX_DESTINATIONS = 4096  # bench/scale.py FDB_ENTRIES: every destination a static entry
 
 
 def command(args):
@@ -407,6 +462,8 @@ def command(args):
         raise UsageError(f"--rounds {args.rounds}: at least {MIN_ROUNDS} rounds")
     if not 1 <= args.flows <= 1024:
         raise UsageError(f"--flows {args.flows}: expected 1 to 1024")
+    if not 1 <= args.destinations <= MAX_DESTINATIONS:
+        raise UsageError(f"--destinations {args.destinations}: expected 1 to {MAX_DESTINATIONS}")
     if not 0.1 <= args.window <= MAX_WINDOW_S:
         raise UsageError(f"--window {args.window}: expected 0.1 to {MAX_WINDOW_S} seconds")
     if not 1 <= args.tcp_seconds <= MAX_TCP_S:
@@ -418,7 +475,9 @@ def command(args):
 
     choice = choose(getattr(args, "generator", "auto"))  # probes live frames once
     instance.select(INSTANCE)
-    results = run(scenarios, args.rounds, args.window, args.tcp_seconds, args.flows, choice)
+    results = run(
+        scenarios, args.rounds, args.window, args.tcp_seconds, args.flows, choice, args.destinations
+    )
     png = chart.write_png(results, args.png) if args.png else None
     results["png"] = png
     if args.json:

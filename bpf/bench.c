@@ -14,7 +14,8 @@
  * bounce:    the closed loop's bouncer on the receiving host's veth (testbed/bounceloop.py):
  *            a generator's frame that crossed the switch is counted and redirected out of
  *            the sending host's veth (DEVMAP slot 0), so it enters the switch again, as the
- *            same frame (no field changes: it is still from the sender to the receiver).
+ *            same frame (no field changes: it is still from the sender to the receiver),
+ *            unless bounce_config.destinations spreads the loop over bounce_dests (scale).
  *            XDP_REDIRECT, not XDP_TX: the frame must enter the switch's ingress port, and
  *            ndo_xdp_xmit's flush wakes that port's NAPI even when it runs no XDP program.
  * tc_bounce: the same at TC ingress (bpf_redirect_peer skips the receiver's XDP).
@@ -119,11 +120,33 @@ static __always_inline int bounce_verdict(void *data, void *data_end)
 	return -1;
 }
 
+BPF_ARRAY(bounce_dests, struct bounce_mac, BOUNCE_MAX_DESTS);
+
+/* The scale scenario spreads the loop over many destinations: frame k sent round from this CPU
+ * goes to destination k % destinations, so every one of them is used in turn (a closed loop
+ * otherwise keeps each seeded frame's destination for ever). The rewrite runs here, on the
+ * bouncer's CPU, not on the switch's. */
+static __always_inline void next_destination(void *data, void *data_end)
+{
+	__u32 zero = 0;
+	struct bounce_config *cfg = bounce_config.lookup(&zero);
+	struct bounce_counts *n = bounce_count.lookup(&zero);
+	if (!cfg || !n || cfg->destinations < 2 || data + 6 > data_end)
+		return;
+	__u32 index = n->bounced % cfg->destinations;
+	struct bounce_mac *mac = bounce_dests.lookup(&index);
+	if (mac)
+		__builtin_memcpy(data, mac->addr, 6);
+}
+
 int bounce(struct xdp_md *ctx)
 {
-	int verdict = bounce_verdict((void *)(long)ctx->data, (void *)(long)ctx->data_end);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	int verdict = bounce_verdict(data, data_end);
 	if (verdict >= 0)
 		return verdict;
+	next_destination(data, data_end);
 	return bounce_out.redirect_map(0, 0);
 }
 

@@ -10,8 +10,17 @@ struct gen_config {
 
 /* The closed loop's bouncer (testbed/bounceloop.py). */
 struct bounce_config {
-	__u32 drain;       /* 1: drop and count every loop frame (the end of a window) */
-	__u32 inject_loss; /* drop this many loop frames without counting them (tests) */
+	__u32 drain;        /* 1: drop and count every loop frame (the end of a window) */
+	__u32 inject_loss;  /* drop this many loop frames without counting them (tests) */
+	__u32 destinations; /* >1: each frame sent round gets the next of bounce_dests' MACs */
+};
+
+/* The scale scenario's destinations (bench/scale.py): as many as the bridge's static FDB. */
+#define BOUNCE_MAX_DESTS 4096
+
+struct bounce_mac {
+	__u8 addr[6];
+	__u8 pad[2];
 };
 
 struct bounce_counts {

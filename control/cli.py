@@ -233,12 +233,18 @@ def build_parser():
         nargs="*",
         metavar="SCENARIO",
         help="bridge fastpath limit tap-loop afxdp-loop vm tcp latency control metrics restart hotplug "
-        "netfilter (default: all)",
+        "netfilter scale (default: all)",
     )
     be.add_argument("--rounds", type=int, default=5, help="alternating rounds, at least 5 (default 5)")
     be.add_argument("--window", type=float, default=4.0, help="seconds a frame-rate measurement (default 4)")
     be.add_argument("--tcp-seconds", type=int, default=5, help="seconds an iperf3 run (default 5)")
     be.add_argument("--flows", type=int, default=1, help="UDP flows the generator cycles through")
+    be.add_argument(
+        "--destinations",
+        type=int,
+        default=1024,
+        help="scale: destination MACs the traffic is spread over, 1 to 4096 (default 1024)",
+    )
     be.add_argument(
         "--generator",
         choices=("auto", "live", "packet", "bounce"),

@@ -39,11 +39,11 @@ from loader import attach as at
 from loader import bpfsys
 from loader.journal import Journal
 from loader.netns import entered, existing_index
+from loader.packets import mac as mac_bytes
 from testbed import cpustat
 from testbed.lab import sh
 from testbed.napi import pin_napi_threads
 from testbed.packetgen import PacketFrames
-from testbed.trafficgen import attach_program
 
 VETH_RING = 256  # drivers/net/veth.c VETH_RING_SIZE
 # As many as a veth ring takes with room to spare: ptr_ring frees consumed slots 16 at a time
@@ -58,7 +58,20 @@ LOSS_TOLERATED = 0  # frames a valid window may lose
 class BounceConfig(ctypes.Structure):
     """struct bounce_config in bpf/bench.h."""
 
-    _fields_ = [("drain", ctypes.c_uint32), ("inject_loss", ctypes.c_uint32)]
+    _fields_ = [
+        ("drain", ctypes.c_uint32),
+        ("inject_loss", ctypes.c_uint32),
+        ("destinations", ctypes.c_uint32),
+    ]
+
+
+class BounceMac(ctypes.Structure):
+    """struct bounce_mac in bpf/bench.h."""
+
+    _fields_ = [("addr", ctypes.c_uint8 * 6), ("pad", ctypes.c_uint8 * 2)]
+
+
+MAX_DESTINATIONS = 4096  # BOUNCE_MAX_DESTS in bpf/bench.h
 
 
 class BounceCounts(ctypes.Structure):
@@ -78,11 +91,14 @@ class Window:
 
 
 class BounceLoop:
-    """The loop between `sender` and `receiver` (interface names in `netns`): attaches the
-    bouncer to the receiver (XDP and TC), pins the receiver's NAPI to `cpu`."""
+    """The loop between `sender` and `receivers` (interface names in `netns`; one name or a
+    list, as in the scale scenario where the switch spreads the loop over many ports): attaches
+    the bouncer to each receiver (XDP and TC), pins the receivers' NAPI to `cpu`."""
 
-    def __init__(self, programs, netns, sender, receiver, cpu=0):
+    def __init__(self, programs, netns, sender, receivers, cpu=0):
         self.programs, self.netns, self.sender = programs, netns, sender
+        receivers = [receivers] if isinstance(receivers, str) else list(receivers)
+        self.destinations = 0
         self.undo = Journal()
         try:
             self.sender_ifindex = existing_index(netns, sender)
@@ -97,13 +113,16 @@ class BounceLoop:
                 ctypes.c_uint32(0),
                 ctypes.c_uint32(self.sender_ifindex),
             )
-            self.undo.push(attach_program(netns, receiver, programs.bounce.fd))
             ipr = at.open_netlink(netns)
-            index = ipr.link_lookup(ifname=receiver)[0]
-            at.add_clsact(ipr, index)
-            at.attach_tc(ipr, index, receiver, programs.tc_bounce.fd)
-            self.undo.push(lambda: (at.del_clsact(ipr, index), ipr.close()))
-            pin_napi_threads(netns, receiver, cpu)
+            self.undo.push(ipr.close)
+            for receiver in receivers:
+                index = ipr.link_lookup(ifname=receiver)[0]
+                at.attach_xdp(ipr, index, receiver, programs.bounce.fd, "native")
+                self.undo.push(lambda index=index: at.detach_xdp(ipr, index, "native"))
+                at.add_clsact(ipr, index)
+                self.undo.push(lambda index=index: at.del_clsact(ipr, index))
+                at.attach_tc(ipr, index, receiver, programs.tc_bounce.fd)
+                pin_napi_threads(netns, receiver, cpu)
             # tc_bounce sends skbs out of the sender; veth hands them to the port's NAPI (the
             # switch's CPU) only if they are GRO-eligible, which a TSO-capable sender's are not:
             # they would go through netif_rx on the CPU that sent them, and the whole loop
@@ -115,8 +134,19 @@ class BounceLoop:
             raise
 
     def configure(self, drain=0, inject_loss=0):
-        cfg = BounceConfig(drain=drain, inject_loss=inject_loss)
+        cfg = BounceConfig(drain=drain, inject_loss=inject_loss, destinations=self.destinations)
         bpfsys.map_update(self.programs.bpf[b"bounce_config"].map_fd, ctypes.c_uint32(0), cfg)
+
+    def spread(self, macs):
+        """Send the loop's frames to `macs` in turn (each frame sent round gets the next
+        destination; one MAC or none: frames keep the destination they were seeded with).
+        Takes effect with the next window."""
+        if len(macs) > MAX_DESTINATIONS:
+            raise ValueError(f"{len(macs)} destinations: at most {MAX_DESTINATIONS}")
+        fd = self.programs.bpf[b"bounce_dests"].map_fd
+        for i, mac in enumerate(macs):
+            bpfsys.map_update(fd, ctypes.c_uint32(i), BounceMac(addr=(ctypes.c_uint8 * 6)(*mac_bytes(mac))))
+        self.destinations = len(macs)
 
     def counts(self):
         """BounceCounts summed over CPUs."""
@@ -129,7 +159,7 @@ class BounceLoop:
             total.injected += v.injected
         return total
 
-    def _drain(self):
+    def drain(self):
         """Stop the loop; returns the frames taken out (waits until none arrive, at most DRAIN_S)."""
         start = self.counts().drained
         self.configure(drain=1)
@@ -143,23 +173,28 @@ class BounceLoop:
             time.sleep(0.01)
         return self.counts().drained - start
 
-    def window(self, traffic, in_flight, seconds, warmup=0.3, inject_loss=0):
-        """One window: inject `in_flight` frames of `traffic`, let them settle, count for
-        `seconds`, drain."""
+    def fill(self, traffic, in_flight=DEFAULT_IN_FLIGHT, inject_loss=0):
+        """Start the loop from empty with `in_flight` frames of `traffic`; returns how many were
+        seeded. The caller ends it with drain(): lost = seeded - drained."""
         if not 1 <= in_flight < VETH_RING:
             raise ValueError(f"in_flight {in_flight}: expected 1 to {VETH_RING - 1} (a veth ring)")
-        self._drain()  # an empty loop: nothing left from before
+        self.drain()  # an empty loop: nothing left from before
         self.configure(drain=0, inject_loss=inject_loss)
         seeder = PacketFrames(self.netns, self.sender, traffic)
         try:
-            seeded = seeder.send(in_flight, deadline=time.monotonic() + 1.0)
+            return seeder.send(in_flight, deadline=time.monotonic() + 1.0)
         finally:
             seeder.close()
+
+    def window(self, traffic, in_flight, seconds, warmup=0.3, inject_loss=0):
+        """One window: inject `in_flight` frames of `traffic`, let them settle, count for
+        `seconds`, drain."""
+        seeded = self.fill(traffic, in_flight, inject_loss)
         time.sleep(warmup)
         c0, s0, t0 = self.counts().bounced, cpustat.snapshot(), time.monotonic()
         time.sleep(seconds)
         c1, s1, t1 = self.counts().bounced, cpustat.snapshot(), time.monotonic()
-        drained = self._drain()
+        drained = self.drain()
         return Window(
             rate=(c1 - c0) / (t1 - t0),
             in_flight=seeded,

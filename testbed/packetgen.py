@@ -20,6 +20,13 @@ from testbed.trafficgen import Traffic, paced
 
 PACKET_QDISC_BYPASS = 20  # linux/if_packet.h
 SOL_PACKET = 263
+SO_SNDBUFFORCE = 32  # asm-generic/socket.h: root may exceed net.core.wmem_max
+SEND_BUFFER = 8 << 20
+# Never block in the kernel: a frame that circulates as the same skb (the closed loop's TC
+# bouncer redirects skbs) keeps its socket's send buffer charged for as long as it lives, so a
+# blocking send could wait for ever; a full buffer is EAGAIN, retried until the deadline.
+MSG_DONTWAIT = 0x40
+STALL_S = 2.0  # a device that takes nothing for this long ends a send without a deadline
 BATCH = 64  # frames a sendmmsg call: amortises the syscall, keeps bursts far below a veth ring
 MAX_FRAMES = 4096  # distinct frames prepared (one per flow, cycled)
 
@@ -70,6 +77,9 @@ class PacketFrames:
         with entered(netns):  # a socket belongs to the namespace it is created in
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: sends only
         self.sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        # room for a whole closed-loop seed of 1514 B frames (255 x ~2.3 KB of truesize): the
+        # seeded skbs stay charged to this socket while they circulate (see MSG_DONTWAIT)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SEND_BUFFER)
         self.sock.bind((ifname, 0))
         self.frames = flow_frames(traffic)
         self._buffers = [ctypes.create_string_buffer(f, len(f)) for f in self.frames]
@@ -88,21 +98,22 @@ class PacketFrames:
 
     def send(self, count, deadline=None):
         """Send `count` frames in batches; returns how many the kernel took (all of them unless
-        the device refuses for longer than `deadline`, a monotonic time)."""
-        done = 0
+        the device refuses for longer than `deadline`, a monotonic time, or for STALL_S)."""
+        done, progress = 0, time.monotonic()
         while done < count:
             n = min(BATCH, count - done)
             self._fill(n)
-            got = _libc.sendmmsg(self.sock.fileno(), self._msgs, n, 0)
+            got = _libc.sendmmsg(self.sock.fileno(), self._msgs, n, MSG_DONTWAIT)
             if got < 0:
                 err = ctypes.get_errno()
                 if err not in (errno.ENOBUFS, errno.EAGAIN, errno.EINTR):
                     raise OSError(err, f"sendmmsg: {os.strerror(err)}")
-                if deadline is not None and time.monotonic() > deadline:
+                now = time.monotonic()
+                if (deadline is not None and now > deadline) or now - progress > STALL_S:
                     break
                 time.sleep(0.0002)  # the device is full: let it drain
                 continue
-            done += got
+            done, progress = done + got, time.monotonic()
             self._next = (self._next + got) % len(self._buffers)
         self.sent += done
         return done

@@ -61,7 +61,7 @@ class Traffic:
         return 14 + (4 if self.vlan is not None else 0) + 20
 
 
-class _GenConfig(ctypes.Structure):
+class GenConfig(ctypes.Structure):
     """struct gen_config in bpf/bench.h."""
 
     _fields_ = [
@@ -91,7 +91,7 @@ class BenchPrograms:
 
     def configure(self, traffic):
         """Set the generator's flows for `traffic` (one program: one traffic at a time)."""
-        config = _GenConfig(
+        config = GenConfig(
             flows=traffic.flows, sport_offset=traffic.sport_offset, base_sport=traffic.base_sport
         )
         bpfsys.map_update(self.bpf[b"gen_config"].map_fd, ctypes.c_uint32(0), config)

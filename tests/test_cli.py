@@ -116,6 +116,7 @@ def test_bench_refuses_what_it_cannot_measure_before_building_anything():
         (("bench", "fastpth"), "xdpbr: unknown scenario 'fastpth'; scenarios: bridge, fastpath, limit, "),
         (("bench", "--rounds", "3"), "xdpbr: --rounds 3: at least 5 rounds"),
         (("bench", "--flows", "0"), "xdpbr: --flows 0: expected 1 to 1024"),
+        (("bench", "scale", "--destinations", "5000"), "xdpbr: --destinations 5000: expected 1 to 4096"),
     ):
         res = xdpbr(*argv)
         assert res.returncode in (1, 2), res

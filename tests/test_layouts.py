@@ -1,5 +1,6 @@
-"""loader/layouts.py mirrors bpf/xdpbr_maps.h and bpf/xdpbr_reasons.h: sizes, offsets, map
-layouts, constants and reason names are checked against the compiled C, not trusted."""
+"""loader/layouts.py mirrors bpf/xdpbr_maps.h and bpf/xdpbr_reasons.h (and testbed/ mirrors
+bpf/bench.h): sizes, offsets, map layouts, constants and reason names are checked against the
+compiled C, not trusted."""
 
 import ctypes
 import os
@@ -10,6 +11,7 @@ import pytest
 
 from loader import bpfsys, layouts, pins
 from loader.compile import BPF_DIR, bcc_compile, compile_fastpath
+from testbed import bounceloop, trafficgen
 
 STRUCTS = {
     "xdpbr_port": layouts.Port,
@@ -24,6 +26,11 @@ STRUCTS = {
     "xdpbr_xsk_counter": layouts.XskCounter,
     "xdpbr_redirect_key": layouts.RedirectKey,
     "xdpbr_learn_key": layouts.LearnKey,
+    # bpf/bench.h: the benchmark's generator and closed loop
+    "gen_config": trafficgen.GenConfig,
+    "bounce_config": bounceloop.BounceConfig,
+    "bounce_counts": bounceloop.BounceCounts,
+    "bounce_mac": bounceloop.BounceMac,
 }
 
 
@@ -71,6 +78,7 @@ def test_constants_match_the_c_defines():
     assert 1 << int(d["XDPBR_VLAN_UNTAGGED"]) == layouts.VLAN_UNTAGGED
     assert 1 << int(d["XDPBR_BRIDGE_NETFILTER_BLOCK"]) == layouts.BRIDGE_NETFILTER_BLOCK
     assert 1 << int(d["XDPBR_BRIDGE_FDB_FULL"]) == layouts.BRIDGE_FDB_FULL
+    assert int(_defines(_header("bench.h"))["BOUNCE_MAX_DESTS"]) == bounceloop.MAX_DESTINATIONS
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +112,7 @@ def test_field_offsets_and_sizes_match_the_compiled_structs(pin_dir):
     )
     source = f"""
 #include "xdpbr_maps.h"
+#include "bench.h"
 BPF_ARRAY(layout_probe, u64, {len(probes)});
 int probe(struct xdp_md *ctx) {{
 	u32 i; u64 v;

@@ -1,5 +1,7 @@
 """The benchmark traffic generator: frames as configured, exact counts sent and received."""
 
+import contextlib
+import json
 import os
 import struct
 
@@ -114,27 +116,34 @@ def test_af_packet_sent_is_counted_exactly_and_received(programs, gen_and_sink):
     assert programs.sink_total() - before == 20_000
 
 
-@pytest.fixture
-def loop(programs):
-    """A bridge with two veth ports whose peers g0 and s0 share a namespace, the bouncer on s0:
-    the closed loop of testbed/bounceloop.py, FDB static before any frame."""
+@contextlib.contextmanager
+def _loop(programs, receivers):
+    """A bridge whose ports' peers g0 and `receivers` (s0, t0, ...) share a namespace, the
+    bouncer on the receivers: the closed loop of testbed/bounceloop.py, FDB static before any
+    frame (each receiver's own MAC, 02:00:00:00:0a:0N, on its port)."""
     with Lab(prefix="xdpbr-test-loop") as lab:
         lab.make_bridge()
         ns = lab.netns("h")
         _quiet(ns)
-        for role, n in (("g", 1), ("s", 2)):
-            port, ifname, mac = f"v{role}", f"{role}0", f"02:00:00:00:0a:0{n}"
+        for n, ifname in enumerate(["g0", *receivers], start=1):
+            port, mac = f"v{ifname[0]}", f"02:00:00:00:0a:0{n}"
             sh("ip", "-n", lab.switch, "link", "add", port, "type", "veth", "peer", ifname, "netns", ns)
             sh("ip", "-n", ns, "link", "set", ifname, "address", mac, "up")
             sh("ip", "-n", lab.switch, "link", "set", port, "master", lab.bridge, "up")
             sh("bridge", "-n", lab.switch, "fdb", "replace", mac, "dev", port, "master", "static")
         lab.wait_forwarding()
         sh("ip", "netns", "exec", lab.switch, "ethtool", "-K", "vg", "gro", "on")  # ndo_xdp_xmit needs NAPI
-        bounce = BounceLoop(programs, ns, "g0", "s0", cpu=0)
+        bounce = BounceLoop(programs, ns, "g0", receivers, cpu=0)
         try:
-            yield bounce
+            yield lab, bounce
         finally:
             bounce.close()
+
+
+@pytest.fixture
+def loop(programs):
+    with _loop(programs, "s0") as (_, bounce):
+        yield bounce
 
 
 @pytest.mark.root
@@ -163,3 +172,27 @@ def test_frames_lost_from_the_loop_are_counted(loop):
     w = loop.measure(traffic, 0.2, in_flight=32, attempts=2, inject_loss=3)
     assert loop.counts().injected - first == 3
     assert (w.attempts, w.in_flight, w.lost) == (2, 24, 0)
+
+
+def _tx_packets(lab, port):
+    out = sh("ip", "-n", lab.switch, "-s", "-j", "link", "show", port)
+    return json.loads(out)[0]["stats64"]["tx"]["packets"]
+
+
+@pytest.mark.root
+def test_the_loop_spreads_frames_over_the_destinations_in_turn(programs):
+    """The scale scenario's rotation: two destinations behind two ports, each port carries
+    half the frames; with the rotation off, the seeded destination keeps them all."""
+    with _loop(programs, ["s0", "t0"]) as (lab, bounce):
+        traffic = Traffic(**TRAFFIC, size=60)  # seeded towards s0 (02:00:00:00:0a:02)
+        bounce.spread(["02:00:00:00:0a:02", "02:00:00:00:0a:03"])
+        s0, t0 = _tx_packets(lab, "vs"), _tx_packets(lab, "vt")
+        w = bounce.window(traffic, in_flight=32, seconds=0.3, warmup=0.1)
+        to_s, to_t = _tx_packets(lab, "vs") - s0, _tx_packets(lab, "vt") - t0
+        assert w.lost == 0 and to_s > 1000
+        assert 0.8 < to_t / to_s < 1.25  # each destination in turn
+        bounce.spread([])
+        s0, t0 = _tx_packets(lab, "vs"), _tx_packets(lab, "vt")
+        w = bounce.window(traffic, in_flight=32, seconds=0.2, warmup=0.1)
+        assert w.lost == 0 and _tx_packets(lab, "vs") - s0 > 1000
+        assert _tx_packets(lab, "vt") - t0 < 10  # at most the hosts' own chatter
