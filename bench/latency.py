@@ -10,23 +10,29 @@ interleaved in an order reversed every other chunk. Idle first, then under backg
 AF_PACKET frames from the third host to the sink at half the bridge's one-direction capacity
 measured in the same run, an open-loop offer (a frame the switch port's full ring refuses is
 dropped, counted and not sent again, so a slow path does not slow the source down); each run
-reports the background offered, refused and carried (counted by the sink's XDP or TC program)
-and how busy each CPU was.
+reports the background offered, refused and carried (counted by the sink's TC program) and
+how busy each CPU was.
 
 Where the work runs: the client, the server and the background port's NAPI on CPU 1 (the
-switch's); the background source and the sink's NAPI on CPU 0. Three set-up choices make the
-background land on CPU 1 alike on every path (measured before them, 2026-12-06):
+switch's); the background source and the sink's NAPI on CPU 0. Four set-up choices make the
+background land on CPU 1 alike on every path (what they fixed measured before, 2026-12-06):
 - the source's eth0 has TSO off: veth hands a TSO-capable sender's frames to netif_rx on the
   sending CPU instead of the port's NAPI, so on the bridge (which leaves the peer's TSO on;
   xdpbr's XDP turns it off) all the background's forwarding ran on CPU 0 (47,618 NET_RX
   softirqs there, none on CPU 1, the port's NAPI thread idle): the bridge's "loaded" round
-  trips met no load (p99 33 us against 30 idle) while `xdp`'s carried it on CPU 1 (106 us);
+  trips met no load (p99 33 us against 30 idle) while `xdp`'s shared CPU 1 with it (106 us);
 - the port's and the sink's NAPI kthreads run SCHED_FIFO (lowest priority), ahead of tasks as
   NAPI in softirq is: as ordinary tasks they shared CPU 1 with the client and server, the ring
   filled while the kthread waited, and the background carried depended on who won the CPU (with
   the client running, 483 kframes/s on the bridge and 113 k on `xdp`, 164 k/s refused);
-- the source builds its messages once (filling them in Python cost ~1 us a frame): it offers
-  the target on every path where CPU 0 has room (it did not, on the bridge, before).
+- the source builds its messages once (filling them in Python cost ~1 us a frame);
+- the sink counts at TC ingress behind its NAPI (GRO on, the switch side's TSO off), no XDP
+  (an XDP sink had veth copy each of the bridge's skbs).
+Still not alike: CPU 0. The sink's NAPI costs it ~1.0 us a frame on the bridge path (skbs
+through GRO) against ~0.6 on `xdp` (xdp_frames), so the source and the sink together offered
+the bridge 490 k frames/s where `xdp` and `auto` got 573 k (2026-12-06, target 581 k): the
+bridge carried less background than the paths compared with it, which flatters the bridge.
+The report gives every path's offered, refused and carried rate and each CPU's busy fraction.
 
 What a background frame costs CPU 1 (1 s of background alone, perf -C 1, 2026-12-06): the
 bridge 1.0-1.3 us (GRO, br_handle_frame, veth_xmit); `auto` (tc with bpf_redirect_peer) 0.87 us,
@@ -34,10 +40,7 @@ the sink's TC program included (redirect_peer delivers inline); `xdp` 1.30 us, o
 is veth copying each socket-made skb into a page-pool buffer so XDP can run on it
 (skb_pp_cow_data: its headroom is under XDP_PACKET_HEADROOM and its head is kmalloc'ed), 4 %
 xdpbr's program and 8 % the redirect. That copy is the kernel's, on every frame a container
-sends into an XDP veth port, which is why `auto` picks tc on veth. On the bridge the sink's XDP
-gets skbs too (1.1 us a frame on CPU 0, against 0.7 on `xdp`, whose frames arrive as
-xdp_frames), which can leave CPU 0 short of the offer on that path: the report gives what each
-path was offered and carried.
+sends into an XDP veth port, which is why `auto` picks tc on veth.
 """
 
 import json
@@ -49,13 +52,14 @@ import threading
 import time
 
 from control import attachment
+from loader import attach as at
 from loader.journal import Journal
 from loader.netns import netns_path, nsenter_prefix
 from testbed import cpustat
 from testbed.lab import Lab, sh
 from testbed.napi import pin_napi_threads
 from testbed.sources import open_source
-from testbed.trafficgen import BenchPrograms, Traffic, attach_sinks
+from testbed.trafficgen import BenchPrograms, Traffic
 
 PATHS = {"bridge": None, "xdp": "xdp", "auto": "auto"}  # path -> xdpbr mode
 SAMPLES = 20_000  # a path's, in CHUNKS runs taken in alternating path order (drift hits all)
@@ -144,6 +148,15 @@ def percentiles(samples_ns):
     return {"p50_us": rank(50), "p99_us": rank(99), "p999_us": rank(99.9)}
 
 
+def _tc_sink(programs, netns, ifname):
+    """The TC sink alone on `ifname` (counts and drops at ingress); returns a detach callable."""
+    ipr = at.open_netlink(netns)
+    index = ipr.link_lookup(ifname=ifname)[0]
+    at.add_clsact(ipr, index)
+    at.attach_tc(ipr, index, ifname, programs.tc_sink.fd)
+    return lambda: (at.del_clsact(ipr, index), ipr.close())
+
+
 def _as_softirq(pids):
     """NAPI kthreads ahead of every task, as NAPI in softirq is (the lowest real-time priority):
     as ordinary tasks they shared the CPU with the echo client and server, so how much
@@ -174,7 +187,12 @@ class LatencyPath:
         lab.wait_forwarding()
         for host in (self.client, self.echo, self.load, self.sink):  # no flooding, no aging
             sh("bridge", "-n", lab.switch, "fdb", "replace", host.mac, "dev", host.port, "master", "static")
-        self.undo.push(attach_sinks(self.programs, self.sink.netns, "eth0"))
+        self.undo.push(_tc_sink(self.programs, self.sink.netns, "eth0"))
+        # the sink takes frames through its NAPI (threaded below) on every path, as skbs without
+        # an XDP copy: an XDP sink copied each of the bridge's skbs (1.1 us a frame on CPU 0,
+        # which then fell short of the offer), `xdp`'s xdp_frames not
+        sh("ip", "netns", "exec", self.sink.netns, "ethtool", "-K", "eth0", "gro", "on")
+        sh("ip", "netns", "exec", lab.switch, "ethtool", "-K", self.sink.port, "tso", "off")
         sh("ip", "netns", "exec", lab.switch, "ethtool", "-K", self.load.port, "gro", "on")
         # the background enters the switch port's NAPI on every path: a TSO-capable sender's
         # frames are not GRO-eligible, and veth hands those to netif_rx on the sending CPU
