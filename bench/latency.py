@@ -6,25 +6,60 @@ The server (one Python process in its namespace, via nsenter) echoes every datag
 client (another) sends a 60 B frame's worth of UDP payload, waits for the echo and times the
 round trip with time.perf_counter_ns, one at a time, SAMPLES times in CHUNKS runs (each bounded
 by SECONDS; a datagram not answered within TIMEOUT_S counts as lost), the paths' runs
-interleaved in an order reversed every other chunk. Idle first, then under background
-load: AF_PACKET frames from the third host to the sink (which drops them at XDP) at half the
-bridge's one-direction capacity measured in the same run. The client, the server and the
-background port's NAPI run on CPU 1, the background source on CPU 0.
+interleaved in an order reversed every other chunk. Idle first, then under background load:
+AF_PACKET frames from the third host to the sink at half the bridge's one-direction capacity
+measured in the same run, an open-loop offer (a frame the switch port's full ring refuses is
+dropped, counted and not sent again, so a slow path does not slow the source down); each run
+reports the background offered, refused and carried (counted by the sink's TC program) and
+how busy each CPU was.
+
+Where the work runs: the client, the server and the background port's NAPI on CPU 1 (the
+switch's); the background source and the sink's NAPI on CPU 0. Four set-up choices make the
+background land on CPU 1 alike on every path (what they fixed measured before, 2026-12-06):
+- the source's eth0 has TSO off: veth hands a TSO-capable sender's frames to netif_rx on the
+  sending CPU instead of the port's NAPI, so on the bridge (which leaves the peer's TSO on;
+  xdpbr's XDP turns it off) all the background's forwarding ran on CPU 0 (47,618 NET_RX
+  softirqs there, none on CPU 1, the port's NAPI thread idle): the bridge's "loaded" round
+  trips met no load (p99 33 us against 30 idle) while `xdp`'s shared CPU 1 with it (106 us);
+- the port's and the sink's NAPI kthreads run SCHED_FIFO (lowest priority), ahead of tasks as
+  NAPI in softirq is: as ordinary tasks they shared CPU 1 with the client and server, the ring
+  filled while the kthread waited, and the background carried depended on who won the CPU (with
+  the client running, 483 kframes/s on the bridge and 113 k on `xdp`, 164 k/s refused);
+- the source builds its messages once (filling them in Python cost ~1 us a frame);
+- the sink counts at TC ingress behind its NAPI (GRO on, the switch side's TSO off), no XDP
+  (an XDP sink had veth copy each of the bridge's skbs).
+Still not alike: CPU 0. The sink's NAPI costs it ~1.0 us a frame on the bridge path (skbs
+through GRO) against ~0.6 on `xdp` (xdp_frames), so the source and the sink together offered
+the bridge 490 k frames/s where `xdp` and `auto` got 573 k (2026-12-06, target 581 k): the
+bridge carried less background than the paths compared with it, which flatters the bridge.
+The report gives every path's offered, refused and carried rate and each CPU's busy fraction.
+
+What a background frame costs CPU 1 (1 s of background alone, perf -C 1, 2026-12-06): the
+bridge 1.0-1.3 us (GRO, br_handle_frame, veth_xmit); `auto` (tc with bpf_redirect_peer) 0.87 us,
+the sink's TC program included (redirect_peer delivers inline); `xdp` 1.30 us, of which 55 %
+is veth copying each socket-made skb into a page-pool buffer so XDP can run on it
+(skb_pp_cow_data: its headroom is under XDP_PACKET_HEADROOM and its head is kmalloc'ed), 4 %
+xdpbr's program and 8 % the redirect. That copy is the kernel's, on every frame a container
+sends into an XDP veth port, which is why `auto` picks tc on veth.
 """
 
 import json
+import os
+import statistics
 import subprocess
 import sys
 import threading
 import time
 
 from control import attachment
+from loader import attach as at
 from loader.journal import Journal
 from loader.netns import netns_path, nsenter_prefix
+from testbed import cpustat
 from testbed.lab import Lab, sh
 from testbed.napi import pin_napi_threads
 from testbed.sources import open_source
-from testbed.trafficgen import BenchPrograms, Traffic, attach_sinks
+from testbed.trafficgen import BenchPrograms, Traffic
 
 PATHS = {"bridge": None, "xdp": "xdp", "auto": "auto"}  # path -> xdpbr mode
 SAMPLES = 20_000  # a path's, in CHUNKS runs taken in alternating path order (drift hits all)
@@ -37,6 +72,7 @@ PORT = 7007
 # server: the latency traffic shares the switch's CPU with the background's forwarding, and
 # CPU 0 is left to the background source (a client inheriting the bench's CPU 0 would slow it)
 SWITCH_CPU = 1
+SINK_CPU = 0  # the background's receiving host: its work is not the switch's
 
 SERVER = """
 import os, socket
@@ -84,9 +120,19 @@ print(json.dumps({{"rtts": rtts, "lost": lost}}))
 """
 
 
-def summary(rtts, lost, background=None):
-    out = percentiles(rtts) | {"samples": len(rtts), "lost": lost}
-    return out | ({"background_fps": background} if background is not None else {})
+def summary(runs):
+    """One path's figures at one load from its runs (LatencyPath.measure's answers): the
+    percentiles of all round trips, the CPUs' busy fraction and, loaded, the background offered,
+    refused by the switch port and carried to the sink (frames/s, medians of the runs)."""
+    rtts = [t for r in runs for t in r["rtts"]]
+    out = percentiles(rtts) | {"samples": len(rtts), "lost": sum(r["lost"] for r in runs)}
+    cpus = sorted({cpu for r in runs for cpu in r["cpu_busy"]})
+    out["cpu_busy"] = {str(c): statistics.median(r["cpu_busy"].get(c, 0) for r in runs) for c in cpus}
+    if runs and "offered" in runs[0]:
+        out["background"] = {
+            f"{k}_fps": statistics.median(r[k] for r in runs) for k in ("offered", "refused", "carried")
+        }
+    return out
 
 
 def percentiles(samples_ns):
@@ -100,6 +146,23 @@ def percentiles(samples_ns):
         return ordered[min(index, len(ordered) - 1)] / 1000
 
     return {"p50_us": rank(50), "p99_us": rank(99), "p999_us": rank(99.9)}
+
+
+def _tc_sink(programs, netns, ifname):
+    """The TC sink alone on `ifname` (counts and drops at ingress); returns a detach callable."""
+    ipr = at.open_netlink(netns)
+    index = ipr.link_lookup(ifname=ifname)[0]
+    at.add_clsact(ipr, index)
+    at.attach_tc(ipr, index, ifname, programs.tc_sink.fd)
+    return lambda: (at.del_clsact(ipr, index), ipr.close())
+
+
+def _as_softirq(pids):
+    """NAPI kthreads ahead of every task, as NAPI in softirq is (the lowest real-time priority):
+    as ordinary tasks they shared the CPU with the echo client and server, so how much
+    background a path carried depended on how the scheduler split the CPU, not on the path."""
+    for pid in pids:
+        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(1))
 
 
 class LatencyPath:
@@ -124,11 +187,20 @@ class LatencyPath:
         lab.wait_forwarding()
         for host in (self.client, self.echo, self.load, self.sink):  # no flooding, no aging
             sh("bridge", "-n", lab.switch, "fdb", "replace", host.mac, "dev", host.port, "master", "static")
-        self.undo.push(attach_sinks(self.programs, self.sink.netns, "eth0"))
+        self.undo.push(_tc_sink(self.programs, self.sink.netns, "eth0"))
+        # the sink takes frames through its NAPI (threaded below) on every path, as skbs without
+        # an XDP copy: an XDP sink copied each of the bridge's skbs (1.1 us a frame on CPU 0,
+        # which then fell short of the offer), `xdp`'s xdp_frames not
+        sh("ip", "netns", "exec", self.sink.netns, "ethtool", "-K", "eth0", "gro", "on")
+        sh("ip", "netns", "exec", lab.switch, "ethtool", "-K", self.sink.port, "tso", "off")
         sh("ip", "netns", "exec", lab.switch, "ethtool", "-K", self.load.port, "gro", "on")
+        # the background enters the switch port's NAPI on every path: a TSO-capable sender's
+        # frames are not GRO-eligible, and veth hands those to netif_rx on the sending CPU
+        sh("ip", "netns", "exec", self.load.netns, "ethtool", "-K", "eth0", "tso", "off")
+        _as_softirq(pin_napi_threads(self.sink.netns, "eth0", cpu=SINK_CPU))
         if self.mode:
             attachment.attach(lab.bridge, lab.switch, mode=self.mode, grace_s=86400)
-        pin_napi_threads(lab.switch, self.load.port, cpu=SWITCH_CPU)
+        _as_softirq(pin_napi_threads(lab.switch, self.load.port, cpu=SWITCH_CPU))
         assert self.client.ping(self.echo.ip), f"{self.name}: no connectivity"
         script = SERVER.format(port=PORT, idle=SECONDS * 6, cpu=SWITCH_CPU)
         self.server = subprocess.Popen(
@@ -155,22 +227,27 @@ class LatencyPath:
         return json.loads(res.stdout)
 
     def measure(self, samples, background_fps=None):
-        """(round trips in ns, lost, background frames/s sent): idle, or with `background_fps`
-        frames/s from the third host for the whole run."""
-        stop, sent = threading.Event(), {}
+        """One run of `samples` round trips, idle or with `background_fps` frames/s offered from
+        the third host for the whole run: {rtts (ns), lost, cpu_busy}, and for a loaded run the
+        background's `offered`, `refused` (the port's ring full) and `carried` (counted at the
+        sink) frames/s."""
+        stop, bg = threading.Event(), {}
 
         def background():
             traffic = Traffic(self.load.mac, self.sink.mac, self.load.ip, self.sink.ip, size=60)
             gen = open_source(self.generator, self.programs, self.load.netns, "eth0", traffic)
+            retry = {"retry": False} if self.generator == "packet" else {}
             try:
-                total, start = 0, time.monotonic()
+                offered, start = 0, time.monotonic()
                 while not stop.is_set():  # 0.5 s slices: the run stops within one
-                    total += gen.run_for(0.5, rate=background_fps)
-                sent["frames"], sent["seconds"] = total, time.monotonic() - start
+                    offered += gen.run_for(0.5, rate=background_fps, **retry)
+                bg["offered"], bg["refused"] = offered, getattr(gen, "refused", 0)
             finally:
                 gen.close()
+                bg["seconds"] = time.monotonic() - start
 
         thread = threading.Thread(target=background, daemon=True) if background_fps else None
+        sunk, s0 = self.programs.sink_total(), cpustat.snapshot()
         if thread:
             thread.start()
         try:
@@ -179,7 +256,13 @@ class LatencyPath:
             stop.set()
             if thread:
                 thread.join(5)
-        return out["rtts"], out["lost"], sent.get("frames", 0) / max(sent.get("seconds", 0), 1e-9)
+        out["cpu_busy"] = cpustat.busy(s0, cpustat.snapshot())
+        if thread:
+            seconds = max(bg.get("seconds", 0), 1e-9)
+            out["offered"] = bg.get("offered", 0) / seconds
+            out["refused"] = bg.get("refused", 0) / seconds
+            out["carried"] = (self.programs.sink_total() - sunk) / seconds
+        return out
 
     def close(self):
         if self.server and self.server.poll() is None:

@@ -157,26 +157,30 @@ def _control_lines(c):
 
 def _latency_lines(lat):
     lines = ["", f"UDP round trip, {lat['size']} B      p50 / p99 / p99.9 us   (samples)"]
-    if "background_fps" in lat:
+    if "background_target_fps" in lat:
         lines[-1] += (
-            f"   loaded: a third port sent {lat['background_fps'] / 1e3:.0f} kframes/s "
-            f"(asked {lat['background_target_fps'] / 1e3:.0f}: half the bridge's capacity)"
+            f"   loaded: a third port offered {lat['background_target_fps'] / 1e3:.0f} kframes/s"
+            " (half the bridge's capacity)"
         )
     for name, row in lat.items():
         if not isinstance(row, dict) or "idle" not in row:
             continue
         for load in ("idle", "loaded"):
             r = row.get(load)
-            if r:
-                lines.append(
-                    f"  {name:8} {load:7} {r['p50_us']:7.1f} {r['p99_us']:7.1f} {r['p999_us']:8.1f}"
-                    f"   ({r['samples']}, {r['lost']} lost"
-                    + (
-                        f", background {r['background_fps'] / 1e3:.0f} kframes/s)"
-                        if "background_fps" in r
-                        else ")"
-                    )
-                )
+            if not r:
+                continue
+            busy = ", ".join(f"CPU {c} {b:.0%}" for c, b in r.get("cpu_busy", {}).items())
+            bg = r.get("background")
+            carried = (
+                f"; background offered {bg['offered_fps'] / 1e3:.0f}, carried {bg['carried_fps'] / 1e3:.0f}"
+                f", refused {bg['refused_fps'] / 1e3:.0f} kframes/s"
+                if bg
+                else ""
+            )
+            lines.append(
+                f"  {name:8} {load:7} {r['p50_us']:7.1f} {r['p99_us']:7.1f} {r['p999_us']:8.1f}"
+                f"   ({r['samples']}, {r['lost']} lost; {busy}{carried})"
+            )
     return lines
 
 
