@@ -9,13 +9,15 @@
 #ifndef XDPBR_FLOW_H
 #define XDPBR_FLOW_H
 
+/* Multiplicative (Fibonacci) hashing: the product's middle bits depend on every input bit, so
+ * MACs that differ in a byte or two (one OUI, consecutive addresses) still spread over all the
+ * slots; the XOR-fold this replaces mapped at most 256 distinct slots whatever the size. */
 static __always_inline __u32 flow_index(const __u32 *addrs, __u32 ifindex)
 {
-	__u32 h = addrs[0] ^ addrs[1] ^ addrs[2] ^ ifindex;
-	h ^= h >> 16;
-	h ^= h >> 8;
-	return h & (XDPBR_FLOW_CACHE_SIZE - 1);
+	__u32 h = (addrs[0] ^ addrs[1] ^ addrs[2] ^ ifindex) * 0x9E3779B1;
+	return (h >> 16) & (XDPBR_FLOW_CACHE_SIZE - 1);
 }
+_Static_assert(XDPBR_FLOW_CACHE_SIZE <= 65536, "flow_index takes 16 bits of the product");
 
 /* With a full mirror a miss may be a MAC the mirror refused: say so (fdb_full), so an operator
  * sees the flood instead of a rise of unknown stations. */

@@ -40,7 +40,7 @@ def _header(name):
 
 
 def _defines(text):
-    return {m[0]: m[1] for m in re.findall(r"#define (XDPBR_\w+) \(?(?:1 << )?(\d+)\)?", text)}
+    return {m[0]: m[1] for m in re.findall(r"#define ((?:XDPBR|BOUNCE)_\w+) \(?(?:1 << )?(\d+)\)?", text)}
 
 
 def test_reason_names_match_the_c_enum():

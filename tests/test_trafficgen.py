@@ -142,7 +142,7 @@ def _loop(programs, receivers):
 
 @pytest.fixture
 def loop(programs):
-    with _loop(programs, "s0") as (_, bounce):
+    with _loop(programs, ["s0"]) as (_, bounce):
         yield bounce
 
 
