@@ -18,13 +18,13 @@ import sys
 import threading
 import time
 
+from bench.scenario import Scenario
 from control import attachment
-from loader.journal import Journal
 from loader.netns import netns_path, nsenter_prefix
-from testbed.lab import Lab, sh
+from testbed.lab import sh
 from testbed.napi import pin_napi_threads
 from testbed.sources import open_source
-from testbed.trafficgen import BenchPrograms, Traffic, attach_sinks
+from testbed.trafficgen import Traffic, attach_sinks
 
 PATHS = {"bridge": None, "xdp": "xdp", "auto": "auto"}  # path -> xdpbr mode
 SAMPLES = 20_000  # a path's, in CHUNKS runs taken in alternating path order (drift hits all)
@@ -102,18 +102,10 @@ def percentiles(samples_ns):
     return {"p50_us": rank(50), "p99_us": rank(99), "p999_us": rank(99.9)}
 
 
-class LatencyPath:
+class LatencyPath(Scenario):
     def __init__(self, name, index, generator="packet"):
         self.name, self.mode, self.generator = name, PATHS[name], generator
-        self.lab = Lab(prefix=f"xdpbr-bench-lat-{name}")
-        self.programs = BenchPrograms()
-        self.undo = Journal()
-        self.server = None
-        try:
-            self._build(index)
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(f"xdpbr-bench-lat-{name}", index, programs=True)
 
     def _build(self, i):
         lab = self.lab
@@ -136,6 +128,7 @@ class LatencyPath:
             stdout=subprocess.PIPE,
             text=True,
         )
+        self.undo.push(self._stop_server)
         if self.server.stdout.readline().strip() != "ready":
             raise RuntimeError(f"{self.name}: the echo server did not start")
 
@@ -181,10 +174,7 @@ class LatencyPath:
                 thread.join(5)
         return out["rtts"], out["lost"], sent.get("frames", 0) / max(sent.get("seconds", 0), 1e-9)
 
-    def close(self):
-        if self.server and self.server.poll() is None:
+    def _stop_server(self):
+        if self.server.poll() is None:
             self.server.terminate()
             self.server.wait(10)
-        self.undo.rollback()
-        self.programs.close()
-        self.lab.close()
