@@ -3,37 +3,17 @@ through the vnet header) and two containers (veth, default offloads) on one acce
 Ping, UDP and TCP must arrive intact in every mode, and the counters must say which path
 carried them."""
 
-import contextlib
 import time
 
 import pytest
 
 from control import attachment, state
+from tests.helpers import accelerate, counters, counting
 from tests.traffic import tcp_transfer, udp_exchange
-
-
-def counters(lab):
-    """{(port, attach, reason): packets}"""
-    return {(r["port"], r["attach"], r["reason"]): r["packets"] for r in state.stats(lab.bridge, lab.switch)}
-
-
-@contextlib.contextmanager
-def counting(lab):
-    """Yields a dict that, after the block, holds what the block added to each counter."""
-    before, added = counters(lab), {}
-    yield added
-    after = counters(lab)
-    added.update({key: after[key] - before.get(key, 0) for key in after})
 
 
 def pairs(lab):
     return [(lab.vm1, lab.c1), (lab.c1, lab.vm1), (lab.vm1, lab.vm2), (lab.c1, lab.c2)]
-
-
-def _accelerate(lab, daemon, mode="auto"):
-    """The bridge attached in `mode`, with a daemon following it."""
-    attachment.attach(lab.bridge, lab.switch, mode=mode)
-    daemon()
 
 
 def _everything_arrives(lab):
@@ -50,7 +30,7 @@ def _forwards_on_one_attach_point(lab, daemon, mode, hosts):
     forwarded unicast on that attach point, and the other attach point never ran. Returns the
     counters."""
     other = {"xdp": "tc", "tc": "xdp"}[mode]
-    _accelerate(lab, daemon, mode)
+    accelerate(lab, daemon, mode=mode)
     _everything_arrives(lab)
     c = counters(lab)
     for host in hosts:
@@ -82,7 +62,7 @@ def test_tc_mode_forwards_with_offloads_intact(bridge_lab, daemon):
 @pytest.mark.root
 def test_xdp_tc_mode_hands_gso_and_partial_checksums_from_xdp_to_tc(bridge_lab, daemon):
     lab = bridge_lab
-    _accelerate(lab, daemon, "xdp+tc")
+    accelerate(lab, daemon, mode="xdp+tc")
     with counting(lab) as added:
         assert tcp_transfer(lab.vm1, lab.c1)
     port = lab.vm1.port
@@ -95,7 +75,7 @@ def test_xdp_tc_mode_hands_gso_and_partial_checksums_from_xdp_to_tc(bridge_lab, 
 @pytest.mark.root
 def test_auto_mode_runs_tc_on_veth_and_xdp_tc_on_tap(bridge_lab, daemon):
     lab = bridge_lab
-    _accelerate(lab, daemon)
+    accelerate(lab, daemon)
     ports = {p["port"]: p for p in state.show(lab.bridge, lab.switch)[0]["ports"]}
     assert (ports[lab.c1.port]["mode"], ports[lab.c1.port]["why"]) == ("tc", "auto")
     assert (ports[lab.vm1.port]["mode"], ports[lab.vm1.port]["why"]) == ("xdp+tc", "auto")
@@ -127,7 +107,7 @@ def test_container_offloads_are_untouched_in_auto_mode(bridge_lab):
 @pytest.mark.root
 def test_a_learned_mac_is_fast_pathed_and_broadcast_stays_on_the_bridge(bridge_lab, daemon):
     lab = bridge_lab
-    _accelerate(lab, daemon, "xdp")
+    accelerate(lab, daemon, mode="xdp")
     with counting(lab) as added:
         assert lab.vm1.ping(lab.vm2.ip, count=5)
     assert added.get((lab.vm1.port, "xdp", "forward"), 0) >= 4
@@ -154,7 +134,7 @@ def test_an_egress_qdisc_is_honoured_by_the_tc_fast_path(bridge_lab, daemon):
         "latency",
         "50ms",
     )
-    _accelerate(lab, daemon, "tc")
+    accelerate(lab, daemon, mode="tc")
     ports = {p["port"]: p for p in state.show(lab.bridge, lab.switch)[0]["ports"]}
     assert ports[lab.c1.port]["peer_redirect"] and not ports[lab.c2.port]["peer_redirect"]
     assert lab.c1.ping(lab.c2.ip)
