@@ -19,6 +19,16 @@ from testbed.trafficgen import BenchPrograms
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def start_daemon():
+    """`xdpbr daemon` of this checkout, quiet (benchmarks read the maps, not its log)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "control.cli", "daemon"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 class Scenario:
     """Subclasses set what _build needs, then call `super().__init__(prefix, *args)`, which
     builds through `_build(*args)`. `prefix` names the lab's namespaces; None: no lab (a
@@ -41,17 +51,11 @@ class Scenario:
         raise NotImplementedError
 
     def start_daemon(self):
-        """`xdpbr daemon` of this checkout as self.daemon, quiet (benchmarks read the maps, not
-        its log); close() stops whichever one runs then (a scenario may kill it and start
-        another)."""
+        """start_daemon() as self.daemon; close() stops whichever one runs then (a scenario may
+        kill it and start another)."""
         if self.daemon is None:
             self.undo.push(self._stop_daemon)
-        self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "control.cli", "daemon"],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.daemon = start_daemon()
 
     def _stop_daemon(self):
         self.daemon.terminate()
