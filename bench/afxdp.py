@@ -13,9 +13,8 @@ import time
 from bench.taps import RelayLoop
 from bench.veth import GENERATOR_CPU, pin_napi_threads
 from loader.afxdp import XskRedirect, XskSocket, forward
-from loader.journal import Journal
-from testbed.lab import Lab, sh
-from testbed.trafficgen import BenchPrograms, attach_program
+from testbed.lab import sh
+from testbed.trafficgen import attach_program
 
 RING = 16384
 
@@ -65,19 +64,15 @@ class AfxdpLoop(RelayLoop):
     name = "afxdp-loop"
 
     def __init__(self):
-        self.lab = Lab(prefix="xdpbr-bench-afxdp")
-        self.programs = BenchPrograms()
+        super().__init__("xdpbr-bench-afxdp", programs=True)
+
+    def _build(self):
         self.redirect = XskRedirect()
-        self.undo = Journal()
         self.undo.push(self.redirect.close)
-        try:
-            self.ns = ns = self.lab.netns("xsk")
-            build_endpoint_veths(ns, self.programs, self.undo)
-            self.undo.push(attach_program(ns, "xa", self.redirect.prog.fd))
-            self.source_ifname = "ga"
-        except BaseException:
-            self.close()
-            raise
+        self.ns = ns = self.lab.netns("xsk")
+        build_endpoint_veths(ns, self.programs, self.undo)
+        self.undo.push(attach_program(ns, "xa", self.redirect.prog.fd))
+        self.source_ifname = "ga"
 
     def relay(self, deadline):
         return relay(self.ns, self.redirect, deadline)

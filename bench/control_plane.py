@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 
+from bench.scenario import ROOT, Scenario
 from control import attachment
 from control.fdb import mirror_key
 from control.session import Session
@@ -16,9 +17,6 @@ from loader import bpfsys
 from loader.layouts import FdbEntry
 from loader.netns import entered
 from testbed.frames import udp_frame
-from testbed.lab import Lab
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def add_veth_ports(lab, count):
@@ -32,16 +30,6 @@ def add_veth_ports(lab, count):
         subprocess.run(["ip", "-n", lab.switch, "-batch", batch.name], check=True, capture_output=True)
     finally:
         os.unlink(batch.name)
-
-
-def start_daemon():
-    """`xdpbr daemon` of this checkout, quiet (benchmarks read the maps, not its log)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "control.cli", "daemon"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def learn_lag(sock, session, frame, mac, timeout=2.0):
@@ -75,19 +63,17 @@ def cli_seconds(netns, *argv, runs=20):
     return times
 
 
-class Attach64:
+class Attach64(Scenario):
     """`xdpbr attach` of a bridge with 64 veth ports, compile included, detached in between."""
 
     name = "attach-64"
 
     def __init__(self, ports=64):
-        self.lab = Lab(prefix="xdpbr-bench-attach")
-        try:
-            self.lab.make_bridge()
-            add_veth_ports(self.lab, ports)
-        except BaseException:
-            self.lab.close()
-            raise
+        super().__init__("xdpbr-bench-attach", ports)
+
+    def _build(self, ports):
+        self.lab.make_bridge()
+        add_veth_ports(self.lab, ports)
 
     def measure(self):
         start = time.monotonic()
@@ -96,49 +82,34 @@ class Attach64:
         attachment.detach(self.lab.bridge, self.lab.switch)
         return elapsed
 
-    def close(self):
-        self.lab.close()
 
-
-class LearnLag:
+class LearnLag(Scenario):
     """Frames from new source MACs enter an accelerated bridge with `xdpbr daemon` running; the
     time from sending each one to its entry being in the fast path's FDB mirror."""
 
     name = "learn"
 
     def __init__(self):
-        self.lab = Lab(prefix="xdpbr-bench-learn")
-        self.daemon = None
         self.next_mac = 0
-        try:
-            self.lab.make_bridge()
-            self.c1, self.c2 = self.lab.container("c1"), self.lab.container("c2")
-            self.lab.wait_forwarding()
-            attachment.attach(self.lab.bridge, self.lab.switch, grace_s=86400)
-            self.daemon = start_daemon()
-            self.session = Session(self.lab.bridge, self.lab.switch).open_pins()
-            with entered(self.c1.netns):
-                self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-                self.sock.bind(("eth0", 0))
-            time.sleep(1.0)  # the daemon adopts the bridge
-        except BaseException:
-            self.close()
-            raise
+        super().__init__("xdpbr-bench-learn")
+
+    def _build(self):
+        self.lab.make_bridge()
+        self.c1, self.c2 = self.lab.container("c1"), self.lab.container("c2")
+        self.lab.wait_forwarding()
+        attachment.attach(self.lab.bridge, self.lab.switch, grace_s=86400)
+        self.start_daemon()
+        self.session = Session(self.lab.bridge, self.lab.switch).open_pins()
+        self.undo.push(self.session.close)
+        with entered(self.c1.netns):
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            self.undo.push(self.sock.close)
+            self.sock.bind(("eth0", 0))
+        time.sleep(1.0)  # the daemon adopts the bridge
 
     def measure(self):
         """Seconds from sending a frame from a new MAC to its mirror entry (None: never)."""
         self.next_mac += 1
         mac = f"02:77:00:00:{self.next_mac >> 8:02x}:{self.next_mac & 0xFF:02x}"
-        return learn_lag(
-            self.sock, self.session, udp_frame(self.c2.mac, mac, self.c1.ip, self.c2.ip, 60), mac
-        )
-
-    def close(self):
-        if self.daemon:
-            self.daemon.terminate()
-            self.daemon.wait(10)
-        if getattr(self, "sock", None):
-            self.sock.close()
-        if getattr(self, "session", None):
-            self.session.close()
-        self.lab.close()
+        frame = udp_frame(self.c2.mac, mac, self.c1.ip, self.c2.ip, 60)
+        return learn_lag(self.sock, self.session, frame, mac)

@@ -51,15 +51,15 @@ import sys
 import threading
 import time
 
+from bench.scenario import Scenario
 from control import attachment
 from loader import attach as at
-from loader.journal import Journal
 from loader.netns import netns_path, nsenter_prefix
 from testbed import cpustat
-from testbed.lab import Lab, sh
+from testbed.lab import sh
 from testbed.napi import pin_napi_threads
 from testbed.sources import open_source
-from testbed.trafficgen import BenchPrograms, Traffic
+from testbed.trafficgen import Traffic
 
 PATHS = {"bridge": None, "xdp": "xdp", "auto": "auto"}  # path -> xdpbr mode
 SAMPLES = 20_000  # a path's, in CHUNKS runs taken in alternating path order (drift hits all)
@@ -165,18 +165,10 @@ def _as_softirq(pids):
         os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(1))
 
 
-class LatencyPath:
+class LatencyPath(Scenario):
     def __init__(self, name, index, generator="packet"):
         self.name, self.mode, self.generator = name, PATHS[name], generator
-        self.lab = Lab(prefix=f"xdpbr-bench-lat-{name}")
-        self.programs = BenchPrograms()
-        self.undo = Journal()
-        self.server = None
-        try:
-            self._build(index)
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(f"xdpbr-bench-lat-{name}", index, programs=True)
 
     def _build(self, i):
         lab = self.lab
@@ -208,6 +200,7 @@ class LatencyPath:
             stdout=subprocess.PIPE,
             text=True,
         )
+        self.undo.push(self._stop_server)
         if self.server.stdout.readline().strip() != "ready":
             raise RuntimeError(f"{self.name}: the echo server did not start")
 
@@ -264,10 +257,7 @@ class LatencyPath:
             out["carried"] = (self.programs.sink_total() - sunk) / seconds
         return out
 
-    def close(self):
-        if self.server and self.server.poll() is None:
+    def _stop_server(self):
+        if self.server.poll() is None:
             self.server.terminate()
             self.server.wait(10)
-        self.undo.rollback()
-        self.programs.close()
-        self.lab.close()

@@ -17,19 +17,14 @@ import sys
 import time
 
 from bench.control_plane import add_veth_ports
+from bench.scenario import Scenario
 from control import attachment, metrics
 from control.exposition import render
 from control.session import Session
 from loader import bpfsys
 from loader.layouts import ATTACH_POINTS, REASON_INDEX, U32, Counter, stats_index
-from testbed.lab import Lab
 
 REASONS_USED = ("forward", "broadcast", "multicast", "unknown_source", "checksum_partial")
-
-
-def build(lab, ports):
-    lab.make_bridge()
-    add_veth_ports(lab, ports)
 
 
 def fill_counters(lab):
@@ -55,34 +50,48 @@ def _ms(values):
     return {"median": statistics.median(ms), "min": min(ms), "max": max(ms), "n": len(ms)}
 
 
+class MetricsScrape(Scenario):
+    """A bridge of `ports` veth ports attached in bridge mode, its counters filled."""
+
+    def __init__(self, ports):
+        super().__init__("xdpbr-bench-metrics", ports)
+
+    def _build(self, ports):
+        lab = self.lab
+        lab.make_bridge()
+        add_veth_ports(lab, ports)
+        start = time.monotonic()
+        attachment.attach(lab.bridge, lab.switch, mode="bridge", grace_s=86400)
+        self.attach_s = time.monotonic() - start
+        self.undo.push(attachment.detach, lab.bridge, lab.switch)
+        self.ports = fill_counters(lab)
+
+    def measure(self, scrapes):
+        """({writer: [seconds a scrape]}, bytes of exposition) for both writers, alternating."""
+        from prometheus_client import generate_latest
+
+        reg = metrics.registry(metrics.PinnedMapReader(self.lab.bridge, self.lab.switch), with_process=True)
+        times = {"xdpbr": [], "generate_latest": []}
+        size = len(render(reg))  # warm-up
+        for _ in range(scrapes):  # alternate the two writers
+            for name, write in (("xdpbr", render), ("generate_latest", generate_latest)):
+                t = time.perf_counter()
+                write(reg)
+                times[name].append(time.perf_counter() - t)
+        return times, size
+
+
 def measure(ports=1000, scrapes=20):
     """The `metrics` scenario of `xdpbr bench`: {ports, bytes, scrape_ms, generate_latest_ms,
     attach_s} from one lab, removed afterwards."""
-    from prometheus_client import generate_latest
-
-    with Lab(prefix="xdpbr-bench-metrics") as lab:
-        build(lab, ports)
-        start = time.monotonic()
-        attachment.attach(lab.bridge, lab.switch, mode="bridge", grace_s=86400)
-        attach_s = time.monotonic() - start
-        try:
-            found = fill_counters(lab)
-            reg = metrics.registry(metrics.PinnedMapReader(lab.bridge, lab.switch), with_process=True)
-            times = {"xdpbr": [], "generate_latest": []}
-            size = len(render(reg))  # warm-up
-            for _ in range(scrapes):  # alternate the two writers
-                for name, write in (("xdpbr", render), ("generate_latest", generate_latest)):
-                    t = time.perf_counter()
-                    write(reg)
-                    times[name].append(time.perf_counter() - t)
-        finally:
-            attachment.detach(lab.bridge, lab.switch)
+    with MetricsScrape(ports) as path:
+        times, size = path.measure(scrapes)
     return {
-        "ports": found,
+        "ports": path.ports,
         "bytes": size,
         "scrape_ms": _ms(times["xdpbr"]),
         "generate_latest_ms": _ms(times["generate_latest"]),
-        "attach_s": attach_s,
+        "attach_s": path.attach_s,
     }
 
 

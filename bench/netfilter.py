@@ -14,7 +14,7 @@ import os
 import subprocess
 import time
 
-from bench.control_plane import start_daemon
+from bench.scenario import Scenario
 from control import attachment, state
 from testbed.lab import Lab
 
@@ -51,28 +51,30 @@ def _cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class NetfilterReaction:
+class NetfilterReaction(Scenario):
+    """Several labs, so no lab of the base's: each one's close is in the journal."""
+
     name = "netfilter"
 
     def __init__(self):
-        self.labs, self.daemon = [], None
-        try:
-            rules = "*filter\n" + "".join(
-                f"-A FORWARD -s 10.98.{i // 250}.{i % 250 + 1}/32 -p tcp --dport {1000 + i} -j ACCEPT\n"
-                for i in range(RULES_PER_BRIDGE)
-            )
-            for _ in range(BRIDGES):
-                lab = Lab(prefix="xdpbr-bench-nf")
-                self.labs.append(lab)
-                lab.make_bridge(nf_call_iptables=True)
-                lab.c1, lab.c2 = lab.container("c1"), lab.container("c2")
-                _run(lab.switch, "iptables-legacy-restore", stdin=rules + "COMMIT\n")
-                attachment.attach(lab.bridge, lab.switch, mode="tc", grace_s=86400)
-            self.daemon = start_daemon()
-            time.sleep(2.0)  # adoption and the first read of every namespace's rules
-        except BaseException:
-            self.close()
-            raise
+        self.labs = []
+        super().__init__(None)
+
+    def _build(self):
+        rules = "*filter\n" + "".join(
+            f"-A FORWARD -s 10.98.{i // 250}.{i % 250 + 1}/32 -p tcp --dport {1000 + i} -j ACCEPT\n"
+            for i in range(RULES_PER_BRIDGE)
+        )
+        for _ in range(BRIDGES):
+            lab = Lab(prefix="xdpbr-bench-nf")
+            self.labs.append(lab)
+            self.undo.push(lab.close)
+            lab.make_bridge(nf_call_iptables=True)
+            lab.c1, lab.c2 = lab.container("c1"), lab.container("c2")
+            _run(lab.switch, "iptables-legacy-restore", stdin=rules + "COMMIT\n")
+            attachment.attach(lab.bridge, lab.switch, mode="tc", grace_s=86400)
+        self.start_daemon()
+        time.sleep(2.0)  # adoption and the first read of every namespace's rules
 
     def reaction(self, i):
         """(seconds until held, seconds until released) for a rule on one port of bridge i."""
@@ -91,10 +93,3 @@ class NetfilterReaction:
         before = _cpu_seconds(self.daemon.pid)
         time.sleep(seconds)
         return 100 * (_cpu_seconds(self.daemon.pid) - before) / seconds
-
-    def close(self):
-        if self.daemon:
-            self.daemon.terminate()
-            self.daemon.wait(10)
-        for lab in self.labs:
-            lab.close()

@@ -15,15 +15,14 @@ import signal
 import threading
 import time
 
-from bench.control_plane import start_daemon
+from bench.scenario import Scenario
 from control import attachment
 from control.session import Session
 from loader import attach as at
-from loader.journal import Journal
 from loader.netns import existing_index
-from testbed.lab import Lab, sh
+from testbed.lab import sh
 from testbed.sources import open_source
-from testbed.trafficgen import BenchPrograms, Traffic, attach_sinks
+from testbed.trafficgen import Traffic, attach_sinks
 
 RATE = 100_000  # frames/s: well inside what every path carries, so a loss is a real loss
 RESTARTS = 3
@@ -32,32 +31,28 @@ UPGRADE_PORTS = (512, 1024)  # -DXDPBR_MAX_PORTS toggled by each upgrade
 HOTPLUGS = 20
 
 
-class RestartUnderLoad:
+class RestartUnderLoad(Scenario):
     name = "restart"
 
     def __init__(self, mode="auto", generator="live"):
         self.mode, self.generator = mode, generator  # generator: live or packet (testbed.sources)
-        self.lab = Lab(prefix="xdpbr-bench-restart")
-        self.programs = BenchPrograms()
-        self.undo, self.daemon = Journal(), None
         self.max_ports = None  # the default size until the first upgrade
-        try:
-            lab = self.lab
-            lab.make_bridge()
-            self.gen, self.sink = lab.container("g", ip="10.203.0.1"), lab.container("s", ip="10.203.0.2")
-            lab.wait_forwarding()
-            for conf in ("all", "default"):  # the sink counts every frame: no IPv6 chatter
-                for host in (self.gen, self.sink):
-                    host.run("sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1")
-            assert self.gen.ping(self.sink.ip), "no connectivity"  # the bridge learns both
-            self.undo.push(attach_sinks(self.programs, self.sink.netns, "eth0"))
-            sh("ip", "netns", "exec", lab.switch, "ethtool", "-K", self.gen.port, "gro", "on")
-            attachment.attach(lab.bridge, lab.switch, mode=mode)
-            self.daemon = start_daemon()
-            time.sleep(1.0)
-        except BaseException:
-            self.close()
-            raise
+        super().__init__("xdpbr-bench-restart", programs=True)
+
+    def _build(self):
+        lab = self.lab
+        lab.make_bridge()
+        self.gen, self.sink = lab.container("g", ip="10.203.0.1"), lab.container("s", ip="10.203.0.2")
+        lab.wait_forwarding()
+        for conf in ("all", "default"):  # the sink counts every frame: no IPv6 chatter
+            for host in (self.gen, self.sink):
+                host.run("sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1")
+        assert self.gen.ping(self.sink.ip), "no connectivity"  # the bridge learns both
+        self.undo.push(attach_sinks(self.programs, self.sink.netns, "eth0"))
+        sh("ip", "netns", "exec", lab.switch, "ethtool", "-K", self.gen.port, "gro", "on")
+        attachment.attach(lab.bridge, lab.switch, mode=self.mode)
+        self.start_daemon()
+        time.sleep(1.0)
 
     def forward_count(self):
         from control import state
@@ -92,7 +87,7 @@ class RestartUnderLoad:
                 if kind == "restart":
                     self.daemon.send_signal(signal.SIGKILL)
                     self.daemon.wait(10)
-                    self.daemon = start_daemon()
+                    self.start_daemon()
                     events["restarts"] += 1
                 else:
                     events["rebuilt"].update(self._upgrade())
@@ -120,33 +115,24 @@ class RestartUnderLoad:
             "rebuilt": sorted(events["rebuilt"]),
         }
 
-    def close(self):
-        if self.daemon:
-            self.daemon.terminate()
-            self.daemon.wait(10)
-        self.undo.rollback()
-        self.programs.close()
-        self.lab.close()
 
-
-class HotPlug:
+class HotPlug(Scenario):
     name = "hotplug"
 
     def __init__(self):
-        self.lab = Lab(prefix="xdpbr-bench-hotplug")
-        self.daemon = None
-        try:
-            self.lab.make_bridge()
-            self.lab.container("c1")
-            self.lab.wait_forwarding()
-            attachment.attach(self.lab.bridge, self.lab.switch)
-            self.daemon = start_daemon()
-            time.sleep(1.0)
-            self.session = Session(self.lab.bridge, self.lab.switch).open_pins()
-            self.ipr = at.open_netlink(self.lab.switch)
-        except BaseException:
-            self.close()
-            raise
+        super().__init__("xdpbr-bench-hotplug")
+
+    def _build(self):
+        self.lab.make_bridge()
+        self.lab.container("c1")
+        self.lab.wait_forwarding()
+        attachment.attach(self.lab.bridge, self.lab.switch)
+        self.start_daemon()
+        time.sleep(1.0)
+        self.session = Session(self.lab.bridge, self.lab.switch).open_pins()
+        self.undo.push(self.session.close)
+        self.ipr = at.open_netlink(self.lab.switch)
+        self.undo.push(self.ipr.close)
 
     def _accelerated(self, index):
         entry = self.session.ports().get(index)
@@ -173,13 +159,3 @@ class HotPlug:
             time.sleep(0.01)
         left_behind = index in self.session.ports()
         return joined, left_behind
-
-    def close(self):
-        if self.daemon:
-            self.daemon.terminate()
-            self.daemon.wait(10)
-        if getattr(self, "session", None):
-            self.session.close()
-        if getattr(self, "ipr", None):
-            self.ipr.close()
-        self.lab.close()

@@ -23,10 +23,7 @@ import time
 from bench.afxdp import build_endpoint_veths
 from bench.taps import RelayLoop
 from bench.veth import SWITCH_CPU
-from loader.journal import Journal
 from loader.netns import netns_path, nsenter_prefix
-from testbed.lab import Lab
-from testbed.trafficgen import BenchPrograms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNPACKED = os.path.join(ROOT, ".venv", "ovs")
@@ -71,19 +68,15 @@ class OvsAfxdpLoop(RelayLoop):
 
     def __init__(self):
         self.bin = binaries()
-        self.lab = Lab(prefix="xdpbr-bench-ovs")
-        self.programs = BenchPrograms()
-        self.undo = Journal()
+        super().__init__("xdpbr-bench-ovs", programs=True)
+
+    def _build(self):
         self.dir = tempfile.mkdtemp(prefix="xdpbr-bench-ovs-")
         self.undo.push(shutil.rmtree, self.dir, True)
-        try:
-            self.ns = ns = self.lab.netns("ovs")
-            build_endpoint_veths(ns, self.programs, self.undo)  # as afxdp-loop's
-            self._start_ovs()
-            self.source_ifname = "ga"
-        except BaseException:
-            self.close()
-            raise
+        self.ns = ns = self.lab.netns("ovs")
+        build_endpoint_veths(ns, self.programs, self.undo)  # as afxdp-loop's
+        self._start_ovs()
+        self.source_ifname = "ga"
 
     def _run(self, tool, *argv):
         env = dict(os.environ, OVS_RUNDIR=self.dir, OVS_LOGDIR=self.dir, OVS_DBDIR=self.dir)

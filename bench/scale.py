@@ -33,18 +33,18 @@ import subprocess
 import tempfile
 import time
 
-from bench.control_plane import learn_lag, start_daemon
+from bench.control_plane import learn_lag
 from bench.figures import figure
+from bench.scenario import Scenario
 from bench.veth import GENERATOR_CPU, SWITCH_CPU
 from control import attachment
 from control.session import Session
-from loader.journal import Journal
 from loader.netns import entered
 from testbed.bounceloop import BounceLoop
 from testbed.frames import udp_frame
-from testbed.lab import Lab, sh
+from testbed.lab import sh
 from testbed.napi import pin_napi_threads
-from testbed.trafficgen import BenchPrograms, Traffic
+from testbed.trafficgen import Traffic
 
 PORTS = 64
 FDB_ENTRIES = 4096
@@ -85,21 +85,14 @@ def p99(values):
     return ordered[max(0, -(-len(ordered) * 99 // 100) - 1)]
 
 
-class ScaleLoop:
+class ScaleLoop(Scenario):
     """A 64-port bridge with 4,096 static entries, the closed loop from port 0 through it, in
     namespaces of its own; `mode` None is the Linux bridge, else the xdpbr mode attached."""
 
     def __init__(self, mode, flows=1, one_port=0):
         self.mode, self.flows, self.one_port = mode, flows, one_port
         self.attached = False
-        self.lab = Lab(prefix=f"xdpbr-bench-scale-{mode or 'bridge'}")
-        self.programs = BenchPrograms()
-        self.undo = Journal()
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(f"xdpbr-bench-scale-{mode or 'bridge'}", programs=True)
 
     def _build(self):
         lab = self.lab
@@ -173,12 +166,16 @@ class ScaleLoop:
     def sync_lag(self, destinations, samples=LAG_SAMPLES, size=60):
         """Milliseconds from a new MAC's first frame to its fast-path FDB entry, `xdpbr daemon`
         running and the loop carrying frames to `destinations`; returns (lags, frames/s the
-        loop carried meanwhile, frames lost from the loop). A lag of None: never mirrored."""
-        daemon = start_daemon()
+        loop carried meanwhile, frames lost from the loop). A lag of None: never mirrored.
+        This process polls from any CPU: pinned beside the 63 bouncers' NAPI threads it would
+        wait its turn among them, and time its own scheduling, not the daemon's sync."""
+        self.start_daemon()
         session = Session(self.lab.bridge, self.lab.switch).open_pins()
         with entered(self.hosts):
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        affinity = os.sched_getaffinity(0)
         try:
+            os.sched_setaffinity(0, set(range(os.cpu_count())))
             sock.bind((self.receivers[0], 0))
             time.sleep(1.0)  # the daemon adopts the bridge
             self.loop.spread([destination_mac(k) for k in range(destinations)])
@@ -193,16 +190,10 @@ class ScaleLoop:
             rate = (self.loop.counts().bounced - before) / (time.monotonic() - start)
             lost = seeded - self.loop.drain()
         finally:
+            os.sched_setaffinity(0, affinity)
             sock.close()
             session.close()
-            daemon.terminate()
-            daemon.wait(10)
         return lags, rate, lost
-
-    def close(self):
-        self.undo.rollback()
-        self.programs.close()
-        self.lab.close()
 
 
 def lag_summary(lags):

@@ -18,15 +18,15 @@ import select
 import time
 
 from bench.figures import figure
+from bench.scenario import Scenario
 from bench.veth import GENERATOR_CPU, SWITCH_CPU, open_loop_window
 from control import attachment
-from loader.journal import Journal
 from loader.tap import VNET_HDR_LEN, TapEndpoint, VnetHdr
 from testbed import cpustat
 from testbed.frames import udp_frame
-from testbed.lab import Lab, sh
+from testbed.lab import sh
 from testbed.sources import open_source
-from testbed.trafficgen import BenchPrograms, Traffic, attach_program
+from testbed.trafficgen import Traffic, attach_program
 
 GUEST_A, GUEST_B = "02:00:00:00:0b:01", "02:00:00:00:0b:02"
 IP_A, IP_B = "10.202.0.1", "10.202.0.2"
@@ -89,11 +89,11 @@ def relay(src, dst, deadline):
     return relayed
 
 
-class RelayLoop:
+class RelayLoop(Scenario):
     """Kernel -> endpoint A -> a Python relay in a child process -> endpoint B -> XDP sink.
-    Subclasses set lab, programs, ns, source_ifname (where the generator sends), undo, and
-    give relay(deadline) -> frames relayed, run in the child. `feed` is the open-loop source
-    (live or packet: testbed.sources), set by whoever builds the path."""
+    Subclasses build with the bench programs, set ns and source_ifname (where the generator
+    sends), and give relay(deadline) -> frames relayed, run in the child. `feed` is the
+    open-loop source (live or packet: testbed.sources), set by whoever builds the path."""
 
     RATE = 2_000_000  # offered frames/s: more than any Python relay moves
     SETTLE_S = 0.3  # the child sets up its sockets before frames come
@@ -116,11 +116,6 @@ class RelayLoop:
     def after_round(self):
         pass
 
-    def close(self):
-        self.undo.rollback()
-        self.programs.close()
-        self.lab.close()
-
 
 class TapLoop(RelayLoop):
     """Kernel -> TAP A -> Python relay (read, writev) -> TAP B -> XDP sink."""
@@ -128,21 +123,18 @@ class TapLoop(RelayLoop):
     name = "tap-loop"
 
     def __init__(self):
-        self.lab = Lab(prefix="xdpbr-bench-taploop")
-        self.programs = BenchPrograms()
-        self.undo, self.taps = Journal(), []
-        try:
-            self.ns = self.lab.netns("taps")
-            for ifname in ("tapa", "tapb"):
-                self.taps.append(TapEndpoint(ifname, self.ns))
-                self.undo.push(self.taps[-1].close)
-                # a queue as deep as the AF_XDP loop's rings: the generator sends in bursts
-                sh("ip", "-n", self.ns, "link", "set", ifname, "txqueuelen", "16384", "up")
-            self.undo.push(attach_program(self.ns, "tapb", self.programs.sink.fd))
-            self.source_ifname = "tapa"
-        except BaseException:
-            self.close()
-            raise
+        self.taps = []
+        super().__init__("xdpbr-bench-taploop", programs=True)
+
+    def _build(self):
+        self.ns = self.lab.netns("taps")
+        for ifname in ("tapa", "tapb"):
+            self.taps.append(TapEndpoint(ifname, self.ns))
+            self.undo.push(self.taps[-1].close)
+            # a queue as deep as the AF_XDP loop's rings: the generator sends in bursts
+            sh("ip", "-n", self.ns, "link", "set", ifname, "txqueuelen", "16384", "up")
+        self.undo.push(attach_program(self.ns, "tapb", self.programs.sink.fd))
+        self.source_ifname = "tapa"
 
     def relay(self, deadline):
         return relay(self.taps[0].fd, self.taps[1].fd, deadline)
@@ -175,25 +167,21 @@ def write_frames(fd, frame, deadline):
     return sent
 
 
-class VmPath:
+class VmPath(Scenario):
     """Guest A -> TAP A -> bridge (plain, or xdpbr in `mode`) -> TAP B -> guest B."""
 
     def __init__(self, mode=None):
         self.mode = mode
         self.name = f"vm-{mode or 'bridge'}"
-        self.lab = Lab(prefix=f"xdpbr-bench-vm{(mode or 'bridge').replace('+', '')}")
         self.taps = []
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(f"xdpbr-bench-vm{(mode or 'bridge').replace('+', '')}")
 
     def _build(self):
         lab = self.lab
         lab.make_bridge(nf_call_iptables=False)
         for ifname, guest in (("tapa", GUEST_A), ("tapb", GUEST_B)):
             self.taps.append(TapEndpoint(ifname, lab.switch))
+            self.undo.push(self.taps[-1].close)
             lab.in_switch("ip", "link", "set", ifname, "master", lab.bridge, "up")
             lab.in_switch("bridge", "fdb", "replace", guest, "dev", ifname, "master", "static")
         lab.wait_forwarding(ports=["tapa", "tapb"])
@@ -239,11 +227,6 @@ class VmPath:
             offered=sent / (warmup + window),
             source_cpu_busy=busy[SWITCH_CPU],
         )
-
-    def close(self):
-        for tap in self.taps:
-            tap.close()
-        self.lab.close()
 
 
 _GUEST_B_BYTES = bytes(int(x, 16) for x in GUEST_B.split(":"))

@@ -3,27 +3,25 @@ Debian, one stream): the Linux bridge and xdpbr in each mode."""
 
 import json
 
+from bench.scenario import Scenario
 from control import attachment
-from testbed.lab import Lab
 
 PORT = 5301
 MODES = {"bridge": None, "xdp": "xdp", "tc": "tc", "xdp+tc": "xdp+tc", "auto": "auto"}
 
 
-class TcpPath:
+class TcpPath(Scenario):
     def __init__(self, name):
         self.name, self.mode = f"tcp-{name}", MODES[name]
-        self.lab = Lab(prefix=f"xdpbr-bench-tcp{name.replace('+', '')}")
-        try:
-            self.lab.make_bridge(nf_call_iptables=False)
-            self.a, self.b = self.lab.container("a"), self.lab.container("b")
-            self.lab.wait_forwarding()
-            if self.mode:
-                attachment.attach(self.lab.bridge, self.lab.switch, mode=self.mode, grace_s=86400)
-            assert self.a.ping(self.b.ip), f"{self.name}: no connectivity"
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(f"xdpbr-bench-tcp{name.replace('+', '')}")
+
+    def _build(self):
+        self.lab.make_bridge(nf_call_iptables=False)
+        self.a, self.b = self.lab.container("a"), self.lab.container("b")
+        self.lab.wait_forwarding()
+        if self.mode:
+            attachment.attach(self.lab.bridge, self.lab.switch, mode=self.mode, grace_s=86400)
+        assert self.a.ping(self.b.ip), f"{self.name}: no connectivity"
 
     def measure(self, seconds):
         """Gbit/s received by the server over one iperf3 run of `seconds`."""
@@ -32,6 +30,3 @@ class TcpPath:
                 "iperf3", "-c", self.b.ip, "-p", str(PORT), "-t", str(seconds), "-J", timeout=seconds + 30
             )
         return json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
-
-    def close(self):
-        self.lab.close()

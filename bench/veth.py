@@ -17,15 +17,15 @@ Each figure says how busy SWITCH_CPU was while it was measured.
 import time
 
 from bench.figures import figure
+from bench.scenario import Scenario
 from control import attachment
-from loader.journal import Journal
 from loader.netns import existing_index
 from testbed import cpustat
 from testbed.bounceloop import BounceLoop
-from testbed.lab import Host, Lab, sh
+from testbed.lab import Host, sh
 from testbed.napi import pin_napi_threads
 from testbed.sources import open_source
-from testbed.trafficgen import BenchPrograms, Traffic, attach_program, attach_sinks
+from testbed.trafficgen import Traffic, attach_program, attach_sinks
 
 __all__ = ["GENERATOR_CPU", "PATHS", "SWITCH_CPU", "VethPath", "pin_napi_threads"]
 
@@ -60,7 +60,7 @@ def open_loop_window(programs, send):
     )
 
 
-class VethPath:
+class VethPath(Scenario):
     """Traffic through a bridge with two veth ports, in namespaces of its own."""
 
     def __init__(self, name, index, flows=1, generator="live"):
@@ -68,15 +68,8 @@ class VethPath:
             raise ValueError(f"generator {generator!r}: expected one of {', '.join(GENERATORS)}")
         self.name, self.flows, self.generator = name, flows, generator
         self.mode = PATHS[name][1]
-        self.lab = Lab(prefix=f"xdpbr-bench-{name.replace('+', '')}")
-        self.programs = BenchPrograms()
-        self.undo = Journal()
         self.loop = None
-        try:
-            self._build(index)
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(f"xdpbr-bench-{name.replace('+', '')}", index, programs=True)
 
     def _hosts(self, i):
         """The sender and the receiver: containers of their own, or (closed loop) two veths
@@ -145,8 +138,3 @@ class VethPath:
             return open_loop_window(self.programs, lambda: gen.run_for(window, **per_call))
         finally:
             gen.close()
-
-    def close(self):
-        self.undo.rollback()
-        self.programs.close()
-        self.lab.close()

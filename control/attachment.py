@@ -11,13 +11,13 @@ import logging
 import os
 import time
 
-from control import fdb, netfilter
-from control.model import PortPlan, lower_plan, plan_port
+from control import fdb, netfilter, port_programs
+from control.model import PortPlan, plan_port
 from control.ports import list_ports
 from control.session import Session
 from loader import attach as at
 from loader import bpfsys, pins, tracepoints
-from loader.errors import NotFound, Unsupported, XdpbrError
+from loader.errors import NotFound, XdpbrError
 from loader.journal import Journal
 from loader.layouts import (
     CONTROL_ATTACH,
@@ -25,7 +25,6 @@ from loader.layouts import (
     MODE_INDEX,
     MODE_REASON_INDEX,
     MODE_REASONS,
-    OWN_CLSACT,
     PORT_FORWARDING,
     PORT_HAIRPIN,
     PORT_ISOLATED,
@@ -45,90 +44,9 @@ from loader.peer import VethPeer
 log = logging.getLogger("xdpbr.attach")
 
 GRACE_DEFAULT_S = 10.0
-XDP_PROG_NAME = "xdpbr_xdp"
 
 
 # --- reconcile --------------------------------------------------------------------------
-
-
-def _is_ours(prog_id):
-    if not prog_id:
-        return False
-    try:
-        fd = bpfsys.prog_fd_by_id(prog_id)
-    except XdpbrError:
-        return False
-    try:
-        return bpfsys.prog_info(fd).name.decode() == XDP_PROG_NAME
-    finally:
-        os.close(fd)
-
-
-def _attach_xdp_program(s, port, plan, xdp_mode, journal):
-    """Run the XDP program on the port. Returns (plan, attach mode) after any fallback."""
-    current = at.xdp_state(s.ipr, port.ifindex)
-    if current["prog_id"] and not _is_ours(current["prog_id"]):
-        msg = f"{port.name} already runs another XDP program (id {current['prog_id']})"
-        if plan.explicit:
-            raise XdpbrError(msg, fix="xdpbr never replaces another tool's program; use --mode tc")
-        return lower_plan(plan, "foreign_xdp"), "none"
-    tries = ["native", "generic"] if xdp_mode == "any" else [xdp_mode]
-    if not plan.explicit and xdp_mode == "any":
-        tries = ["native"]  # auto: generic XDP is slower than TC and breaks GSO
-    failure = None
-    for mode in tries:
-        if current["prog_id"] == s.prog_id("xdp") and current["mode"] == mode:
-            return plan, mode  # already running: touching it would emit RTM_NEWLINK for nothing
-        if current["prog_id"] and current["mode"] == mode:
-            old = bpfsys.prog_fd_by_id(current["prog_id"])
-            try:
-                at.attach_xdp(s.ipr, port.ifindex, port.name, s.prog_fds["xdp"], mode, expected_fd=old)
-            finally:
-                os.close(old)
-            return plan, mode
-        if current["prog_id"]:
-            at.detach_xdp(s.ipr, port.ifindex, current["mode"])
-            current = {"mode": None, "prog_id": 0}
-        try:
-            at.attach_xdp(s.ipr, port.ifindex, port.name, s.prog_fds["xdp"], mode)
-        except Unsupported as exc:
-            failure = exc
-            continue
-        journal.push(at.detach_xdp, s.ipr, port.ifindex, mode)
-        return plan, mode
-    if plan.explicit:
-        fix = "use --mode tc, or --xdp-mode generic" if tries == ["native"] else "use --mode tc"
-        raise XdpbrError(f"{failure}", fix=fix)
-    reason = "no_native_xdp" if failure and failure.errno == 95 else "xdp_refused"
-    return lower_plan(plan, reason), "none"
-
-
-def _detach_xdp_program(s, port):
-    current = at.xdp_state(s.ipr, port.ifindex)
-    if current["prog_id"] and _is_ours(current["prog_id"]):
-        at.detach_xdp(s.ipr, port.ifindex, current["mode"])
-
-
-def _attach_tc_program(s, port, owned, journal, replace):
-    if not at.has_clsact(s.ipr, port.ifindex):
-        at.add_clsact(s.ipr, port.ifindex)
-        owned |= OWN_CLSACT
-        journal.push(at.del_clsact, s.ipr, port.ifindex)
-    present = at.has_xdpbr_filter(s.ipr, port.ifindex)
-    if present and not replace:
-        return owned
-    at.attach_tc(s.ipr, port.ifindex, port.name, s.prog_fds["tc"], replace=present)
-    if not present:
-        journal.push(at.detach_tc, s.ipr, port.ifindex)
-    return owned
-
-
-def _detach_tc_program(s, ifindex, owned):
-    if at.has_xdpbr_filter(s.ipr, ifindex):
-        at.detach_tc(s.ipr, ifindex)
-    if owned & OWN_CLSACT and not at.ingress_filters(s.ipr, ifindex):
-        at.del_clsact(s.ipr, ifindex)
-    return owned & ~OWN_CLSACT
 
 
 def _free_slot(used, max_ports):
@@ -145,20 +63,14 @@ def _remove_port(s, ifindex, entry, still_exists):
     s.write_egress(entry.slot, None)
     s.write_vlans(ifindex, {})
     if still_exists:
-        port = _PortRef(ifindex)
-        _detach_xdp_program(s, port)
-        _detach_tc_program(s, ifindex, entry.owned)
+        port_programs.detach_xdp(s, ifindex)
+        port_programs.detach_tc(s, ifindex, entry.owned)
 
 
 def _new_entry(ifindex):
     entry = Port(ifindex=ifindex)
     entry.slot = 0
     return entry
-
-
-class _PortRef:
-    def __init__(self, ifindex, name=""):
-        self.ifindex, self.name = ifindex, name
 
 
 def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
@@ -207,14 +119,14 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
                 s.zero_stats(slot)
         xdp_attach = "none"
         if plan.wants_xdp:
-            plan, xdp_attach = _attach_xdp_program(s, port, plan, xdp_mode, journal)
+            plan, xdp_attach = port_programs.attach_xdp(s, port, plan, xdp_mode, journal)
         if not plan.wants_xdp:
-            _detach_xdp_program(s, port)
+            port_programs.detach_xdp(s, port.ifindex)
         owned = entry.owned
         if plan.wants_tc:
-            owned = _attach_tc_program(s, port, owned, journal, replace_programs)
+            owned = port_programs.attach_tc(s, port, owned, journal, replace_programs)
         else:
-            owned = _detach_tc_program(s, port.ifindex, owned)
+            owned = port_programs.detach_tc(s, port.ifindex, owned)
         entry.owned = owned
         entry.mode = MODE_INDEX[plan.mode]
         entry.mode_reason = MODE_REASON_INDEX[plan.reason]

@@ -37,20 +37,26 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}; try `{self.prog} --help`")
 
 
-def _positive(kind):
-    """argparse type: a number above zero (a negative grace would wrap to an endless one)."""
+def _number(kind, what, ok, expected):
+    """argparse type: text that `kind` converts (else "is not `what`") to a value for which
+    ok(value) holds (else `expected`)."""
 
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (value > 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"{text!r}: must be above zero and finite")
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: {expected}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+def _positive(kind):
+    """argparse type: a number above zero (a negative grace would wrap to an endless one)."""
+    return _number(kind, "a number", lambda v: v > 0 and math.isfinite(v), "must be above zero and finite")
 
 
 MAX_ID = 2**32 - 2  # uid_t/gid_t; (uid_t)-1 means "none" to the kernel
@@ -58,18 +64,27 @@ MAX_ID = 2**32 - 2  # uid_t/gid_t; (uid_t)-1 means "none" to the kernel
 
 def _int_in(lo, hi):
     """argparse type: an integer from lo to hi."""
+    return _number(int, "an integer", lambda v: lo <= v <= hi, f"expected {lo} to {hi}")
 
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {lo} to {hi}")
-        return value
 
-    parse.__name__ = "int"
-    return parse
+def _seconds(parser, flag, default, help):
+    """A duration option: seconds above zero."""
+    parser.add_argument(flag, type=_positive(float), default=default, metavar="SECONDS", help=help)
+
+
+def _on_bridge(subparsers, name, help, optional=False, **kwargs):
+    """A command whose first argument names the bridge: `BRIDGE`, or `[BRIDGE]` (every
+    attached one) where optional."""
+    p = subparsers.add_parser(name, help=help, **kwargs)
+    p.add_argument("bridge", nargs="?" if optional else None)
+    return p
+
+
+def _verbs(subparsers, name, help):
+    """An object whose verbs are subcommands (iproute2 style: `xdpbr port set ...`)."""
+    return subparsers.add_parser(name, help=help).add_subparsers(
+        dest="verb", metavar="VERB", parser_class=_Parser
+    )
 
 
 def build_parser():
@@ -85,8 +100,7 @@ def build_parser():
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    a = sub.add_parser("attach", help="accelerate a bridge (replaces xdpbr's programs atomically)")
-    a.add_argument("bridge")
+    a = _on_bridge(sub, "attach", "accelerate a bridge (replaces xdpbr's programs atomically)")
     a.add_argument(
         "--mode", choices=REQUESTED_MODES, default="auto", help="mode for every port (default auto)"
     )
@@ -101,64 +115,43 @@ def build_parser():
         default="respect",
         help="respect: ports whose frames netfilter could see stay on the bridge (default)",
     )
-    a.add_argument(
-        "--grace",
-        type=_positive(float),
-        default=10.0,
-        metavar="SECONDS",
-        help="how long the fast path runs without a daemon heartbeat (default 10)",
-    )
-    a.add_argument(
-        "--max-ports",
-        type=_int_in(*MAX_PORTS_RANGE),
-        metavar="N",
-        help=f"port slots the maps hold (default {MAX_PORTS}, or what the attachment has)",
-    )
-    a.add_argument(
-        "--fdb-size",
-        type=_int_in(*FDB_SIZE_RANGE),
-        metavar="N",
-        help=f"FDB mirror entries (default {FDB_SIZE}, or what the attachment has)",
-    )
+    _seconds(a, "--grace", 10.0, "how long the fast path runs without a daemon heartbeat (default 10)")
+    for flag, sizes, default, what in (
+        ("--max-ports", MAX_PORTS_RANGE, MAX_PORTS, "port slots the maps hold"),
+        ("--fdb-size", FDB_SIZE_RANGE, FDB_SIZE, "FDB mirror entries"),
+    ):  # the maps' sizes, compiled in (-D)
+        a.add_argument(
+            flag,
+            type=_int_in(*sizes),
+            metavar="N",
+            help=f"{what} (default {default}, or what the attachment has)",
+        )
 
-    d = sub.add_parser("detach", help="remove xdpbr from a bridge")
-    d.add_argument("bridge")
+    _on_bridge(sub, "detach", "remove xdpbr from a bridge")
+    _on_bridge(sub, "show", "attached bridges, each port's mode and why", optional=True)
 
-    s = sub.add_parser("show", help="attached bridges, each port's mode and why")
-    s.add_argument("bridge", nargs="?")
-
-    port = sub.add_parser("port", help="per-port settings")
-    psub = port.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
-    ps = psub.add_parser("set", help="xdpbr port set BRIDGE PORT mode MODE")
-    ps.add_argument("bridge")
+    psub = _verbs(sub, "port", "per-port settings")
+    ps = _on_bridge(psub, "set", "xdpbr port set BRIDGE PORT mode MODE")
     ps.add_argument("port")
     ps.add_argument("key", choices=["mode"])
     ps.add_argument("mode", choices=REQUESTED_MODES)
-    pshow = psub.add_parser("show", help="xdpbr port show [BRIDGE]")
-    pshow.add_argument("bridge", nargs="?")
+    _on_bridge(psub, "show", "xdpbr port show [BRIDGE]", optional=True)
 
-    f = sub.add_parser("fdb", help="the FDB mirror")
-    fsub = f.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
-    fs = fsub.add_parser("show", help="xdpbr fdb show BRIDGE")
-    fs.add_argument("bridge")
+    _on_bridge(_verbs(sub, "fdb", "the FDB mirror"), "show", "xdpbr fdb show BRIDGE")
 
-    st = sub.add_parser(
-        "stats", help="counters by port, attach point and reason; with --watch, rates per interval"
+    st = _on_bridge(
+        sub,
+        "stats",
+        "counters by port, attach point and reason; with --watch, rates per interval",
+        optional=True,
     )
-    st.add_argument("bridge", nargs="?")
     st.add_argument(
         "--watch",
         action="store_true",
         help="frames/s and bits/s per port and in total, fast path (xdp, tc) and bridge with the top "
         "reasons, every --interval seconds (redrawn on a terminal; -j: one JSON object an interval)",
     )
-    st.add_argument(
-        "--interval",
-        type=_positive(float),
-        default=1.0,
-        metavar="SECONDS",
-        help="with --watch: seconds between prints",
-    )
+    _seconds(st, "--interval", 1.0, "with --watch: seconds between prints")
     st.add_argument(
         "--count", type=_positive(int), default=None, metavar="N", help="with --watch: stop after N intervals"
     )
@@ -174,13 +167,10 @@ def build_parser():
         help="configuration (default /etc/xdpbr/xdpbr[-INSTANCE].toml if present)",
     )
 
-    me = sub.add_parser("metrics", help="print the Prometheus metrics once")
-    me.add_argument("bridge", nargs="?")
+    _on_bridge(sub, "metrics", "print the Prometheus metrics once", optional=True)
 
-    ep = sub.add_parser("endpoint", help="AF_XDP or TAP endpoints for VMs on a bridge")
-    epsub = ep.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
-    ea = epsub.add_parser("add", help="xdpbr endpoint add BRIDGE NAME --afxdp|--tap [--mac MAC] ...")
-    ea.add_argument("bridge")
+    epsub = _verbs(sub, "endpoint", "AF_XDP or TAP endpoints for VMs on a bridge")
+    ea = _on_bridge(epsub, "add", "xdpbr endpoint add BRIDGE NAME --afxdp|--tap [--mac MAC] ...")
     ea.add_argument("name")
     kind = ea.add_mutually_exclusive_group()
     kind.add_argument("--afxdp", dest="path", action="store_const", const="afxdp", help="AF_XDP (default)")
@@ -197,11 +187,8 @@ def build_parser():
     ea.add_argument(
         "--group", type=_int_in(0, MAX_ID), default=0, metavar="GID", help="the same for a group (default 0)"
     )
-    es = epsub.add_parser("show", help="xdpbr endpoint show [BRIDGE]")
-    es.add_argument("bridge", nargs="?")
-    ed = epsub.add_parser("del", help="xdpbr endpoint del BRIDGE NAME")
-    ed.add_argument("bridge")
-    ed.add_argument("name")
+    _on_bridge(epsub, "show", "xdpbr endpoint show [BRIDGE]", optional=True)
+    _on_bridge(epsub, "del", "xdpbr endpoint del BRIDGE NAME").add_argument("name")
     eq = epsub.add_parser(
         "qemu-args",
         help="what the installed QEMU takes for the endpoint: map-path= (QEMU >= 10.1), "
@@ -213,13 +200,13 @@ def build_parser():
         "--qemu", metavar="PATH", help="ask this QEMU binary its version (default qemu-system-x86_64)"
     )
     which.add_argument("--qemu-version", metavar="X.Y", help="write for this QEMU version instead")
-    el = epsub.add_parser(
+    el = _on_bridge(
+        epsub,
         "launch",
-        usage="xdpbr [-n NETNS] endpoint launch BRIDGE NAME -- QEMU [ARG...]",
-        help="start QEMU (8.2-10.0) with the endpoint's AF_XDP sockets from the daemon's broker, "
+        "start QEMU (8.2-10.0) with the endpoint's AF_XDP sockets from the daemon's broker, "
         "put where its arguments say @FDS@; needs no root, only access to the broker",
+        usage="xdpbr [-n NETNS] endpoint launch BRIDGE NAME -- QEMU [ARG...]",
     )
-    el.add_argument("bridge")
     el.add_argument("name")
     el.add_argument(
         "command_args", nargs=argparse.REMAINDER, metavar="-- QEMU ARG...", help="the QEMU command"

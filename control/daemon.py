@@ -14,6 +14,9 @@ effect without talking to the daemon, and a restarted daemon adopts what is ther
   `xdpbr attach`); SIGHUP reloads it, and a bad file keeps the running configuration.
 - Service: sd_notify READY=1 once the first scan is done (systemd Type=notify), STOPPING=1 at
   SIGTERM; at stop the fast path keeps running, or configured bridges are detached (on_stop).
+It is over 400 lines because the daemon's one loop and the state it keeps across bridges
+(adoption, configuration, brokers, listeners per namespace) live in one class; the work on one
+bridge is control/worker.py's, the namespace listeners control/namespace_events.py's.
 """
 
 import logging

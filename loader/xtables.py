@@ -12,6 +12,8 @@ The layouts below mirror <linux/netfilter_ipv4/ip_tables.h>, <linux/netfilter_ip
 
 A parsed table is a plain `Table` (chains in kernel order, each with its rules, targets resolved
 to chain names); `control/nfrules.py` turns it into what the per-port decision walks.
+It is over 400 lines on purpose: one kernel interface (getsockopt on three table families
+sharing the x_tables layouts) belongs in one place, as bpf(2) does in bpfsys.py.
 """
 
 import ctypes

@@ -1,7 +1,8 @@
 """Helpers the tests share (never imported by product code): the CLI as a process, bounded
-waits, a walk over every command and option, and instance clean-up."""
+waits, a lab bridge's counters, a walk over every command and option, and instance clean-up."""
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -31,6 +32,35 @@ def wait_for(predicate, timeout=5.0, step=0.01):
             return value
         time.sleep(step)
     return predicate()
+
+
+def accelerate(lab, daemon, **options):
+    """The lab's bridge attached (`options` as attachment.attach takes them), with a daemon (the
+    conftest fixture's starter) following it; returns the daemon."""
+    from control import attachment
+
+    attachment.attach(lab.bridge, lab.switch, **options)
+    return daemon()
+
+
+def counters(lab):
+    """The lab bridge's counters as `xdpbr stats` reads them: {(port, attach, reason): packets}."""
+    from control import state
+
+    out = {}
+    for r in state.stats(lab.bridge, lab.switch):
+        key = (r["port"], r["attach"], r["reason"])
+        out[key] = out.get(key, 0) + r["packets"]
+    return out
+
+
+@contextlib.contextmanager
+def counting(lab):
+    """Yields a dict that, after the block, holds what the block added to each counter."""
+    before, added = counters(lab), {}
+    yield added
+    after = counters(lab)
+    added.update({key: after[key] - before.get(key, 0) for key in after})
 
 
 def subparsers(parser):

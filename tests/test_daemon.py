@@ -13,7 +13,7 @@ import pytest
 from control import attachment, state
 from control.session import Session
 from loader import pins
-from tests.helpers import WAIT_S, wait_for
+from tests.helpers import WAIT_S, accelerate, counters, counting, wait_for
 
 
 def mirrored(lab, mac):
@@ -22,11 +22,18 @@ def mirrored(lab, mac):
         return any(m == mac for m, _ in s.fdb_mirror().entries())
 
 
-def counter(lab, port, attach, reason):
-    for r in state.stats(lab.bridge, lab.switch):
-        if (r["port"], r["attach"], r["reason"]) == (port, attach, reason):
-            return r["packets"]
-    return 0
+def learned(lab):
+    """c1 and c2 talk, so the bridge learns both (if it had not yet), until the daemon has
+    mirrored them."""
+    assert lab.c1.ping(lab.c2.ip, count=2)
+    assert wait_for(lambda: mirrored(lab, lab.c1.mac) and mirrored(lab, lab.c2.mac), timeout=WAIT_S)
+
+
+def fast_pathed(lab, attach, count):
+    """`count` pings from c1 arrive at c2, and c1's port forwarded each one at `attach`."""
+    with counting(lab) as added:
+        arrived = lab.c1.ping(lab.c2.ip, count=count)
+    return arrived and added.get((lab.c1.port, attach, "forward"), 0) >= count
 
 
 def ports(lab):
@@ -36,8 +43,7 @@ def ports(lab):
 @pytest.mark.root
 def test_fdb_entries_follow_kernel_events(two_containers, daemon):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch, mode="xdp")
-    daemon()
+    accelerate(lab, daemon, mode="xdp")
     mac = "02:00:00:00:00:51"
     subprocess.run(
         ["bridge", "-n", lab.switch, "fdb", "add", mac, "dev", lab.c1.port, "master", "static"], check=True
@@ -50,20 +56,15 @@ def test_fdb_entries_follow_kernel_events(two_containers, daemon):
 @pytest.mark.root
 def test_a_station_learned_after_attach_gets_the_fast_path(two_containers, daemon):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch, mode="xdp")
-    daemon()
-    assert lab.c1.ping(lab.c2.ip, count=2)  # the bridge learns both stations (if it had not yet)
-    assert wait_for(lambda: mirrored(lab, lab.c1.mac) and mirrored(lab, lab.c2.mac), timeout=WAIT_S)
-    before = counter(lab, lab.c1.port, "xdp", "forward")
-    assert lab.c1.ping(lab.c2.ip, count=3)
-    assert counter(lab, lab.c1.port, "xdp", "forward") >= before + 3
+    accelerate(lab, daemon, mode="xdp")
+    learned(lab)
+    assert fast_pathed(lab, "xdp", 3)
 
 
 @pytest.mark.root
 def test_a_mac_move_is_never_misdelivered(two_containers, daemon):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch, mode="xdp")
-    daemon()
+    accelerate(lab, daemon, mode="xdp")
     assert lab.c1.ping(lab.c2.ip)
     assert wait_for(lambda: mirrored(lab, lab.c1.mac))
     moved_mac, moved_ip = lab.c1.mac, lab.c1.ip
@@ -99,16 +100,12 @@ def test_kernel_aging_stays_true_for_stations_only_the_fast_path_sees(two_contai
     subprocess.run(
         ["ip", "-n", lab.switch, "link", "set", "br0", "type", "bridge", "ageing_time", "300"], check=True
     )
-    attachment.attach(lab.bridge, lab.switch, mode="xdp")
-    daemon()
-    assert lab.c1.ping(lab.c2.ip, count=2)
-    assert wait_for(lambda: mirrored(lab, lab.c1.mac) and mirrored(lab, lab.c2.mac))
-    before = counter(lab, lab.c1.port, "xdp", "forward")
-    # 5 s of traffic on the fast path only, longer than the bridge's 3 s ageing time
-    lab.c1.run("ping", "-c", "25", "-i", "0.2", "-q", lab.c2.ip, check=False)
-    assert counter(lab, lab.c1.port, "xdp", "forward") >= before + 20, (
-        "the traffic must have taken the fast path"
-    )
+    accelerate(lab, daemon, mode="xdp")
+    learned(lab)
+    with counting(lab) as added:
+        # 5 s of traffic on the fast path only, longer than the bridge's 3 s ageing time
+        lab.c1.run("ping", "-c", "25", "-i", "0.2", "-q", lab.c2.ip, check=False)
+    assert added.get((lab.c1.port, "xdp", "forward"), 0) >= 20, "the traffic must have taken the fast path"
     fdb = subprocess.run(
         ["bridge", "-n", lab.switch, "-s", "fdb", "show", "br", "br0"], capture_output=True, text=True
     ).stdout
@@ -123,12 +120,11 @@ def test_without_a_daemon_the_fast_path_stops_after_the_grace_period(two_contain
     lab = two_containers
     assert lab.c1.ping(lab.c2.ip)  # learned before attach, so the mirror has both
     attachment.attach(lab.bridge, lab.switch, mode="xdp", grace_s=1.0)
-    assert lab.c1.ping(lab.c2.ip, count=2)
-    assert counter(lab, lab.c1.port, "xdp", "forward") >= 2
+    assert fast_pathed(lab, "xdp", 2)
     time.sleep(1.2)
-    stale_before = counter(lab, lab.c1.port, "xdp", "stale_mirror")
-    assert lab.c1.ping(lab.c2.ip, count=2), "the bridge keeps forwarding after the grace period"
-    assert counter(lab, lab.c1.port, "xdp", "stale_mirror") >= stale_before + 2
+    with counting(lab) as added:
+        assert lab.c1.ping(lab.c2.ip, count=2), "the bridge keeps forwarding after the grace period"
+    assert added.get((lab.c1.port, "xdp", "stale_mirror"), 0) >= 2
     assert not state.show(lab.bridge, lab.switch)[0]["fast_path_active"]
 
 
@@ -141,16 +137,13 @@ def test_a_restarted_daemon_resumes_the_fast_path(two_containers, daemon):
     daemon()
     assert wait_for(lambda: state.show(lab.bridge, lab.switch)[0]["fast_path_active"], timeout=WAIT_S)
     assert lab.c1.ping(lab.c2.ip, count=2)
-    before = counter(lab, lab.c1.port, "xdp", "forward")
-    assert lab.c1.ping(lab.c2.ip, count=2)
-    assert counter(lab, lab.c1.port, "xdp", "forward") >= before + 2
+    assert fast_pathed(lab, "xdp", 2)
 
 
 @pytest.mark.root
 def test_hot_plugged_ports_join_and_leave(two_containers, daemon):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch)
-    daemon()
+    accelerate(lab, daemon)
     c3 = lab.container("c3")
     assert wait_for(lambda: c3.port in ports(lab), timeout=WAIT_S)
     assert (ports(lab)[c3.port]["mode"], ports(lab)[c3.port]["why"]) == ("tc", "auto")
@@ -163,8 +156,7 @@ def test_hot_plugged_ports_join_and_leave(two_containers, daemon):
 @pytest.mark.root
 def test_port_state_changes_are_followed(two_containers, daemon):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch, mode="xdp")
-    daemon()
+    accelerate(lab, daemon, mode="xdp")
     subprocess.run(
         ["bridge", "-n", lab.switch, "link", "set", "dev", lab.c2.port, "isolated", "on"], check=True
     )
@@ -217,8 +209,7 @@ def test_a_bridge_netfilter_rule_is_respected_then_bypassed(two_containers):
 @pytest.mark.root
 def test_the_daemon_rechecks_netfilter_when_rules_change(two_containers, daemon):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch, mode="xdp")
-    daemon()
+    accelerate(lab, daemon, mode="xdp")
     assert {p["mode"] for p in ports(lab).values()} == {"xdp"}
     nft(lab, "add", "table", "bridge", "filter")
     nft(lab, "add", "chain", "bridge", "filter", "forward", "{ type filter hook forward priority 0; }")
@@ -255,8 +246,7 @@ def test_detach_leaves_the_bridge_exactly_as_before(two_containers):
 @pytest.mark.root
 def test_detach_while_the_daemon_runs_stays_detached(two_containers, daemon):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch, mode="xdp")
-    daemon()
+    accelerate(lab, daemon, mode="xdp")
     assert lab.c1.ping(lab.c2.ip)
     attachment.detach(lab.bridge, lab.switch)
     lab.container("c3")  # a port event that would make a confused daemon reconcile
@@ -268,8 +258,7 @@ def test_detach_while_the_daemon_runs_stays_detached(two_containers, daemon):
 @pytest.mark.root
 def test_the_daemon_follows_an_upgrade_in_place(two_containers, daemon):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch, mode="xdp")
-    daemon()
+    accelerate(lab, daemon, mode="xdp")
     attachment.attach(lab.bridge, lab.switch, mode="xdp")  # new programs, same maps
     new_id = state.show(lab.bridge, lab.switch)[0]["xdp_prog_id"]
     c3 = lab.container("c3")
@@ -342,10 +331,8 @@ def test_a_mac_flood_fills_the_mirror_but_pushes_no_station_out(two_containers, 
     from loader.layouts import FDB_SIZE
 
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch, mode="tc")
-    daemon()
-    assert lab.c1.ping(lab.c2.ip, count=2)
-    assert wait_for(lambda: mirrored(lab, lab.c1.mac) and mirrored(lab, lab.c2.mac), timeout=WAIT_S)
+    accelerate(lab, daemon, mode="tc")
+    learned(lab)
     flood = macs(FDB_SIZE + 300, 0x06)
     send_from(lab.c1, flood, lab.c2.mac)  # the bridge learns them all (no fdb_max_learned)
     full = lambda: state.show(lab.bridge, lab.switch)[0]["fdb_mirror_full"]  # noqa: E731
@@ -355,14 +342,13 @@ def test_a_mac_flood_fills_the_mirror_but_pushes_no_station_out(two_containers, 
         mirror = s.fdb_mirror().entries()
     assert len(mirror) == FDB_SIZE  # fixed capacity: memory does not grow with the flood
     assert (lab.c1.mac, 0) in mirror and (lab.c2.mac, 0) in mirror  # nobody was pushed out
-    before = counter(lab, lab.c1.port, "tc", "forward")
-    assert lab.c1.ping(lab.c2.ip, count=3)
-    assert counter(lab, lab.c1.port, "tc", "forward") >= before + 3  # known stations stay fast
+    assert fast_pathed(lab, "tc", 3)  # known stations stay fast
     refused = [m for m in flood if (m, 0) not in mirror][:5]
     assert refused
-    full_before = counter(lab, lab.c1.port, "tc", "fdb_full")
+    full = (lab.c1.port, "tc", "fdb_full")
+    full_before = counters(lab).get(full, 0)
     send_from(lab.c1, refused, lab.c2.mac)
-    assert wait_for(lambda: counter(lab, lab.c1.port, "tc", "fdb_full") >= full_before + 5, timeout=WAIT_S)
+    assert wait_for(lambda: counters(lab).get(full, 0) >= full_before + 5, timeout=WAIT_S)
 
 
 @pytest.mark.root
@@ -378,8 +364,7 @@ def test_the_bridge_limit_on_learned_entries_holds(two_containers):
 @pytest.mark.root
 def test_a_tap_hot_plugged_while_traffic_flows_gets_the_fast_path_and_leaves_nothing(two_containers, daemon):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch)
-    daemon()
+    accelerate(lab, daemon)
     assert lab.c1.ping(lab.c2.ip)
     background = subprocess.Popen(  # bounded: 150 pings over ~1.5 s
         [
@@ -406,9 +391,9 @@ def test_a_tap_hot_plugged_while_traffic_flows_gets_the_fast_path_and_leaves_not
     # the bridge has learned the guest's MAC; fast-path frames need the daemon to mirror it (the
     # sync lag is measured on its own), so a loaded machine must not turn that lag into a failure
     assert wait_for(lambda: mirrored(lab, vm.mac), timeout=WAIT_S)
-    before = counter(lab, vm.port, "xdp", "forward")
-    assert vm.ping(lab.c1.ip, count=5)
-    assert counter(lab, vm.port, "xdp", "forward") >= before + 3  # the new port is fast-pathed
+    with counting(lab) as added:
+        assert vm.ping(lab.c1.ip, count=5)
+    assert added.get((vm.port, "xdp", "forward"), 0) >= 3  # the new port is fast-pathed
     out, _ = background.communicate(timeout=30)
     assert background.returncode == 0 and " 0% packet loss" in out, out  # nothing else was disturbed
     slot = ports(lab)[vm.port]["slot"]
@@ -431,10 +416,10 @@ def test_an_upgrade_rebuilds_maps_whose_layout_changed_and_keeps_the_others(two_
     from loader import pins
 
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch, mode="tc")
-    daemon()
+    accelerate(lab, daemon, mode="tc")
     assert lab.c1.ping(lab.c2.ip, count=3)
-    fast_before = counter(lab, lab.c1.port, "tc", "forward")
+    fast = (lab.c1.port, "tc", "forward")
+    fast_before = counters(lab).get(fast, 0)
     assert fast_before >= 2
     # what an older xdpbr left: an FDB mirror of another capacity (the running programs keep
     # the map they have; only the pin is another layout now)
@@ -466,9 +451,9 @@ def test_an_upgrade_rebuilds_maps_whose_layout_changed_and_keeps_the_others(two_
         s.open_pins()  # every layout checks out again
         mirror = s.fdb_mirror().entries()
     assert (lab.c1.mac, 0) in mirror and (lab.c2.mac, 0) in mirror  # rebuilt from the kernel
-    assert counter(lab, lab.c1.port, "tc", "forward") >= fast_before  # counters were kept
+    assert counters(lab).get(fast, 0) >= fast_before  # counters were kept
     assert lab.c1.ping(lab.c2.ip, count=3)
-    assert counter(lab, lab.c1.port, "tc", "forward") >= fast_before + 2
+    assert counters(lab).get(fast, 0) >= fast_before + 2
 
 
 @pytest.mark.root

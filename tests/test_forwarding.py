@@ -8,16 +8,8 @@ import time
 import pytest
 
 from control import attachment, state
+from tests.helpers import accelerate, counters, counting
 from tests.traffic import tcp_transfer, udp_exchange
-
-
-def counters(lab):
-    """{(port, attach, reason): packets}"""
-    return {(r["port"], r["attach"], r["reason"]): r["packets"] for r in state.stats(lab.bridge, lab.switch)}
-
-
-def delta(before, after, key):
-    return after.get(key, 0) - before.get(key, 0)
 
 
 def pairs(lab):
@@ -33,15 +25,24 @@ def _everything_arrives(lab):
         assert tcp_transfer(a, b), f"TCP {a.name} -> {b.name} did not arrive intact"
 
 
+def _forwards_on_one_attach_point(lab, daemon, mode, hosts):
+    """Attach in `mode` (xdp or tc) with a daemon, send everything: each of `hosts`' ports
+    forwarded unicast on that attach point, and the other attach point never ran. Returns the
+    counters."""
+    other = {"xdp": "tc", "tc": "xdp"}[mode]
+    accelerate(lab, daemon, mode=mode)
+    _everything_arrives(lab)
+    c = counters(lab)
+    for host in hosts:
+        assert c.get((host.port, mode, "forward"), 0) > 0, f"{host.port}: no unicast on the {mode} fast path"
+    assert not any(k[1] == other for k in c), f"{mode} mode must not run the {other} program"
+    return c
+
+
 @pytest.mark.root
 def test_xdp_mode_forwards_unicast_and_passes_what_xdp_cannot_deliver(bridge_lab, daemon):
     lab = bridge_lab
-    attachment.attach(lab.bridge, lab.switch, mode="xdp")
-    daemon()
-    _everything_arrives(lab)
-    c = counters(lab)
-    for host in (lab.vm1, lab.c1):
-        assert c.get((host.port, "xdp", "forward"), 0) > 0, f"{host.port}: no unicast on the XDP fast path"
+    c = _forwards_on_one_attach_point(lab, daemon, "xdp", (lab.vm1, lab.c1))
     assert (
         c.get((lab.vm1.port, "xdp", "broadcast"), 0) + c.get((lab.vm1.port, "xdp", "unknown_source"), 0) > 0
     )
@@ -49,44 +50,32 @@ def test_xdp_mode_forwards_unicast_and_passes_what_xdp_cannot_deliver(bridge_lab
     assert c.get((lab.vm1.port, "xdp", "too_long"), 0) > 0
     assert c.get((lab.vm1.port, "xdp", "checksum_partial"), 0) > 0
     assert c.get((lab.c1.port, "xdp", "checksum_partial"), 0) > 0
-    assert not any(k[1] == "tc" for k in c), "xdp mode must not run the TC program"
 
 
 @pytest.mark.root
 def test_tc_mode_forwards_with_offloads_intact(bridge_lab, daemon):
     lab = bridge_lab
-    attachment.attach(lab.bridge, lab.switch, mode="tc")
-    daemon()
-    _everything_arrives(lab)
-    c = counters(lab)
-    for host in (lab.vm1, lab.vm2, lab.c1, lab.c2):
-        assert c.get((host.port, "tc", "forward"), 0) > 0, f"{host.port}: no unicast on the TC fast path"
-    assert not any(k[1] == "xdp" for k in c), "tc mode must not run the XDP program"
+    c = _forwards_on_one_attach_point(lab, daemon, "tc", (lab.vm1, lab.vm2, lab.c1, lab.c2))
     assert not any(k[2] == "checksum_partial" for k in c), "TC keeps CHECKSUM_PARTIAL: nothing to pass"
 
 
 @pytest.mark.root
 def test_xdp_tc_mode_hands_gso_and_partial_checksums_from_xdp_to_tc(bridge_lab, daemon):
     lab = bridge_lab
-    attachment.attach(lab.bridge, lab.switch, mode="xdp+tc")
-    daemon()
-    before = counters(lab)
-    assert tcp_transfer(lab.vm1, lab.c1)
-    after = counters(lab)
+    accelerate(lab, daemon, mode="xdp+tc")
+    with counting(lab) as added:
+        assert tcp_transfer(lab.vm1, lab.c1)
     port = lab.vm1.port
-    passed = delta(before, after, (port, "xdp", "too_long")) + delta(
-        before, after, (port, "xdp", "checksum_partial")
-    )
+    passed = added.get((port, "xdp", "too_long"), 0) + added.get((port, "xdp", "checksum_partial"), 0)
     assert passed > 0
-    assert delta(before, after, (port, "tc", "forward")) >= passed, "TC must forward what XDP passed"
+    assert added.get((port, "tc", "forward"), 0) >= passed, "TC must forward what XDP passed"
     _everything_arrives(lab)
 
 
 @pytest.mark.root
 def test_auto_mode_runs_tc_on_veth_and_xdp_tc_on_tap(bridge_lab, daemon):
     lab = bridge_lab
-    attachment.attach(lab.bridge, lab.switch)
-    daemon()
+    accelerate(lab, daemon)
     ports = {p["port"]: p for p in state.show(lab.bridge, lab.switch)[0]["ports"]}
     assert (ports[lab.c1.port]["mode"], ports[lab.c1.port]["why"]) == ("tc", "auto")
     assert (ports[lab.vm1.port]["mode"], ports[lab.vm1.port]["why"]) == ("xdp+tc", "auto")
@@ -118,15 +107,13 @@ def test_container_offloads_are_untouched_in_auto_mode(bridge_lab):
 @pytest.mark.root
 def test_a_learned_mac_is_fast_pathed_and_broadcast_stays_on_the_bridge(bridge_lab, daemon):
     lab = bridge_lab
-    attachment.attach(lab.bridge, lab.switch, mode="xdp")
-    daemon()
-    before = counters(lab)
-    assert lab.vm1.ping(lab.vm2.ip, count=5)
-    after = counters(lab)
-    assert delta(before, after, (lab.vm1.port, "xdp", "forward")) >= 4
-    lab.c2.run("ping", "-c1", "-b", "-W", "1", "10.200.0.255", check=False)
-    final = counters(lab)
-    assert delta(after, final, (lab.c2.port, "xdp", "broadcast")) >= 1
+    accelerate(lab, daemon, mode="xdp")
+    with counting(lab) as added:
+        assert lab.vm1.ping(lab.vm2.ip, count=5)
+    assert added.get((lab.vm1.port, "xdp", "forward"), 0) >= 4
+    with counting(lab) as added:
+        lab.c2.run("ping", "-c1", "-b", "-W", "1", "10.200.0.255", check=False)
+    assert added.get((lab.c2.port, "xdp", "broadcast"), 0) >= 1
 
 
 @pytest.mark.root
@@ -147,8 +134,7 @@ def test_an_egress_qdisc_is_honoured_by_the_tc_fast_path(bridge_lab, daemon):
         "latency",
         "50ms",
     )
-    attachment.attach(lab.bridge, lab.switch, mode="tc")
-    daemon()
+    accelerate(lab, daemon, mode="tc")
     ports = {p["port"]: p for p in state.show(lab.bridge, lab.switch)[0]["ports"]}
     assert ports[lab.c1.port]["peer_redirect"] and not ports[lab.c2.port]["peer_redirect"]
     assert lab.c1.ping(lab.c2.ip)

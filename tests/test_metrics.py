@@ -27,12 +27,18 @@ def scrape(reader):
     return registry, collector
 
 
+def scrape_after_pings(lab, mode, count=3):
+    """The lab's bridge attached in `mode`, `count` pings c1 -> c2 through it, then one scrape
+    of its pinned maps (the registry)."""
+    attachment.attach(lab.bridge, lab.switch, mode=mode)
+    assert lab.c1.ping(lab.c2.ip, count=count)
+    return scrape(PinnedMapReader(lab.bridge, lab.switch))[0]
+
+
 @pytest.mark.root
 def test_counters_follow_real_traffic(two_containers):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch, mode="xdp")
-    assert lab.c1.ping(lab.c2.ip, count=5)
-    registry, _ = scrape(PinnedMapReader(lab.bridge, lab.switch))
+    registry = scrape_after_pings(lab, "xdp", count=5)
     b = bridge_label(lab.bridge, lab.switch)
     # one scrape for all three: frames keep coming (ARP, IPv6) between scrapes
     samples = [s for metric in registry.collect() for s in metric.samples]
@@ -62,9 +68,7 @@ def test_counters_follow_real_traffic(two_containers):
 @pytest.mark.root
 def test_no_mac_and_no_cpu_in_any_label(two_containers):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch)
-    assert lab.c1.ping(lab.c2.ip)
-    registry, _ = scrape(PinnedMapReader(lab.bridge, lab.switch))
+    registry = scrape_after_pings(lab, "auto")
     text = generate_latest(registry).decode()
     assert lab.c1.mac not in text and lab.c2.mac not in text
     assert "cpu=" not in text
@@ -83,9 +87,7 @@ def test_a_bridge_that_cannot_be_read_counts_an_error_and_the_scrape_goes_on():
 @pytest.mark.root
 def test_promtool_accepts_the_exposition(two_containers):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch, mode="xdp+tc")
-    assert lab.c1.ping(lab.c2.ip)
-    registry, _ = scrape(PinnedMapReader(lab.bridge, lab.switch))
+    registry = scrape_after_pings(lab, "xdp+tc")
     res = subprocess.run(["promtool", "check", "metrics"], input=render(registry), capture_output=True)
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -156,9 +158,7 @@ def test_the_fast_writer_says_what_prometheus_client_says_including_odd_names():
 @pytest.mark.root
 def test_the_fast_writer_matches_on_a_real_scrape(two_containers):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch, mode="xdp+tc")
-    assert lab.c1.ping(lab.c2.ip)
-    registry, _ = scrape(PinnedMapReader(lab.bridge, lab.switch))
+    registry = scrape_after_pings(lab, "xdp+tc")
     families = list(registry.collect())  # one reading, written twice
     volatile = {"xdpbr_scrape_duration_seconds", "xdpbr_heartbeat_age_seconds"}
     fast = [s for s in parsed(render(Families(families)).decode()) if s[0] not in volatile]

@@ -11,7 +11,7 @@ import pytest
 
 from control import attachment, state
 from loader.netns import entered
-from tests.helpers import WAIT_S, wait_for, xdpbr
+from tests.helpers import WAIT_S, accelerate, wait_for, xdpbr
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir("/proc/sys/net/bridge"), reason="br_netfilter is not loaded: bridges call no ip hooks"
@@ -125,8 +125,7 @@ def test_a_rule_naming_another_bridge_holds_nothing_and_a_drop_policy_holds_all(
 @pytest.mark.root
 def test_the_daemon_honours_a_rule_added_and_removed_on_one_port(two_containers, daemon):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch, mode="tc")
-    daemon()
+    accelerate(lab, daemon, mode="tc")
     bridge_rule(lab, "guard", "forward", "iifname", lab.c1.port, "udp", "dport", "7100", "drop")
 
     def held():
@@ -172,8 +171,7 @@ def test_the_bridges_own_nf_call_option_calls_the_family_with_the_sysctl_off(two
 @pytest.mark.root
 def test_a_bridge_family_prerouting_rule_on_one_port_holds_it_while_traffic_flows(two_containers, daemon):
     lab = two_containers
-    attachment.attach(lab.bridge, lab.switch, mode="tc")
-    daemon()
+    accelerate(lab, daemon, mode="tc")
     background = subprocess.Popen(  # bounded: 200 pings over ~2 s
         ["ip", "netns", "exec", lab.c1.netns, "ping", "-q", "-c", "200", "-i", "0.01", "-W", "1", lab.c2.ip],
         stdout=subprocess.PIPE,

@@ -150,15 +150,13 @@ sys.exit(0 if len(fds) == queues and set(domains) == {44} else 3)
 
 @pytest.mark.root
 def test_the_printed_launcher_hands_qemu_one_af_xdp_socket_per_queue(two_containers, daemon, tmp_path):
-    from control import attachment
     from control.broker import socket_path
-    from tests.helpers import ROOT, wait_for, xdpbr
+    from tests.helpers import ROOT, accelerate, wait_for, xdpbr
 
     lab = two_containers
     endpoints.add(lab.bridge, lab.switch, "vm1", mac=AFXDP["mac"], queues=2)
     try:
-        attachment.attach(lab.bridge, lab.switch)
-        daemon()
+        accelerate(lab, daemon)
         assert wait_for(lambda: os.path.exists(socket_path(lab.bridge, lab.switch)), timeout=5)
         stand_in = tmp_path / "qemu-system-x86_64"
         stand_in.write_text(f"#!{sys.executable}\n{STAND_IN}")

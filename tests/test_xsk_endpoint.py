@@ -8,7 +8,7 @@ import pytest
 
 from loader.packets import csum16, ether, ipv4, mac, udp4
 from loader.xsk_endpoint import AfxdpEndpoint
-from tests.helpers import wait_for
+from tests.helpers import accelerate, wait_for
 
 GUEST_MAC, GUEST_IP = "52:54:00:00:00:51", "10.200.0.51"
 PEER_MAC, PEER_IP = "02:00:00:00:00:61", "10.200.0.61"
@@ -118,7 +118,7 @@ def guests(two_containers, daemon):
     that got their sockets from the daemon's broker; TAP endpoint vm3 opened as QEMU does."""
     import os
 
-    from control import attachment, endpoints
+    from control import endpoints
     from control.broker import request, socket_path
     from loader.tap import TapEndpoint
 
@@ -131,8 +131,7 @@ def guests(two_containers, daemon):
             made.append(name)
         lab.guests["vm3"] = TapEndpoint("vm3", lab.switch)  # the persistent TAP, by name: carrier
         lab.wait_forwarding()
-        attachment.attach(lab.bridge, lab.switch)
-        daemon()
+        accelerate(lab, daemon)
         sock = socket_path(lab.bridge, lab.switch)
         assert wait_for(lambda: os.path.exists(sock)), "no broker socket"
         for name, guest_mac, ip in (("vm1", G1, IP1), ("vm2", G2, IP2)):
