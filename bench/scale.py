@@ -34,9 +34,8 @@ import tempfile
 import time
 
 from bench.control_plane import learn_lag
-from bench.figures import figure
 from bench.scenario import Scenario
-from bench.veth import GENERATOR_CPU, SWITCH_CPU
+from bench.veth import GENERATOR_CPU, SWITCH_CPU, loop_figure
 from control import attachment
 from control.session import Session
 from loader.netns import entered
@@ -153,15 +152,7 @@ class ScaleLoop(Scenario):
         LAYOUTS[layout] says."""
         mac = LAYOUTS[layout]
         self.loop.spread([mac(k) for k in range(destinations)] if destinations > 1 else [])
-        w = self.loop.measure(self.traffic(size), window, busy_cpu=SWITCH_CPU)
-        return figure(
-            w.rate,
-            w.cpu_busy[SWITCH_CPU],
-            in_flight=w.in_flight,
-            lost=w.lost,
-            attempts=w.attempts,
-            source_cpu_busy=w.cpu_busy[GENERATOR_CPU],
-        )
+        return loop_figure(self.loop.measure(self.traffic(size), window, busy_cpu=SWITCH_CPU))
 
     def sync_lag(self, destinations, samples=LAG_SAMPLES, size=60):
         """Milliseconds from a new MAC's first frame to its fast-path FDB entry, `xdpbr daemon`

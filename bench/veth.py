@@ -27,7 +27,7 @@ from testbed.napi import pin_napi_threads
 from testbed.sources import open_source
 from testbed.trafficgen import Traffic, attach_program, attach_sinks
 
-__all__ = ["GENERATOR_CPU", "PATHS", "SWITCH_CPU", "VethPath", "pin_napi_threads"]
+__all__ = ["GENERATOR_CPU", "PATHS", "SWITCH_CPU", "VethPath", "loop_figure", "pin_napi_threads"]
 
 # path -> (what it is, xdpbr mode or None)
 PATHS = {
@@ -42,6 +42,18 @@ PATHS = {
 PER_CALL = 1_000_000  # live frames: ~0.2-0.3 s flat out, amortises the ~30 ms a call costs
 GENERATOR_CPU, SWITCH_CPU = 0, 1
 GENERATORS = ("live", "packet", "bounce")
+
+
+def loop_figure(w):
+    """The figure of a closed-loop window (testbed.bounceloop.Window)."""
+    return figure(
+        w.rate,
+        w.cpu_busy[SWITCH_CPU],
+        in_flight=w.in_flight,
+        lost=w.lost,
+        attempts=w.attempts,
+        source_cpu_busy=w.cpu_busy[GENERATOR_CPU],
+    )
 
 
 def open_loop_window(programs, send):
@@ -122,15 +134,7 @@ class VethPath(Scenario):
         traffic = self.traffic(size)
         if self.loop:
             kwargs = {"in_flight": in_flight} if in_flight else {}
-            w = self.loop.measure(traffic, window, busy_cpu=SWITCH_CPU, **kwargs)
-            return figure(
-                w.rate,
-                w.cpu_busy[SWITCH_CPU],
-                in_flight=w.in_flight,
-                lost=w.lost,
-                attempts=w.attempts,
-                source_cpu_busy=w.cpu_busy[GENERATOR_CPU],
-            )
+            return loop_figure(self.loop.measure(traffic, window, busy_cpu=SWITCH_CPU, **kwargs))
         gen = open_source(self.generator, self.programs, self.gen.netns, self.gen.ifname, traffic)
         per_call = {"per_call": PER_CALL} if self.generator == "live" else {}
         try:
