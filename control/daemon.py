@@ -275,7 +275,7 @@ class Daemon:
             if not workers or listener.failure:
                 continue
             try:
-                fingerprint = netfilter.fingerprint(netns)
+                fingerprint = netfilter.fingerprint(netns, listener.fingerprint)
                 if not listener.rules_dirty and fingerprint == listener.fingerprint:
                     continue
                 listener.rules_dirty, listener.fingerprint = False, fingerprint
@@ -339,6 +339,9 @@ class Daemon:
                         self.guarded(worker, worker.on_messages, msgs, received_ns)
             self.check_listeners()
             now = time.monotonic()
+            if now >= next_rules:
+                next_rules = now + NETFILTER_CHECK_S
+                self.check_rules()  # before the reconciles: a changed rule applies now, not a wake-up later
             for worker in list(self.workers.values()):
                 self.guarded(worker, worker.reconcile_if_needed)
             for i, (interval, method) in enumerate(periodic):
@@ -346,9 +349,6 @@ class Daemon:
                     due[i] = now + interval
                     for worker in list(self.workers.values()):
                         self.guarded(worker, getattr(worker, method.__name__))
-            if now >= next_rules:
-                next_rules = now + NETFILTER_CHECK_S
-                self.check_rules()
             if now >= next_scan:
                 next_scan = now + PIN_SCAN_S
                 for worker in list(self.workers.values()):
