@@ -31,9 +31,10 @@ def decide(s, ports, snap=None):
     return nfsnapshot.decide(snap, s.bridge.name, ports, nfsnapshot.bridge_options(s.ipr, s.bridge.name))
 
 
-def fingerprint(netns):
-    """Cheap: equal answers, same legacy rules and sysctls (nft changes arrive as events)."""
-    return nfsnapshot.fingerprint(netns)
+def fingerprint(netns, previous=None):
+    """Cheap: equal answers, same legacy rules and sysctls (nft changes arrive as events);
+    `previous`, the namespace's last answer, saves work."""
+    return nfsnapshot.fingerprint(netns, previous)
 
 
 def _path(bridge, netns):

@@ -200,3 +200,23 @@ def test_snapshot_and_decision_follow_the_bridge_option(ns):
     assert nfsnapshot.fingerprint(ns) != before
     d = nfsnapshot.decide(nfsnapshot.read(ns), "br0", ["vnet3", "vnet4"], options)
     assert d.held() == []
+
+
+def test_fingerprint_with_its_previous_answer_notices_a_same_size_replacement(ns):
+    # the daemon's poll passes its last answer to skip walking the entries: a rule replaced by
+    # one of the same size (only the entries change, not GET_INFO) must still move it
+    run(ns, "iptables-legacy", "-A", "FORWARD", "-s", "10.0.0.1", "-j", "ACCEPT")
+    run(ns, "ip", "link", "set", "lo", "up")
+    run(ns, "iptables-legacy", "-A", "OUTPUT", "-j", "ACCEPT")
+    with entered(ns):
+        first = xtables.fingerprint("ip")
+        run(ns, "ping", "-c", "2", "-i", "0.2", "127.0.0.1")  # counters move, rules do not
+        again = xtables.fingerprint("ip", first)
+        assert again == first and again["filter"] is first["filter"]
+        run(ns, "iptables-legacy", "-R", "FORWARD", "1", "-s", "10.0.0.2", "-j", "ACCEPT")
+        replaced = xtables.fingerprint("ip", again)
+        assert len(replaced["filter"].masked) == len(first["filter"].masked)
+        assert replaced != first and replaced == xtables.fingerprint("ip")
+    before = nfsnapshot.fingerprint(ns)
+    run(ns, "iptables-legacy", "-R", "FORWARD", "1", "-s", "10.0.0.3", "-j", "ACCEPT")
+    assert nfsnapshot.fingerprint(ns, before) != before
