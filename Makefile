@@ -36,8 +36,11 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# every figure to docs/benchmarks.json (and the chart), then the table of that run
 bench: setup $(OVS_STAMP)
-	$(VENV)/bin/xdpbr bench --png docs/benchmarks.png
+	$(VENV)/bin/xdpbr -j bench --png docs/benchmarks.png > docs/benchmarks.json.new
+	mv docs/benchmarks.json.new docs/benchmarks.json
+	$(PY) -m bench.report docs/benchmarks.json
 
 # Open vSwitch (Debian's 3.1 is built with AF_XDP) for the afxdp-loop comparison: its libraries
 # from apt, the package itself only unpacked into .venv/ovs, so no OVS service is installed or

@@ -272,3 +272,11 @@ def table(results):
         for t in results["targets"]:
             lines.append(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # `python -m bench.report FILE.json`: the table of a saved run
+    import json
+    import sys
+
+    with open(sys.argv[1]) as f:
+        print(table(json.load(f)))
