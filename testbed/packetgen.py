@@ -78,7 +78,7 @@ class PacketFrames:
         with entered(netns):  # a socket belongs to the namespace it is created in
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: sends only
         self.sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
-        # room for a whole closed-loop seed of 1514 B frames (255 x ~2.3 KB of truesize): the
+        # room for a whole closed-loop fill of 1514 B frames (255 x ~2.3 KB of truesize): the
         # seeded skbs stay charged to this socket while they circulate (see MSG_DONTWAIT)
         self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SEND_BUFFER)
         self.sock.bind((ifname, 0))
