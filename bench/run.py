@@ -431,6 +431,21 @@ def run(scenarios, rounds, window, tcp_seconds, flows, choice, destinations=1024
     return results
 
 
+def unwind_on_sigterm(pid):
+    """A SIGTERM handler that unwinds this process like an exception (every path removes its
+    namespaces), and only this one. pyroute2 forks a child to open a netlink socket in a
+    namespace and stops it with SIGTERM; the child inherits this handler, and unwinding there
+    ran the finally blocks of a copy of this process: it deleted the namespaces of every path
+    built so far, under the running benchmark (seen as namespaces vanishing mid-run)."""
+
+    def handler(signum, frame):
+        if os.getpid() != pid:
+            os._exit(128 + signum)
+        sys.exit(128 + signum)
+
+    return handler
+
+
 def check_scenarios(names):
 
     unknown = [n for n in names if n not in SCENARIOS]
@@ -466,7 +481,7 @@ def command(args):
     from testbed.sources import choose
 
     # a SIGTERM (timeout, systemd) unwinds like an exception: every path removes its namespaces
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    signal.signal(signal.SIGTERM, unwind_on_sigterm(os.getpid()))
 
     choice = choose(getattr(args, "generator", "auto"))  # probes live frames once
     instance.select(INSTANCE)

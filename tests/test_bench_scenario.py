@@ -41,3 +41,33 @@ def test_a_scenario_is_a_context_manager():
     with Steps(2, undone):
         pass
     assert undone == [1, 0]
+
+
+def test_sigterm_unwinds_the_benchmark_but_not_a_forked_child(tmp_path):
+    """pyroute2 forks children and stops them with SIGTERM: a child that unwound would run the
+    benchmark's finally blocks and delete its namespaces under it."""
+    import os
+    import signal
+
+    import pytest
+
+    from bench.run import unwind_on_sigterm
+
+    handler = unwind_on_sigterm(os.getpid())
+    with pytest.raises(SystemExit):
+        handler(signal.SIGTERM, None)
+    marker, (r, w) = tmp_path / "unwound", os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGTERM, handler)
+        try:
+            os.write(w, b"x")
+            signal.pause()
+        finally:
+            marker.write_text("the child ran the parent's clean-up")
+        os._exit(0)
+    os.read(r, 1)
+    os.kill(pid, signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGTERM
+    assert not marker.exists()
