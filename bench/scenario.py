@@ -8,6 +8,7 @@ failure while building closes what was built and re-raises, so a half-built scen
 nothing behind.
 """
 
+import abc
 import os
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def start_daemon():
     )
 
 
-class Scenario:
+class Scenario(abc.ABC):
     """Subclasses set what _build needs, then call `super().__init__(prefix, *args)`, which
     builds through `_build(*args)`. `prefix` names the lab's namespaces; None: no lab (a
     scenario of several labs registers each one's close in the journal)."""
@@ -47,8 +48,10 @@ class Scenario:
             self.close()
             raise
 
+    @abc.abstractmethod
     def _build(self, *args):
-        raise NotImplementedError
+        """Build the scenario: the lab's topology, programs attached, daemons started, each
+        change that close() must undo pushed onto self.undo."""
 
     def start_daemon(self):
         """start_daemon() as self.daemon; close() stops whichever one runs then (a scenario may
