@@ -12,6 +12,13 @@ def summary(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+def nearest_rank(ordered, q):
+    """The q-th percentile (q in %, 99.9 allowed) of sorted, non-empty `ordered`, by nearest
+    rank: the value at ceil(q% of n), counting from 1."""
+    index = max(0, -(-int(q * 1000) * len(ordered) // 100_000) - 1)
+    return ordered[min(index, len(ordered) - 1)]
+
+
 def figure(rate, busy, offered=None, in_flight=None, **extra):
     """One measured figure as the JSON reports it."""
     out = {"rate": rate, "cpu_busy": busy}

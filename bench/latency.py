@@ -51,6 +51,7 @@ import sys
 import threading
 import time
 
+from bench.figures import nearest_rank
 from bench.scenario import Scenario
 from control import attachment
 from loader import attach as at
@@ -141,11 +142,9 @@ def percentiles(samples_ns):
     if not ordered:
         return {"p50_us": None, "p99_us": None, "p999_us": None}
 
-    def rank(q):
-        index = max(0, -(-int(q * 1000) * len(ordered) // 100_000) - 1)  # ceil(q% of n) - 1
-        return ordered[min(index, len(ordered) - 1)] / 1000
-
-    return {"p50_us": rank(50), "p99_us": rank(99), "p999_us": rank(99.9)}
+    return {
+        f"p{name}_us": nearest_rank(ordered, q) / 1000 for name, q in (("50", 50), ("99", 99), ("999", 99.9))
+    }
 
 
 def _tc_sink(programs, netns, ifname):

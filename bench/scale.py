@@ -34,6 +34,7 @@ import tempfile
 import time
 
 from bench.control_plane import learn_lag
+from bench.figures import nearest_rank
 from bench.scenario import Scenario
 from bench.veth import GENERATOR_CPU, SWITCH_CPU, loop_figure
 from control import attachment
@@ -76,12 +77,6 @@ def _batch(tool, netns, lines):
         subprocess.run([tool, "-n", netns, "-batch", f.name], check=True, capture_output=True)
     finally:
         os.unlink(f.name)
-
-
-def p99(values):
-    """Nearest-rank 99th percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, -(-len(ordered) * 99 // 100) - 1)]
 
 
 class ScaleLoop(Scenario):
@@ -193,7 +188,7 @@ def lag_summary(lags):
         return {"median": None, "p99": None, "max": None, "n": 0, "missed": len(lags)}
     return {
         "median": statistics.median(seen),
-        "p99": p99(seen),
+        "p99": nearest_rank(sorted(seen), 99),
         "max": max(seen),
         "n": len(seen),
         "missed": len(lags) - len(seen),
