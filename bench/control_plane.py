@@ -2,11 +2,9 @@
 bridge learns a MAC the fast path has it (the daemon running, as in production), and how long
 `xdpbr show` and `xdpbr stats` take from the shell on that bridge."""
 
-import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 from bench.scenario import ROOT, Scenario
@@ -17,19 +15,18 @@ from loader import bpfsys
 from loader.layouts import FdbEntry
 from loader.netns import entered
 from testbed.frames import udp_frame
+from testbed.lab import batch
 
 
 def add_veth_ports(lab, count):
     """`count` veth pairs, one end of each a port of the lab's bridge (one `ip -batch`)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".ip", delete=False) as batch:
-        for i in range(count):
-            batch.write(f"link add p{i} type veth peer q{i}\n")
-            batch.write(f"link set p{i} master {lab.bridge} up\n")
-            batch.write(f"link set q{i} up\n")
-    try:
-        subprocess.run(["ip", "-n", lab.switch, "-batch", batch.name], check=True, capture_output=True)
-    finally:
-        os.unlink(batch.name)
+    batch(
+        "ip",
+        lab.switch,
+        [f"link add p{i} type veth peer q{i}" for i in range(count)]
+        + [f"link set p{i} master {lab.bridge} up" for i in range(count)]
+        + [f"link set q{i} up" for i in range(count)],
+    )
 
 
 def learn_lag(sock, session, frame, mac, timeout=2.0):

@@ -29,8 +29,6 @@ Also measured on the xdpbr bridge, as issue 11 asks:
 import os
 import socket
 import statistics
-import subprocess
-import tempfile
 import time
 
 from bench.control_plane import learn_lag
@@ -42,7 +40,7 @@ from control.session import Session
 from loader.netns import entered
 from testbed.bounceloop import BounceLoop
 from testbed.frames import udp_frame
-from testbed.lab import sh
+from testbed.lab import batch, sh
 from testbed.napi import pin_napi_threads
 from testbed.trafficgen import Traffic
 
@@ -69,16 +67,6 @@ def one_port_mac(k):
 LAYOUTS = {"spread": destination_mac, "one-port": one_port_mac}
 
 
-def _batch(tool, netns, lines):
-    """`tool -n NETNS -batch` of `lines` (one process for thousands of commands)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".batch", delete=False) as f:
-        f.write("\n".join(lines) + "\n")
-    try:
-        subprocess.run([tool, "-n", netns, "-batch", f.name], check=True, capture_output=True)
-    finally:
-        os.unlink(f.name)
-
-
 class ScaleLoop(Scenario):
     """A 64-port bridge with 4,096 static entries, the closed loop from port 0 through it, in
     namespaces of its own; `mode` None is the Linux bridge, else the xdpbr mode attached."""
@@ -96,18 +84,18 @@ class ScaleLoop(Scenario):
             sh("ip", "netns", "exec", self.hosts, "sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1")
         self.receivers = [f"r{i}" for i in range(1, PORTS)]
         names = ["snd", *self.receivers]
-        _batch(
+        batch(
             "ip",
             lab.switch,
             [f"link add p{i} type veth peer {name} netns {self.hosts}" for i, name in enumerate(names)]
             + [f"link set p{i} master {lab.bridge} up" for i in range(PORTS)],
         )
-        _batch(
+        batch(
             "ip",
             self.hosts,
             [f"link set snd address {SENDER_MAC}"] + [f"link set {name} up" for name in names],
         )
-        _batch(
+        batch(
             "bridge",
             lab.switch,
             [f"fdb replace {SENDER_MAC} dev p0 master static"]

@@ -11,6 +11,7 @@ import secrets
 import select
 import subprocess
 import sys
+import tempfile
 import time
 
 from control import attachment, config
@@ -27,6 +28,16 @@ def sh(*argv, check=True, netns=None):
     if check and res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {res.stderr.strip()}")
     return res.stdout
+
+
+def batch(tool, netns, lines):
+    """`tool -n NETNS -batch` of `lines` (ip or bridge): one process for thousands of commands."""
+    with tempfile.NamedTemporaryFile("w", suffix=".batch", delete=False) as f:
+        f.write("\n".join(lines) + "\n")
+    try:
+        subprocess.run([tool, "-n", netns, "-batch", f.name], check=True, capture_output=True)
+    finally:
+        os.unlink(f.name)
 
 
 class Host:
