@@ -48,12 +48,16 @@ NETLINK_RECYCLE_S = 60.0  # Session.reopen_netlink: bounds what pyroute2 keeps p
 PIN_SCAN_S = 0.5
 LISTENER_RETRY_S = 1.0  # a namespace's event readers that keep failing are retried this often
 ATTACH_RETRY_S = 30.0  # a configured bridge that failed to attach is tried again this often
+MAX_SLEEP_S = 0.5  # the loop's longest wait for an event or a signal's WAKE
+WAKE = ("wake",)  # put by a signal handler: the loop looks at its flags now
 
 
 class Daemon:
     def __init__(self, cfg=None):
         self.config = cfg or config.Config()
-        self.events = queue.Queue()
+        # (netns, messages or None for a resync, received_ns), or WAKE; SimpleQueue's put is
+        # safe from a signal handler, which wakes the loop with WAKE
+        self.events = queue.SimpleQueue()
         self.workers = {}
         self.listeners = {}
         self.unadoptable = {}  # (bridge, netns) -> the error already logged
@@ -279,7 +283,7 @@ class Daemon:
             if not workers or listener.failure:
                 continue
             try:
-                fingerprint = netfilter.fingerprint(netns, listener.fingerprint)
+                fingerprint = netfilter.fingerprint(netns, listener.fingerprint, listener.kept)
                 if not listener.rules_dirty and fingerprint == listener.fingerprint:
                     continue
                 listener.rules_dirty, listener.fingerprint = False, fingerprint
@@ -329,11 +333,15 @@ class Daemon:
         while not self.stopping:
             if self.reload_requested:
                 self.reload()
+            # sleep until an event or the next periodic step, no longer (a signal's flag is
+            # seen within MAX_SLEEP_S); a fixed 0.1 s tick cost ~0.1 % of a core doing nothing
+            wait = min(next_rules, next_scan, *due) - time.monotonic()
             try:
-                netns, msgs, received_ns = self.events.get(timeout=0.1)
+                event = self.events.get(timeout=min(max(wait, 0.001), MAX_SLEEP_S))
             except queue.Empty:
-                pass
-            else:
+                event = WAKE
+            if event is not WAKE:
+                netns, msgs, received_ns = event
                 for (_, ns), worker in list(self.workers.items()):
                     if ns != netns:
                         continue
@@ -401,9 +409,11 @@ def main(once=False, metrics=None, config_path=None):
 
     def stop(signum, frame):
         daemon.stopping = True
+        daemon.events.put(WAKE)
 
     def reload(signum, frame):
         daemon.reload_requested = True
+        daemon.events.put(WAKE)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -1,6 +1,7 @@
 """What the daemon listens to in one network namespace: its link, FDB and nftables events."""
 
 from loader import events
+from loader.netns import KeptFiles
 
 
 class NamespaceEvents:
@@ -12,6 +13,7 @@ class NamespaceEvents:
         self.netns = netns
         self.rules_dirty = True  # read the rules at the next check
         self.fingerprint = None  # of the legacy tables and sysctls at the last read
+        self.kept = KeptFiles(netns)  # what the rules' poll reads, open in the namespace
 
         def deliver(msgs, received_ns):
             queue_.put((netns, msgs, received_ns))
@@ -34,3 +36,4 @@ class NamespaceEvents:
     def stop(self):
         for reader in self.readers:
             reader.stop()
+        self.kept.close()

@@ -31,10 +31,11 @@ def decide(s, ports, snap=None):
     return nfsnapshot.decide(snap, s.bridge.name, ports, nfsnapshot.bridge_options(s.ipr, s.bridge.name))
 
 
-def fingerprint(netns, previous=None):
+def fingerprint(netns, previous=None, kept=None):
     """Cheap: equal answers, same legacy rules and sysctls (nft changes arrive as events);
-    `previous`, the namespace's last answer, saves work."""
-    return nfsnapshot.fingerprint(netns, previous)
+    `previous`, the namespace's last answer, and `kept`, the files a poller keeps open in it
+    (netns.KeptFiles), save work."""
+    return nfsnapshot.fingerprint(netns, previous, kept)
 
 
 def _path(bridge, netns):

@@ -29,13 +29,17 @@ class Snapshot:
     digests: dict  # {("legacy", family, table) | ("nft",): digest}: equal digests, equal rules
 
 
-def _sysctl_on(name):
-    # /proc/sys/net is the opening thread's namespace; br_netfilter's sysctls are per namespace
+def _sysctl_on(name, kept=None):
+    # /proc/sys/net is the opening thread's namespace; br_netfilter's sysctls are per namespace.
+    # Absent: br_netfilter not loaded, so no bridge calls a netfilter family.
+    path = f"/proc/sys/net/bridge/bridge-nf-call-{name}"
+    if kept is not None:
+        return (kept.read(path) or "").strip() == "1"
     try:
-        with open(f"/proc/sys/net/bridge/bridge-nf-call-{name}") as f:
+        with open(path) as f:
             return f.read().strip() == "1"
     except OSError:
-        return False  # br_netfilter not loaded: no bridge calls a netfilter family
+        return False
 
 
 def read(netns=None):
@@ -76,15 +80,23 @@ def decide(snapshot, bridge, ports, options):
     return nfpolicy.decide(bridge, ports, calls, snapshot.tables, snapshot.unreadable)
 
 
-def fingerprint(netns=None, previous=None):
+def fingerprint(netns=None, previous=None, kept=None):
     """Legacy tables' content (counters zeroed) and the sysctls, cheaply: compare two results to
     know whether to re-read. `previous`, this namespace's last answer, makes it cheaper (see
-    xtables.table_print), not different. Does not cover nftables."""
+    xtables.table_print), not different; so does `kept` (netns.KeptFiles of `netns`, which a
+    poller keeps between calls). Does not cover nftables."""
     previous = previous or {}
+    if kept is not None:
+        kept.check()
+        return _fingerprint(previous, kept)
     with entered(netns):
-        out = {n: _sysctl_on(n) for n in SYSCTLS}
-        for family in ("ip", "ip6", "arp"):
-            out[family] = xtables.fingerprint(family, previous.get(family))
-        # legacy ebtables appearing (its module autoloaded by a first rule) holds every bridge
-        out["ebtables"] = xtables.ebtables_status()[0]
+        return _fingerprint(previous, None)
+
+
+def _fingerprint(previous, kept):
+    out = {n: _sysctl_on(n, kept) for n in SYSCTLS}
+    for family in ("ip", "ip6", "arp"):
+        out[family] = xtables.fingerprint(family, previous.get(family), kept)
+    # legacy ebtables appearing (its module autoloaded by a first rule) holds every bridge
+    out["ebtables"] = xtables.ebtables_status()[0]
     return out

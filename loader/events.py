@@ -3,7 +3,9 @@
 One class serves link events (ports joining, leaving, changing) and FDB events: the daemon runs
 one of each per namespace. The thread opens its socket itself and closes it when it ends. A
 netlink socket cannot be shut down (EOPNOTSUPP) and closing it under a blocked recv() does not
-wake the reader, so reads time out every STOP_POLL_S and stop() is noticed within that.
+wake the reader, so the thread polls the socket together with an eventfd that stop() writes:
+no timeout wakes an idle reader (a daemon has three per namespace; with a 0.5 s timeout, the
+wake-ups of 10 namespaces' readers cost ~0.2 % of a core).
 
 A reader that stops on its own (its namespace deleted, the socket failing with anything but an
 overrun) records why in `failure`; the owner restarts it with a full resync, since events were
@@ -11,6 +13,8 @@ lost meanwhile. An overrun (ENOBUFS) is delivered as `None`: resync everything.
 """
 
 import errno
+import os
+import select
 import socket
 import struct
 import threading
@@ -65,20 +69,30 @@ class EventReader(threading.Thread):
     """Reads one kind of RTNL event of one namespace; deliver(messages, received_ns) gets each
     datagram's messages, or (None, 0) after an overrun."""
 
-    STOP_POLL_S = 0.5
-
     def __init__(self, kind, netns, deliver):
         super().__init__(daemon=True, name=f"{kind}-events-{netns or 'default'}")
         self.kind, self.netns, self.deliver = kind, netns, deliver
         self.ready = threading.Event()  # subscribed (or failed to): events after it are seen
         self.alive = True
         self.failure = None  # why the reader stopped on its own
+        # stop() writes it; only the thread closes it, under the lock, so stop() never writes
+        # to a closed (or reused) descriptor
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._wake_lock = threading.Lock()
 
     def run(self):
+        try:
+            self._subscribe_and_read()
+        finally:
+            with self._wake_lock:
+                os.close(self._wake)
+                self._wake = None
+
+    def _subscribe_and_read(self):
         protocol, group, rcvbuf, parse = KINDS[self.kind]
         try:
             sock = rtnl.subscribe(group, self.netns, rcvbuf, protocol)
-            sock.settimeout(self.STOP_POLL_S)
+            sock.setblocking(False)
         except Exception as exc:  # noqa: BLE001 - a namespace gone, fds exhausted: reported, not raised
             self.failure = f"cannot subscribe: {exc}"
             self.alive = False
@@ -91,11 +105,17 @@ class EventReader(threading.Thread):
             sock.close()
 
     def _read(self, sock, parse):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        poller.register(self._wake, select.POLLIN)
         while self.alive:
             try:
+                poller.poll()
+                if not self.alive:
+                    return
                 msgs = parse(sock.recv(1 << 20))
-            except TimeoutError:
-                continue
+            except BlockingIOError:
+                continue  # the eventfd, or a datagram another wake-up took
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
                     self.deliver(None, 0)
@@ -115,6 +135,9 @@ class EventReader(threading.Thread):
 
     def stop(self):
         self.alive = False
+        with self._wake_lock:
+            if self._wake is not None:
+                os.eventfd_write(self._wake, 1)
 
 
 def start(kind, netns, deliver, timeout=5.0):

@@ -117,3 +117,66 @@ def current_inode():
 def nsenter_prefix(path):
     """argv prefix that runs a tool inside the namespace at `path` (a /run/netns or /proc file)."""
     return ["nsenter", f"--net={path}", "--"]
+
+
+class KeptFiles:
+    """Files and sockets opened inside one network namespace and kept open. An open /proc/net or
+    /proc/sys/net file, like a socket, stays bound to the namespace it was opened in, so reading
+    it again needs neither setns (~20 us) nor open (~20 us a file): most of what a daemon's poll
+    of many namespaces costs besides the kernel's own work. The namespace is entered only to
+    open what is not open yet (a file that did not exist: a module loaded since). A name whose
+    namespace was deleted and made again gets fresh files (`check`)."""
+
+    def __init__(self, name):
+        self.name = check_name(name)
+        self.files = {}  # path -> open file
+        self.sockets = {}  # (family, type, proto) -> socket
+        self.identity = self._identity()
+
+    def _identity(self):
+        if not self.name:
+            return None
+        try:
+            st = os.stat(netns_path(self.name))
+        except FileNotFoundError:
+            return None  # check() says so
+        return (st.st_dev, st.st_ino)
+
+    def check(self):
+        """Drop everything when the name now means another namespace; raise NotFound when it
+        means none."""
+        check_exists(self.name)
+        identity = self._identity()
+        if identity != self.identity:
+            self.close()
+            self.identity = identity
+
+    def read(self, path):
+        """The text of `path` inside the namespace, or None where it does not exist."""
+        kept = self.files.get(path)
+        if kept is not None:
+            try:
+                kept.seek(0)
+                return kept.read()
+            except OSError:  # its module went away: open it again, or find it gone
+                self.files.pop(path).close()
+        try:
+            with entered(self.name):
+                kept = open(path)  # noqa: SIM115 - kept open on purpose
+        except FileNotFoundError:
+            return None
+        self.files[path] = kept
+        return kept.read()
+
+    def socket(self, family, type_, proto):
+        key = (family, type_, proto)
+        if key not in self.sockets:
+            with entered(self.name):
+                self.sockets[key] = socket.socket(family, type_, proto)
+        return self.sockets[key]
+
+    def close(self):
+        for kept in [*self.files.values(), *self.sockets.values()]:
+            kept.close()
+        self.files.clear()
+        self.sockets.clear()

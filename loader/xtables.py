@@ -184,14 +184,19 @@ class Table:
         return next((c for c in self.chains if c.name == name), None)
 
 
-def table_names(family):
-    """Names of the tables loaded in this namespace (none when the family's module is absent)."""
+def table_names(family, kept=None):
+    """Names of the tables loaded in this namespace (none when the family's module is absent);
+    with `kept` (netns.KeptFiles), in that one's namespace, through its kept file."""
     path = f"/proc/thread-self/net/{FAMILIES[family].names_file}"
-    try:
-        with open(path) as f:
-            return [line.strip() for line in f if line.strip()]
-    except FileNotFoundError:
-        return []
+    if kept is not None:
+        text = kept.read(path) or ""
+    else:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except FileNotFoundError:
+            text = ""
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _getsockopt(fd, fam, opt, buf, what):
@@ -203,27 +208,34 @@ def _getsockopt(fd, fam, opt, buf, what):
     return size.value
 
 
-def read_raw(family, name):
-    """(valid_hooks, hook_entry, underflow, entries blob) of one loaded table."""
+def read_raw(family, name, kept=None):
+    """(valid_hooks, hook_entry, underflow, entries blob) of one loaded table; with `kept`
+    (netns.KeptFiles), in that one's namespace, through its kept socket."""
     fam = FAMILIES[family]
+    if kept is not None:
+        return _read_raw(fam, name, kept.socket(fam.sock, socket.SOCK_RAW, socket.IPPROTO_RAW))
+    with socket.socket(fam.sock, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+        return _read_raw(fam, name, s)
+
+
+def _read_raw(fam, name, s):
     nhooks = len(fam.hooks)
     info_fmt = f"={XT_TABLE_MAXNAMELEN}sI{nhooks}I{nhooks}III"
-    with socket.socket(fam.sock, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
-        info = ctypes.create_string_buffer(name.encode(), struct.calcsize(info_fmt))
-        _getsockopt(s.fileno(), fam, fam.get_info, info, name)
-        fields = struct.unpack(info_fmt, info.raw)
-        valid, hook_entry = fields[1], fields[2 : 2 + nhooks]
-        underflow, size = fields[2 + nhooks : 2 + 2 * nhooks], fields[-1]
-        # struct ipt_get_entries: name[32], u32 size, then entries aligned to 8
-        head = 40
-        # one bytearray the kernel writes into: a 5,000-rule table is ~2.5 MB, copied once
-        buf = bytearray(head + size)
-        struct.pack_into(f"={XT_TABLE_MAXNAMELEN}sI", buf, 0, name.encode(), size)
-        cbuf = (ctypes.c_char * len(buf)).from_buffer(buf)
-        # a table replaced between the two calls answers EAGAIN: the caller reads again
-        _getsockopt(s.fileno(), fam, fam.get_entries, cbuf, name)
-        del cbuf
-        return valid, hook_entry, underflow, bytes(memoryview(buf)[head:])
+    info = ctypes.create_string_buffer(name.encode(), struct.calcsize(info_fmt))
+    _getsockopt(s.fileno(), fam, fam.get_info, info, name)
+    fields = struct.unpack(info_fmt, info.raw)
+    valid, hook_entry = fields[1], fields[2 : 2 + nhooks]
+    underflow, size = fields[2 + nhooks : 2 + 2 * nhooks], fields[-1]
+    # struct ipt_get_entries: name[32], u32 size, then entries aligned to 8
+    head = 40
+    # one bytearray the kernel writes into: a 5,000-rule table is ~2.5 MB, copied once
+    buf = bytearray(head + size)
+    struct.pack_into(f"={XT_TABLE_MAXNAMELEN}sI", buf, 0, name.encode(), size)
+    cbuf = (ctypes.c_char * len(buf)).from_buffer(buf)
+    # a table replaced between the two calls answers EAGAIN: the caller reads again
+    _getsockopt(s.fileno(), fam, fam.get_entries, cbuf, name)
+    del cbuf
+    return valid, hook_entry, underflow, bytes(memoryview(buf)[head:])
 
 
 def _cstr(raw):
@@ -371,6 +383,9 @@ class Print:
     info: tuple  # (valid_hooks, hook_entry, underflow)
     counters: tuple
     masked: bytes
+    # the entries as read, counters and all: while no rule counts a frame (most of them, most
+    # of the time) the next read is equal to it, and one memcmp replaces the masking
+    raw: bytes = dataclasses.field(default=b"", compare=False, repr=False)
 
 
 def _counter_offsets(fam, blob):
@@ -393,29 +408,33 @@ def _masked(blob, counters):
     return bytes(data)
 
 
-def table_print(family, name, previous=None):
+def table_print(family, name, previous=None, kept=None):
     """The Print of one loaded table. `previous` (this table's last Print) saves walking the
     entries: its counter offsets are tried first. That is exact, not a heuristic: the
     next_offset fields lie outside the counters, so a blob equal to the previous one outside
-    the previous counters walks through the same entries, and so has the same counters."""
+    the previous counters walks through the same entries, and so has the same counters.
+    `kept` (netns.KeptFiles): read in that one's namespace."""
     fam = FAMILIES[family]
-    valid, hook_entry, underflow, blob = read_raw(family, name)
+    valid, hook_entry, underflow, blob = read_raw(family, name, kept)
     info = (valid, tuple(hook_entry), tuple(underflow))
     if previous is not None and previous.info == info and len(previous.masked) == len(blob):
+        if blob == previous.raw:
+            return previous
         masked = _masked(blob, previous.counters)
         if masked == previous.masked:
-            return previous
+            return dataclasses.replace(previous, raw=blob)  # equal to previous: same rules
     counters = _counter_offsets(fam, blob)
     if counters is None:  # cannot be masked: never equal, so the caller reads it in full
         return Print(info, (), blob + os.urandom(16))
-    return Print(info, counters, _masked(blob, counters))
+    return Print(info, counters, _masked(blob, counters), blob)
 
 
-def fingerprint(family, previous=None):
+def fingerprint(family, previous=None, kept=None):
     """A cheap change detector for a daemon's poll, without building Rule objects:
-    {table: Print} of the loaded tables; `previous` is the last answer for this namespace."""
+    {table: Print} of the loaded tables; `previous` is the last answer for this namespace;
+    `kept` (netns.KeptFiles) reads that one's namespace without entering it."""
     previous = previous or {}
-    return {name: table_print(family, name, previous.get(name)) for name in table_names(family)}
+    return {name: table_print(family, name, previous.get(name), kept) for name in table_names(family, kept)}
 
 
 @functools.cache

@@ -14,7 +14,7 @@ from pyroute2 import IPRoute
 
 from control import nfsnapshot
 from loader import nftables, xtables
-from loader.netns import entered
+from loader.netns import KeptFiles, entered
 
 pytestmark = pytest.mark.root
 
@@ -212,7 +212,8 @@ def test_fingerprint_with_its_previous_answer_notices_a_same_size_replacement(ns
         first = xtables.fingerprint("ip")
         run(ns, "ping", "-c", "2", "-i", "0.2", "127.0.0.1")  # counters move, rules do not
         again = xtables.fingerprint("ip", first)
-        assert again == first and again["filter"] is first["filter"]
+        # equal, and its counters found where the previous answer had them (no new walk)
+        assert again == first and again["filter"].counters is first["filter"].counters
         run(ns, "iptables-legacy", "-R", "FORWARD", "1", "-s", "10.0.0.2", "-j", "ACCEPT")
         replaced = xtables.fingerprint("ip", again)
         assert len(replaced["filter"].masked) == len(first["filter"].masked)
@@ -220,3 +221,28 @@ def test_fingerprint_with_its_previous_answer_notices_a_same_size_replacement(ns
     before = nfsnapshot.fingerprint(ns)
     run(ns, "iptables-legacy", "-R", "FORWARD", "1", "-s", "10.0.0.3", "-j", "ACCEPT")
     assert nfsnapshot.fingerprint(ns, before) != before
+
+
+def test_a_poll_through_kept_files_sees_what_a_fresh_read_sees(ns):
+    # the daemon keeps the names files, the sysctls and a raw socket open in each namespace;
+    # read from its own namespace they must still answer for the one they were opened in
+    run(ns, "iptables-legacy", "-A", "FORWARD", "-s", "10.0.0.1", "-j", "ACCEPT")
+    kept = KeptFiles(ns)
+    try:
+        first = nfsnapshot.fingerprint(ns, None, kept)
+        assert first == nfsnapshot.fingerprint(ns) and first["ip"]["filter"].counters
+        run(ns, "iptables-legacy", "-R", "FORWARD", "1", "-s", "10.0.0.2", "-j", "ACCEPT")
+        replaced = nfsnapshot.fingerprint(ns, first, kept)
+        assert replaced != first and replaced == nfsnapshot.fingerprint(ns)
+        run(ns, "ip6tables-legacy", "-A", "FORWARD", "-j", "DROP")  # a table that was not there
+        added = nfsnapshot.fingerprint(ns, replaced, kept)
+        assert added["ip6"] != replaced["ip6"] and added == nfsnapshot.fingerprint(ns)
+        if os.path.exists("/proc/sys/net/bridge"):
+            was = added["iptables"]
+            run(ns, "sysctl", "-qw", f"net.bridge.bridge-nf-call-iptables={0 if was else 1}")
+            flipped = nfsnapshot.fingerprint(ns, added, kept)
+            assert flipped["iptables"] is not was and flipped == nfsnapshot.fingerprint(ns)
+        assert set(kept.files) and set(kept.sockets)
+    finally:
+        kept.close()
+    assert not kept.files and not kept.sockets
