@@ -2,9 +2,11 @@
 (rings, no syscall per frame), next to tap-loop in the same run.
 
 The kernel feeds endpoint A (live-frames XDP_TX into a veth whose peer runs the XSKMAP
-program: what the bridge sends to the VM); a Python process on CPU 1 relays in batches, RX of
-socket A to TX of socket B: the two share one UMEM (XDP_SHARED_UMEM), so the loop moves
-descriptors and copies no frame; an XDP sink counts what leaves B at the far end of B's veth.
+program: what the bridge sends to the VM; or, without live frames, the closed loop: what B
+sends is bounced into A again, bench/taps.py RelayLoop); a Python process on CPU 1 relays in
+batches, RX of socket A to TX of socket B: the two share one UMEM (XDP_SHARED_UMEM), so the
+loop moves descriptors and copies no frame; an XDP sink (or the bouncer) counts what leaves B
+at the far end of B's veth.
 """
 
 import select
@@ -19,14 +21,16 @@ from testbed.trafficgen import attach_program
 RING = 16384
 
 
-def build_endpoint_veths(ns, programs, undo):
+def build_endpoint_veths(path):
     """The generator's veth ga with endpoint A's side xa, and endpoint B's side xb with the
-    sink's veth gb (XDP sink attached, undone through `undo`)."""
+    sink's veth gb (XDP sink attached), in path.ns."""
+    ns = path.ns
     for gen, endpoint in (("ga", "xa"), ("gb", "xb")):
         sh("ip", "-n", ns, "link", "add", gen, "type", "veth", "peer", endpoint)
         for ifname in (gen, endpoint):
             sh("ip", "-n", ns, "link", "set", ifname, "up")
-    undo.push(attach_program(ns, "gb", programs.sink.fd))
+    path.attach_sink("gb")
+    path.source_ifname = "ga"
     # The sink is the measurement, not the relay's work: frames B sends reach gb as skbs that
     # veth copies into page-pool pages for XDP (skb_pp_cow_data); in softirq on the relay's
     # CPU that took a third of it (perf). tap-loop's sink runs inline in writev() but costs
@@ -70,9 +74,8 @@ class AfxdpLoop(RelayLoop):
         self.redirect = XskRedirect()
         self.undo.push(self.redirect.close)
         self.ns = ns = self.lab.netns("xsk")
-        build_endpoint_veths(ns, self.programs, self.undo)
+        build_endpoint_veths(self)
         self.undo.push(attach_program(ns, "xa", self.redirect.prog.fd))
-        self.source_ifname = "ga"
 
     def relay(self, deadline):
         return relay(self.ns, self.redirect, deadline)

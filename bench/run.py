@@ -26,8 +26,10 @@ Scenarios (all of them when none is named):
 Frame-rate scenarios always include `bridge`, the baseline every ratio is taken against.
 
 Traffic sources (`--generator`, testbed/sources.py): live frames where the kernel allows them;
-else (`auto`) a closed loop through the switch (testbed/bounceloop.py) for the veth paths'
-capacity figures and AF_PACKET for rate-bounded traffic (restart, the relays' feed). Every
+else (`auto`) a closed loop (testbed/bounceloop.py) through the switch for the veth paths'
+capacity figures, and through the relay itself for the relays' feed (tap-loop, afxdp-loop,
+ovs-afxdp: what endpoint B delivers is sent into endpoint A again); AF_PACKET for rate-bounded
+traffic (restart, the latency background). Every
 figure carries `cpu_busy` (the CPU that runs the path under test), `offered` (open loop) or
 `in_flight` (closed loop), and `generator_bound` where that CPU had time to spare or an
 open-loop figure came within 10 % of its offer: such a figure measures the source, not the
@@ -109,10 +111,10 @@ def frame_paths(scenarios, flows, choice):
         names.append("limit")
     paths = [(n, lambda n=n, i=i: VethPath(n, i, flows, choice.capacity)) for i, n in enumerate(names)]
 
-    def fed(cls):  # the relays' feed: an open-loop source that outruns a Python relay
+    def fed(cls):  # the relays' feed: live frames, or the closed loop through the relay itself
         def make():
             path = cls()
-            path.feed = choice.rate_bounded
+            path.feed = choice.capacity
             return path
 
         return make

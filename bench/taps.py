@@ -4,7 +4,9 @@ driven from Python.
 tap-loop  two TAP endpoints joined by a userspace relay like QEMU's main loop: poll, read a
           frame from one, writev it into the other, stop reading while the other says EAGAIN.
           The kernel feeds the first TAP (live-frames XDP_TX into it: what the host sends to
-          the VM) and an XDP sink counts at the second (it sees what userspace writes).
+          the VM) and an XDP sink counts at the second (it sees what userspace writes); or,
+          without live frames, the bouncer at the second redirects each frame into the first
+          TAP's queue again (a closed loop through the relay: RelayLoop).
 vm        the same two TAP endpoints as bridge ports: a writer process plays guest A writing
           into its TAP, the bridge (plain or accelerated by xdpbr) forwards, a reader plays
           guest B reading its TAP. Guest to guest, as with two QEMUs on one host.
@@ -13,16 +15,18 @@ The userspace side runs in a child process on its own CPU (a QEMU is a process o
 it is bounded in time and reports its count through a pipe.
 """
 
+import contextlib
 import os
 import select
 import time
 
 from bench.figures import figure
 from bench.scenario import Scenario
-from bench.veth import GENERATOR_CPU, SWITCH_CPU, open_loop_window
+from bench.veth import GENERATOR_CPU, SWITCH_CPU, loop_figure, open_loop_window
 from control import attachment
 from loader.tap import VNET_HDR_LEN, TapEndpoint, VnetHdr
 from testbed import cpustat
+from testbed.bounceloop import BounceLoop
 from testbed.frames import udp_frame
 from testbed.lab import sh
 from testbed.sources import open_source
@@ -91,16 +95,29 @@ def relay(src, dst, deadline):
 
 class RelayLoop(Scenario):
     """Kernel -> endpoint A -> a Python relay in a child process -> endpoint B -> XDP sink.
-    Subclasses build with the bench programs, set ns and source_ifname (where the generator
-    sends), and give relay(deadline) -> frames relayed, run in the child. `feed` is the
-    open-loop source (live or packet: testbed.sources), set by whoever builds the path."""
+    Subclasses build with the bench programs, set ns, source_ifname (where the generator
+    sends) and sink_ifname (where the sink counts), and give relay(deadline) -> frames relayed,
+    run in the child. `feed`, set by whoever builds the path: an open-loop source (live or
+    packet: testbed.sources), or `bounce`, the closed loop: the bouncer takes the sink's place
+    and sends every frame that endpoint B delivered into endpoint A again (out of
+    source_ifname), so the relay is fed by its own output, as fast as it moves frames, with
+    `in_flight` frames and exact loss accounting (testbed/bounceloop.py). The bouncer's work
+    runs on the generator's CPU (veth) or inside the relay's writev (TAP: one ptr_ring
+    enqueue into TAP A, as the sink's was)."""
 
     RATE = 2_000_000  # offered frames/s: more than any Python relay moves
     SETTLE_S = 0.3  # the child sets up its sockets before frames come
+    LOOP_MARGIN_S = 1.0  # the child outlives a closed-loop window's fill, warm-up and drain
+    VETH = True  # the endpoints' far ends are veths (BounceLoop pins their NAPI)
+    KICK_FRAMES = 0  # a relay that holds frames when the loop stops: BounceLoop.drain
     feed = "live"
+    loop = None
+    _sink_detach = None
 
     def measure(self, size, window, warmup=0.5):
         traffic = Traffic(GUEST_B, GUEST_A, IP_B, IP_A, size=size)  # the host sends to guest A
+        if self.feed == "bounce":
+            return self._closed_loop(traffic, window)
         gen = open_source(self.feed, self.programs, self.ns, self.source_ifname, traffic)
         wait = _in_child(SWITCH_CPU, self.SETTLE_S + warmup + window, self.relay)
         try:
@@ -113,6 +130,37 @@ class RelayLoop(Scenario):
         self.after_round()
         return fig
 
+    def attach_sink(self, ifname):
+        """The XDP sink on `ifname`, where what endpoint B sends arrives."""
+        self.sink_ifname = ifname
+        self._sink_detach = attach_program(self.ns, ifname, self.programs.sink.fd)
+        self.undo.push(self._detach_sink)
+
+    def _detach_sink(self):
+        if self._sink_detach:
+            self._sink_detach()
+            self._sink_detach = None
+
+    def _closed_loop(self, traffic, window):
+        if self.loop is None:
+            self._detach_sink()  # the bouncer takes its place (the sink is not used with this feed)
+            ends = (self.source_ifname, self.sink_ifname)
+            self.loop = BounceLoop(self.programs, self.ns, *ends, cpu=GENERATOR_CPU, veth=self.VETH)
+            self.loop.kick_frames = self.KICK_FRAMES
+            self.undo.push(self.loop.close)
+
+        @contextlib.contextmanager
+        def relay_running():
+            wait = _in_child(SWITCH_CPU, self.SETTLE_S + window + self.LOOP_MARGIN_S, self.relay)
+            try:
+                time.sleep(self.SETTLE_S)
+                yield
+            finally:
+                wait()
+                self.after_round()
+
+        return loop_figure(self.loop.measure(traffic, window, busy_cpu=SWITCH_CPU, around=relay_running))
+
     def after_round(self):
         pass
 
@@ -121,6 +169,7 @@ class TapLoop(RelayLoop):
     """Kernel -> TAP A -> Python relay (read, writev) -> TAP B -> XDP sink."""
 
     name = "tap-loop"
+    VETH = False
 
     def __init__(self):
         self.taps = []
@@ -133,7 +182,7 @@ class TapLoop(RelayLoop):
             self.undo.push(self.taps[-1].close)
             # a queue as deep as the AF_XDP loop's rings: the generator sends in bursts
             sh("ip", "-n", self.ns, "link", "set", ifname, "txqueuelen", "16384", "up")
-        self.undo.push(attach_program(self.ns, "tapb", self.programs.sink.fd))
+        self.attach_sink("tapb")
         self.source_ifname = "tapa"
 
     def relay(self, deadline):

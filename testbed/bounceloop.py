@@ -31,6 +31,7 @@ Robustness:
 - Bounded: a window is `seconds` long, the drain waits at most DRAIN_S.
 """
 
+import contextlib
 import ctypes
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ DEFAULT_IN_FLIGHT = 224
 BUSY_ENOUGH = 0.90
 DRAIN_S = 1.0
 LOSS_TOLERATED = 0  # frames a valid window may lose
+KICKS = 4  # drain(): rounds of kick frames, each at most 32 of a relay's held frames released
 
 
 class BounceConfig(ctypes.Structure):
@@ -95,10 +97,13 @@ class BounceLoop:
     list, as in the scale scenario where the switch spreads the loop over many ports): attaches
     the bouncer to each receiver (XDP and TC), pins the receivers' NAPI to `cpu`."""
 
-    def __init__(self, programs, netns, sender, receivers, cpu=0):
+    def __init__(self, programs, netns, sender, receivers, cpu=0, veth=True):
+        """`veth=False`: the sender and receivers are TAPs (the tap-loop relay's), which have
+        no NAPI to pin and whose offloads belong to the fd's owner."""
         self.programs, self.netns, self.sender = programs, netns, sender
         receivers = [receivers] if isinstance(receivers, str) else list(receivers)
         self.destinations = 0
+        self.kick_frames = 0  # drain(): frames a kick sends (relays that hold frames: 8)
         self.undo = Journal()
         try:
             self.sender_ifindex = existing_index(netns, sender)
@@ -122,12 +127,14 @@ class BounceLoop:
                 at.add_clsact(ipr, index)
                 self.undo.push(lambda index=index: at.del_clsact(ipr, index))
                 at.attach_tc(ipr, index, receiver, programs.tc_bounce.fd)
-                pin_napi_threads(netns, receiver, cpu)
-            # tc_bounce sends skbs out of the sender; veth hands them to the port's NAPI (the
-            # switch's CPU) only if they are GRO-eligible, which a TSO-capable sender's are not:
-            # they would go through netif_rx on the CPU that sent them, and the whole loop
-            # would stay there
-            sh("ip", "netns", "exec", netns, "ethtool", "-K", sender, "tso", "off")
+                if veth:
+                    pin_napi_threads(netns, receiver, cpu)
+            if veth:
+                # tc_bounce sends skbs out of the sender; veth hands them to the port's NAPI (the
+                # switch's CPU) only if they are GRO-eligible, which a TSO-capable sender's are
+                # not: they would go through netif_rx on the CPU that sent them, and the whole
+                # loop would stay there
+                sh("ip", "netns", "exec", netns, "ethtool", "-K", sender, "tso", "off")
             self.configure(drain=1)  # nothing circulates until a window fills the loop
         except BaseException:
             self.undo.rollback()
@@ -159,10 +166,27 @@ class BounceLoop:
             total.injected += v.injected
         return total
 
-    def drain(self):
-        """Stop the loop; returns the frames taken out (waits until none arrive, at most DRAIN_S)."""
+    def drain(self, traffic=None):
+        """Stop the loop; returns the frames taken out (waits until none arrive, at most DRAIN_S).
+        With `traffic` and `kick_frames` set, it then sends KICKS rounds of kick_frames frames
+        through the loop (they are drained too, and not counted): a relay that transmits only
+        when it has new frames to send (Open vSwitch: each sendto() moves at most 32 of its TX
+        ring's frames in copy mode) still holds frames when the loop stops, and would release
+        them into the next window (negative loss there, loss here)."""
         start = self.counts().drained
         self.configure(drain=1)
+        self._until_quiet()
+        if traffic is not None and self.kick_frames:
+            kicker = PacketFrames(self.netns, self.sender, traffic)
+            try:
+                for _ in range(KICKS):
+                    start += kicker.send(self.kick_frames, deadline=time.monotonic() + 0.2)
+                    self._until_quiet()
+            finally:
+                kicker.close()
+        return self.counts().drained - start
+
+    def _until_quiet(self):
         deadline, last, stable_since = time.monotonic() + DRAIN_S, -1, time.monotonic()
         while time.monotonic() < deadline:
             now = self.counts().drained
@@ -171,7 +195,6 @@ class BounceLoop:
             elif time.monotonic() - stable_since > 0.05:
                 break
             time.sleep(0.01)
-        return self.counts().drained - start
 
     def fill(self, traffic, in_flight=DEFAULT_IN_FLIGHT, inject_loss=0):
         """Start the loop from empty with `in_flight` frames of `traffic`; returns how many were
@@ -194,7 +217,7 @@ class BounceLoop:
         c0, s0, t0 = self.counts().bounced, cpustat.snapshot(), time.monotonic()
         time.sleep(seconds)
         c1, s1, t1 = self.counts().bounced, cpustat.snapshot(), time.monotonic()
-        drained = self.drain()
+        drained = self.drain(traffic)
         return Window(
             rate=(c1 - c0) / (t1 - t0),
             in_flight=seeded,
@@ -204,7 +227,14 @@ class BounceLoop:
         )
 
     def measure(
-        self, traffic, seconds, in_flight=DEFAULT_IN_FLIGHT, attempts=3, busy_cpu=None, inject_loss=0
+        self,
+        traffic,
+        seconds,
+        in_flight=DEFAULT_IN_FLIGHT,
+        attempts=3,
+        busy_cpu=None,
+        inject_loss=0,
+        around=contextlib.nullcontext,
     ):
         """A valid window, at most `attempts` windows; the last one is returned either way (its
         `lost`, `cpu_busy` and `attempts` say). A window is valid when it lost no frames (after
@@ -212,9 +242,12 @@ class BounceLoop:
         when that CPU was at least BUSY_ENOUGH busy: otherwise the loop was bound by its own
         latency (both sides waiting on NAPI wake-ups, the frames bunched in one train) and
         measured itself, not the switch; a fresh fill bunches them differently. `inject_loss`
-        frames are dropped in the first window (tests)."""
+        frames are dropped in the first window (tests). `around()`, a context manager, is
+        entered around each window (fill to drain): the relays run their userspace side in
+        it."""
         for attempt in range(1, attempts + 1):
-            w = self.window(traffic, in_flight, seconds, inject_loss=inject_loss if attempt == 1 else 0)
+            with around():
+                w = self.window(traffic, in_flight, seconds, inject_loss=inject_loss if attempt == 1 else 0)
             w.attempts = attempt
             if w.lost > LOSS_TOLERATED:
                 in_flight = max(8, in_flight * 3 // 4)

@@ -6,8 +6,9 @@ packet  PacketFrames (testbed/packetgen.py): AF_PACKET, ~0.56 Mframes/s: rate-bo
 bounce  BounceLoop (testbed/bounceloop.py): a closed loop through the switch, seeded by
         AF_PACKET: capacity figures without live frames (veth paths only).
 `auto` probes live frames once: live where the kernel allows them, else the loop for capacity
-figures and AF_PACKET for rate-bounded scenarios and for feeding the userspace relays (which
-move ~0.2 Mframes/s: AF_PACKET outruns them).
+figures and for feeding the userspace relays (bench/taps.py RelayLoop: the loop runs through
+the relay; AF_PACKET's ~0.3-0.5 Mframes/s fed them less than they move) and AF_PACKET for
+rate-bounded scenarios.
 """
 
 from dataclasses import asdict, dataclass
@@ -23,8 +24,8 @@ GENERATORS = ("auto", "live", "packet", "bounce")
 @dataclass
 class Choice:
     requested: str
-    capacity: str  # the veth paths' frame rates: live, bounce or packet
-    rate_bounded: str  # restart, the relays' feed: live or packet
+    capacity: str  # the veth paths' frame rates and the relays' feed: live, bounce or packet
+    rate_bounded: str  # restart, the latency background: live or packet
     live_frames: str  # "allowed", or the kernel's refusal
 
     def as_dict(self):

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from loader import bpfsys
-from testbed.bounceloop import BounceLoop
+from testbed.bounceloop import KICKS, BounceLoop
 from testbed.lab import Lab, sh
 from testbed.packetgen import PacketFrames, flow_frames
 from testbed.trafficgen import BenchPrograms, LiveFrames, Traffic, attach_program
@@ -172,6 +172,36 @@ def test_frames_lost_from_the_loop_are_counted(loop):
     w = loop.measure(traffic, 0.2, in_flight=32, attempts=2, inject_loss=3)
     assert loop.counts().injected - first == 3
     assert (w.attempts, w.in_flight, w.lost) == (2, 24, 0)
+
+
+@pytest.mark.root
+def test_kick_frames_that_flush_a_relay_are_drained_but_not_counted(loop):
+    # OVS holds frames in its TX ring until it has more to send: the drain sends kick frames
+    # round (drained, like the loop's) and must not count them as the loop's
+    traffic = Traffic(**TRAFFIC, size=60)
+    loop.kick_frames = 8
+    try:
+        before = loop.counts()
+        w = loop.window(traffic, in_flight=32, seconds=0.2, warmup=0.1)
+        assert (w.in_flight, w.lost) == (32, 0)
+        assert loop.counts().drained - before.drained == 32 + KICKS * 8
+    finally:
+        loop.kick_frames = 0
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("relay", ["tap-loop", "afxdp-loop"])
+def test_a_relay_fed_by_the_closed_loop_carries_every_frame_round(relay):
+    # the relays' feed without live frames: the bouncer sends what endpoint B delivered into
+    # endpoint A again, so the relay (a child process) is fed by its own output
+    from bench.afxdp import AfxdpLoop
+    from bench.taps import TapLoop
+
+    with {"tap-loop": TapLoop, "afxdp-loop": AfxdpLoop}[relay]() as path:
+        path.feed = "bounce"
+        fig = path.measure(60, 0.5)
+    assert (fig["in_flight"], fig["lost"]) == (224, 0)
+    assert fig["rate"] > 50_000  # the relays move hundreds of thousands a second here
 
 
 def _tx_packets(lab, port):
