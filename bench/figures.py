@@ -30,8 +30,18 @@ def figure(rate, busy, offered=None, in_flight=None, **extra):
     return out | extra
 
 
+def load_text(fig):
+    """What loaded the path: an open-loop offer, frames in a closed loop, or what a vm guest
+    wrote (its writev runs the path: no offer from outside it)."""
+    if "offered" in fig:
+        return f"offered {fig['offered'] / 1e6:.2f}"
+    if "written" in fig:
+        return f"written {fig['written'] / 1e6:.2f}"
+    return f"{fig['in_flight']:.0f} in flight"
+
+
 def describe(fig):
-    load = f"offered {fig['offered'] / 1e6:.2f}" if "offered" in fig else f"{fig['in_flight']} in flight"
+    load = load_text(fig)
     lost = f", {fig['lost']} lost" if fig.get("lost") else ""
     bound = ", generator-bound" if fig["generator_bound"] else ""
     return f"{fig['rate'] / 1e6:7.3f} Mfps ({load}, CPU {fig['cpu_busy']:.0%} busy{lost}{bound})"
@@ -41,13 +51,15 @@ def summarise(figures):
     """Median, min, max of the rates, with the medians of what describes them."""
     out = summary([f["rate"] for f in figures])
     out["cpu_busy"] = statistics.median(f["cpu_busy"] for f in figures)
-    if all("offered" in f for f in figures):
-        out["offered"] = statistics.median(f["offered"] for f in figures)
+    for key in ("offered", "written"):
+        if all(key in f for f in figures):
+            out[key] = statistics.median(f[key] for f in figures)
     if all("in_flight" in f for f in figures):
         out["in_flight"] = statistics.median(f["in_flight"] for f in figures)
         out["lost"] = sum(f.get("lost", 0) for f in figures)
-    if any("source_cpu_busy" in f for f in figures):
-        out["source_cpu_busy"] = statistics.median(f.get("source_cpu_busy", 0) for f in figures)
+    for key in ("source_cpu_busy", "reader_cpu_busy"):
+        if any(key in f for f in figures):
+            out[key] = statistics.median(f.get(key, 0) for f in figures)
     out["generator_bound"] = out["cpu_busy"] < BUSY_ENOUGH or (
         "offered" in out and out["median"] >= NEAR_OFFER * out["offered"]
     )

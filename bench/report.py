@@ -8,7 +8,7 @@ ovs-afxdp (was 2.5 x tap-loop), 0 frames lost across restarts and a real upgrade
 whose map layout differs); the latency scenario's p99s; the control plane's as before.
 """
 
-from bench.figures import generator_line
+from bench.figures import generator_line, load_text
 
 GENERATOR_BOUND = " (generator-bound: not a capacity)"
 
@@ -124,9 +124,10 @@ def targets(results):
 def _frame_lines(size, row):
     lines = ["", f"{size} B frames     Mframes/s (min-max)      vs bridge   load          CPU busy"]
     for name, r in row.items():
-        load = f"{r['offered'] / 1e6:6.2f} Mfps" if "offered" in r else f"{r['in_flight']:4.0f} in flight"
+        load = f"{load_text(r):>13}"
         mark = "  generator-bound: not a capacity" if r["generator_bound"] else ""
         extra = f"   {r['vs_vm_bridge']:.2f} x vm-bridge" if "vs_vm_bridge" in r else ""
+        extra += f", {r['vs_vm_limit']:.2f} x vm-limit" if "vs_vm_limit" in r else ""
         extra += f"   {r['vs_tap_loop']:.2f} x tap-loop" if "vs_tap_loop" in r else ""
         extra += f", {r['vs_ovs_afxdp']:.2f} x ovs-afxdp" if "vs_ovs_afxdp" in r else ""
         lines.append(

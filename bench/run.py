@@ -132,7 +132,7 @@ def frame_paths(scenarios, flows, choice):
         else:
             paths.append(("ovs-afxdp", fed(ovs.OvsAfxdpLoop)))
     if "vm" in scenarios:
-        paths += [("vm-bridge", lambda: VmPath(None)), ("vm-auto", lambda: VmPath("auto"))]
+        paths += [(f"vm-{m or 'bridge'}", lambda m=m: VmPath(m)) for m in (None, "auto", "limit")]
     return paths
 
 
@@ -172,8 +172,9 @@ def run_frames(scenarios, rounds, window, flows, choice):
         if "ovs-afxdp" in row:
             row["afxdp-loop"]["vs_ovs_afxdp"] = row["afxdp-loop"]["median"] / row["ovs-afxdp"]["median"]
         if "vm-bridge" in row:
-            for name in ("vm-bridge", "vm-auto"):
+            for name in ("vm-bridge", "vm-auto", "vm-limit"):
                 row[name]["vs_vm_bridge"] = row[name]["median"] / row["vm-bridge"]["median"]
+            row["vm-auto"]["vs_vm_limit"] = row["vm-auto"]["median"] / row["vm-limit"]["median"]
         out[str(size)] = row
     return out
 

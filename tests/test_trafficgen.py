@@ -204,6 +204,20 @@ def test_a_relay_fed_by_the_closed_loop_carries_every_frame_round(relay):
     assert fig["rate"] > 50_000  # the relays move hundreds of thousands a second here
 
 
+@pytest.mark.root
+def test_the_vm_guests_write_through_the_bridge_and_read_what_arrives():
+    # bench/guest.c, compiled by the scenario: guest A writes into TAP A, the bridge forwards,
+    # guest B counts what reaches TAP B for it
+    from bench.taps import VmPath
+
+    with VmPath(None) as path:
+        fig = path.measure(60, 0.5, warmup=0.2)
+    assert fig["rate"] > 20_000
+    # guest B receives what guest A wrote (rates: a little jitter between the two clocks)
+    assert 0.5 * fig["written"] <= fig["rate"] <= 1.1 * fig["written"]
+    assert 0 < fig["cpu_busy"] <= 1
+
+
 def _tx_packets(lab, port):
     out = sh("ip", "-n", lab.switch, "-s", "-j", "link", "show", port)
     return json.loads(out)[0]["stats64"]["tx"]["packets"]
