@@ -2,8 +2,10 @@
 Debian, one stream): the Linux bridge and xdpbr in each mode."""
 
 import json
+import os
 
 from bench.scenario import Scenario
+from bench.veth import GENERATOR_CPU, SWITCH_CPU
 from control import attachment
 
 PORT = 5301
@@ -24,9 +26,13 @@ class TcpPath(Scenario):
         assert self.a.ping(self.b.ip), f"{self.name}: no connectivity"
 
     def measure(self, seconds):
-        """Gbit/s received by the server over one iperf3 run of `seconds`."""
+        """Gbit/s received by the server over one iperf3 run of `seconds`. The client runs on
+        GENERATOR_CPU, the server on SWITCH_CPU (`-A`): unpinned, the scheduler sometimes put
+        both on one CPU, and one path's runs spread over 16-20 Gbit/s."""
+        affinity = f"{GENERATOR_CPU},{SWITCH_CPU % os.cpu_count()}"
         with self.b.iperf3_server(PORT):
             res = self.a.run(
-                "iperf3", "-c", self.b.ip, "-p", str(PORT), "-t", str(seconds), "-J", timeout=seconds + 30
-            )
+                "iperf3", "-c", self.b.ip, "-p", str(PORT), "-t", str(seconds), "-A", affinity, "-J",
+                timeout=seconds + 30,
+            )  # fmt: skip
         return json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
