@@ -51,6 +51,7 @@ import time
 from bench.figures import describe, summarise
 from bench.report import table, targets
 from loader.errors import UsageError
+from testbed import cpustat
 
 SCENARIOS = (
     "bridge",
@@ -394,6 +395,12 @@ def run_scale(rounds, window, flows, destinations):
     }
 
 
+def _settle():
+    """Before a scenario: the host quiet (the kernel done with the last one's namespaces)."""
+    if cpustat.wait_quiet() is None:
+        _progress("the host did not go quiet within 20 s; measuring anyway")
+
+
 def run(scenarios, rounds, window, tcp_seconds, flows, choice, destinations=1024):
     results = {
         "generator": choice.as_dict(),
@@ -408,27 +415,36 @@ def run(scenarios, rounds, window, tcp_seconds, flows, choice, destinations=1024
     }
     frame_scenarios = {"bridge", "fastpath", "limit", "tap-loop", "afxdp-loop", "vm"} & set(scenarios)
     if frame_scenarios:
+        _settle()
         results["frames"] = run_frames(frame_scenarios, rounds, window, flows, choice)
     if "tcp" in scenarios:
+        _settle()
         results["tcp_seconds"] = tcp_seconds
         results["tcp_gbit_s"] = run_tcp(rounds, tcp_seconds)
     if "latency" in scenarios:
+        _settle()
         results["latency"] = run_latency(rounds, window, choice)
     if "control" in scenarios:
+        _settle()
         results["control"] = run_control(rounds)
     if "metrics" in scenarios:
+        _settle()
         from bench import metrics
 
         results["metrics"] = metrics.measure()
         m = results["metrics"]
         _progress(f"scrape of {m['ports']} ports: {m['scrape_ms']['median']:.1f} ms")
     if "restart" in scenarios:
+        _settle()
         results["restart"] = run_restart(rounds, choice)
     if "hotplug" in scenarios:
+        _settle()
         results["hotplug"] = run_hotplug()
     if "netfilter" in scenarios:
+        _settle()
         results["netfilter"] = run_netfilter(rounds)
     if "scale" in scenarios:
+        _settle()
         results["scale"] = run_scale(rounds, window, flows, destinations)
     results["targets"] = targets(results)
     return results

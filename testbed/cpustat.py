@@ -22,3 +22,21 @@ def busy(before, after):
         b0, t0 = before.get(cpu, (0, 0))
         out[cpu] = (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
     return out
+
+
+def wait_quiet(threshold=0.10, interval=0.25, max_s=20.0):
+    """Wait until no CPU is more than `threshold` busy over `interval`, at most `max_s`; returns
+    the seconds waited, or None if the host never went quiet. A benchmark calls it before it
+    measures: `ip netns del` returns before the kernel has torn the namespace down (cleanup_net
+    runs in a kworker, seconds for a lab of 64 or 1,000 veths), and that work would be charged
+    to whatever is measured next (one scrape of 1,000 ports' counters took 186 ms instead of
+    ~80 right after the 64-port labs were deleted)."""
+    import time
+
+    start = time.monotonic()
+    while time.monotonic() - start < max_s:
+        before = snapshot()
+        time.sleep(interval)
+        if max(busy(before, snapshot()).values(), default=0.0) < threshold:
+            return time.monotonic() - start
+    return None

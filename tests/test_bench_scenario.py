@@ -71,3 +71,11 @@ def test_sigterm_unwinds_the_benchmark_but_not_a_forked_child(tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGTERM
     assert not marker.exists()
+
+
+def test_wait_quiet_returns_when_the_cpus_are_quiet_and_gives_up_when_they_never_are():
+    from testbed import cpustat
+
+    waited = cpustat.wait_quiet(threshold=1.01, interval=0.05, max_s=1.0)  # nothing exceeds 101 %
+    assert waited is not None and waited < 0.5
+    assert cpustat.wait_quiet(threshold=0.0, interval=0.05, max_s=0.2) is None  # never below 0 %
