@@ -398,7 +398,7 @@ def run_scale(rounds, window, flows, destinations):
 def _settle():
     """Before a scenario: the host quiet (the kernel done with the last one's namespaces)."""
     if cpustat.wait_quiet() is None:
-        _progress("the host did not go quiet within 20 s; measuring anyway")
+        _progress("the host did not go quiet within 30 s; measuring anyway")
 
 
 def run(scenarios, rounds, window, tcp_seconds, flows, choice, destinations=1024):

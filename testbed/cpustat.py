@@ -24,19 +24,38 @@ def busy(before, after):
     return out
 
 
-def wait_quiet(threshold=0.10, interval=0.25, max_s=20.0):
-    """Wait until no CPU is more than `threshold` busy over `interval`, at most `max_s`; returns
-    the seconds waited, or None if the host never went quiet. A benchmark calls it before it
-    measures: `ip netns del` returns before the kernel has torn the namespace down (cleanup_net
-    runs in a kworker, seconds for a lab of 64 or 1,000 veths), and that work would be charged
-    to whatever is measured next (one scrape of 1,000 ports' counters took 186 ms instead of
-    ~80 right after the 64-port labs were deleted)."""
+def netns_cleanup_running():
+    """Whether a kworker is tearing a network namespace down now (its name shows the workqueue
+    it runs: "+netns" while it works, "-netns" once idle)."""
+    import glob
+
+    for path in glob.glob("/proc/[0-9]*/task/[0-9]*/comm"):
+        try:
+            with open(path) as f:
+                comm = f.read()
+        except OSError:
+            continue
+        if comm.startswith("kworker") and "+netns" in comm:
+            return True
+    return False
+
+
+def wait_quiet(threshold=0.10, interval=0.25, max_s=30.0, windows=4):
+    """Wait until no network namespace is being torn down and no CPU was more than `threshold`
+    busy over `windows` consecutive intervals, at most `max_s`; returns the seconds waited, or
+    None if the host never went quiet. A benchmark calls it before it measures: `ip netns del`
+    returns before the kernel has torn the namespace down (cleanup_net runs in a kworker for
+    seconds after a lab of 64 or 1,000 veths, mostly waiting for RCU, with bursts of work), and
+    that work was charged to whatever was measured next (one scrape of 1,000 ports' counters
+    took 131-250 ms instead of ~70 after the latency labs went)."""
     import time
 
-    start = time.monotonic()
+    start, quiet = time.monotonic(), 0
     while time.monotonic() - start < max_s:
         before = snapshot()
         time.sleep(interval)
-        if max(busy(before, snapshot()).values(), default=0.0) < threshold:
+        calm = max(busy(before, snapshot()).values(), default=0.0) < threshold
+        quiet = quiet + 1 if calm and not netns_cleanup_running() else 0
+        if quiet >= windows:
             return time.monotonic() - start
     return None

@@ -76,6 +76,8 @@ def test_sigterm_unwinds_the_benchmark_but_not_a_forked_child(tmp_path):
 def test_wait_quiet_returns_when_the_cpus_are_quiet_and_gives_up_when_they_never_are():
     from testbed import cpustat
 
-    waited = cpustat.wait_quiet(threshold=1.01, interval=0.05, max_s=1.0)  # nothing exceeds 101 %
-    assert waited is not None and waited < 0.5
+    # no CPU is ever 101 % busy: quiet after two windows, or once a namespace teardown that
+    # earlier tests started is over
+    waited = cpustat.wait_quiet(threshold=1.01, interval=0.05, max_s=30.0, windows=2)
+    assert waited is not None and waited >= 0.1
     assert cpustat.wait_quiet(threshold=0.0, interval=0.05, max_s=0.2) is None  # never below 0 %
