@@ -40,9 +40,9 @@ log = logging.getLogger("xdpbr.daemon")
 
 HEARTBEAT_S = 1.0
 AGING_REFRESH_S = 1.0
-# legacy tables are polled (a fingerprint of their rules: ~0.45 ms per 500, mostly the kernel's
-# IPT_SO_GET_ENTRIES) this often, so a
-# rule is honoured within 1 s; nftables changes arrive as notifications
+# legacy tables are polled this often (a fingerprint of their rules: ~0.3 ms per 500 rules,
+# mostly the kernel's IPT_SO_GET_ENTRIES), so a rule is honoured within 1 s; nftables changes
+# arrive as notifications
 NETFILTER_CHECK_S = 0.75
 NETLINK_RECYCLE_S = 60.0  # Session.reopen_netlink: bounds what pyroute2 keeps per request
 PIN_SCAN_S = 0.5

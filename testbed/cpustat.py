@@ -1,5 +1,8 @@
 """How busy each CPU was over an interval, from /proc/stat: where a benchmark's cost goes."""
 
+import glob
+import time
+
 
 def snapshot():
     """{cpu: (busy jiffies, total jiffies)} now."""
@@ -27,8 +30,6 @@ def busy(before, after):
 def netns_cleanup_running():
     """Whether a kworker is tearing a network namespace down now (its name shows the workqueue
     it runs: "+netns" while it works, "-netns" once idle)."""
-    import glob
-
     for path in glob.glob("/proc/[0-9]*/task/[0-9]*/comm"):
         try:
             with open(path) as f:
@@ -48,8 +49,6 @@ def wait_quiet(threshold=0.10, interval=0.25, max_s=30.0, windows=4):
     seconds after a lab of 64 or 1,000 veths, mostly waiting for RCU, with bursts of work), and
     that work was charged to whatever was measured next (one scrape of 1,000 ports' counters
     took 131-250 ms instead of ~70 after the latency labs went)."""
-    import time
-
     start, quiet = time.monotonic(), 0
     while time.monotonic() - start < max_s:
         before = snapshot()

@@ -3,8 +3,9 @@
 live    LiveFrames (testbed/trafficgen.py): BPF_PROG_RUN in live-frames mode, 5-9 Mframes/s
         from one CPU; refused by locked-down kernels (and before 5.18).
 packet  PacketFrames (testbed/packetgen.py): AF_PACKET, ~0.56 Mframes/s: rate-bounded use.
-bounce  BounceLoop (testbed/bounceloop.py): a closed loop through the switch, seeded by
-        AF_PACKET: capacity figures without live frames (veth paths only).
+bounce  BounceLoop (testbed/bounceloop.py): a closed loop through the switch (veth paths) or
+        through a relay (its TAP or AF_XDP endpoints), seeded by AF_PACKET: capacity figures
+        and the relays' feed without live frames.
 `auto` probes live frames once: live where the kernel allows them, else the loop for capacity
 figures and for feeding the userspace relays (bench/taps.py RelayLoop: the loop runs through
 the relay; AF_PACKET's ~0.3-0.5 Mframes/s fed them less than they move) and AF_PACKET for
