@@ -68,6 +68,7 @@ def two_containers(lab):
     lab.c1 = lab.container("c1")
     lab.c2 = lab.container("c2")
     lab.wait_forwarding()
+    lab.introduce(lab.c1, lab.c2)
     return lab
 
 
@@ -78,6 +79,7 @@ def bridge_lab(two_containers):
     lab.vm1 = lab.vm("vm1")
     lab.vm2 = lab.vm("vm2")
     lab.wait_forwarding()
+    lab.introduce(lab.c1, lab.vm1, lab.vm2)
     return lab
 
 

@@ -97,6 +97,7 @@ def test_an_ip6tables_rule_is_honoured(two_containers):
     lab = two_containers
     lab.set_nf_call(True)
     for host, addr in ((lab.c1, "fd00:77::1"), (lab.c2, "fd00:77::2")):
+        lab.enable_ipv6(host.netns, "eth0")
         subprocess.run(
             ["ip", "-n", host.netns, "addr", "add", f"{addr}/64", "dev", "eth0", "nodad"], check=True
         )

@@ -193,7 +193,7 @@ class Udp:
 def busy(two_containers):
     lab = two_containers
     assert xdpbr("-n", lab.switch, "attach", "br0", "--grace", "600").returncode == 0  # no daemon here
-    assert lab.c1.ping(lab.c2.ip)  # the bridge and the mirror know both stations
+    assert lab.c1.ping(lab.c2.ip)  # the fixture taught the bridge, so the mirror, both stations
     return lab
 
 
