@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
 	# pip trusts the system CA store (hosts behind a TLS-inspecting proxy add their CA there)
 	PIP_CERT=$${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt} $(PY) -m pip install -q -e '.[dev]'
+	# the checkout's bench/ and testbed/ (not part of the installed product) importable too
+	echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/xdpbr-checkout.pth"
 	touch $@
 
 demo: setup

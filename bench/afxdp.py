@@ -12,9 +12,10 @@ at the far end of B's veth.
 import select
 import time
 
+from xdpbr.loader.afxdp import XskRedirect, XskSocket, forward
+
 from bench.taps import RelayLoop
 from bench.veth import GENERATOR_CPU, pin_napi_threads
-from loader.afxdp import XskRedirect, XskSocket, forward
 from testbed.lab import sh
 from testbed.trafficgen import attach_program
 

@@ -7,13 +7,14 @@ import subprocess
 import sys
 import time
 
+from xdpbr.control.datapath import attachment
+from xdpbr.control.datapath.fdb import mirror_key
+from xdpbr.control.datapath.session import Session
+from xdpbr.loader import bpfsys
+from xdpbr.loader.layouts import FdbEntry
+from xdpbr.loader.netns import entered
+
 from bench.scenario import ROOT, Scenario
-from control import attachment
-from control.fdb import mirror_key
-from control.session import Session
-from loader import bpfsys
-from loader.layouts import FdbEntry
-from loader.netns import entered
 from testbed.frames import udp_frame
 from testbed.lab import batch
 
@@ -49,7 +50,7 @@ def cli_seconds(netns, *argv, runs=20):
     for _ in range(runs):
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "control.cli", "-n", netns, *argv],
+            [sys.executable, "-m", "xdpbr.control.cli", "-n", netns, *argv],
             cwd=ROOT,
             check=True,
             stdout=subprocess.DEVNULL,

@@ -15,7 +15,7 @@ how busy each CPU was.
 
 Where the work runs: the client, the server and the background port's NAPI on CPU 1 (the
 switch's); the background source and the sink's NAPI on CPU 0. Four set-up choices make the
-background land on CPU 1 alike on every path (what they fixed measured before, 2026-12-06):
+background land on CPU 1 alike on every path (each one's absence measured, 2026-12-06):
 - the source's eth0 has TSO off: veth hands a TSO-capable sender's frames to netif_rx on the
   sending CPU instead of the port's NAPI, so on the bridge (which leaves the peer's TSO on;
   xdpbr's XDP turns it off) all the background's forwarding ran on CPU 0 (47,618 NET_RX
@@ -51,11 +51,12 @@ import sys
 import threading
 import time
 
+from xdpbr.control.datapath import attachment
+from xdpbr.loader import attach as at
+from xdpbr.loader.netns import netns_path, nsenter_prefix
+
 from bench.figures import nearest_rank
 from bench.scenario import Scenario
-from control import attachment
-from loader import attach as at
-from loader.netns import netns_path, nsenter_prefix
 from testbed import cpustat
 from testbed.lab import sh
 from testbed.napi import pin_napi_threads

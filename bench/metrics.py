@@ -16,13 +16,15 @@ import statistics
 import sys
 import time
 
+from xdpbr.control.datapath import attachment
+from xdpbr.control.datapath.session import Session
+from xdpbr.control.metrics import collector as metrics
+from xdpbr.control.metrics.exposition import render
+from xdpbr.loader import bpfsys
+from xdpbr.loader.layouts import ATTACH_POINTS, REASON_INDEX, U32, Counter, stats_index
+
 from bench.control_plane import add_veth_ports
 from bench.scenario import Scenario
-from control import attachment, metrics
-from control.exposition import render
-from control.session import Session
-from loader import bpfsys
-from loader.layouts import ATTACH_POINTS, REASON_INDEX, U32, Counter, stats_index
 from testbed import cpustat
 
 REASONS_USED = ("forward", "broadcast", "multicast", "unknown_source", "checksum_partial")

@@ -18,8 +18,9 @@ import os
 import subprocess
 import time
 
+from xdpbr.control.datapath import attachment, state
+
 from bench.scenario import Scenario
-from control import attachment, state
 from testbed.lab import Lab
 
 BRIDGES = 10

@@ -15,11 +15,12 @@ import signal
 import threading
 import time
 
+from xdpbr.control.datapath import attachment
+from xdpbr.control.datapath.session import Session
+from xdpbr.loader import attach as at
+from xdpbr.loader.netns import existing_index
+
 from bench.scenario import Scenario
-from control import attachment
-from control.session import Session
-from loader import attach as at
-from loader.netns import existing_index
 from testbed.lab import sh
 from testbed.sources import open_source
 from testbed.trafficgen import Traffic, attach_sinks
@@ -55,15 +56,15 @@ class RestartUnderLoad(Scenario):
         time.sleep(1.0)
 
     def forward_count(self):
-        from control import state
+        from xdpbr.control.datapath import state
 
         return state.forwarded(self.lab.bridge, self.lab.switch, self.gen.port)
 
     def _upgrade(self):
         """A real upgrade: a re-attach compiled with the other -DXDPBR_MAX_PORTS, so the ports'
         maps change layout and attach rebuilds them from the kernel while frames flow."""
-        from loader import pins
-        from loader.layouts import map_specs
+        from xdpbr.loader import pins
+        from xdpbr.loader.layouts import map_specs
 
         self.max_ports = UPGRADE_PORTS[1] if self.max_ports == UPGRADE_PORTS[0] else UPGRADE_PORTS[0]
         directory = pins.pin_dir(self.lab.bridge, self.lab.switch)

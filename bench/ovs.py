@@ -20,10 +20,11 @@ import subprocess
 import tempfile
 import time
 
+from xdpbr.loader.netns import netns_path, nsenter_prefix
+
 from bench.afxdp import build_endpoint_veths
 from bench.taps import RelayLoop
 from bench.veth import SWITCH_CPU
-from loader.netns import netns_path, nsenter_prefix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNPACKED = os.path.join(ROOT, ".venv", "ovs")

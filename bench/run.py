@@ -1,39 +1,19 @@
 """`xdpbr bench [SCENARIO...]`: every path measured side by side in alternating rounds.
 
-Scenarios (all of them when none is named):
-  bridge     the Linux bridge between two veth ports, bridge-nf-call-iptables off and on
-  fastpath   the same ports accelerated by xdpbr in each mode: xdp, tc, xdp+tc, auto
-  limit      a minimal XDP redirect to the other port: the ceiling of any XDP switch here
-  tap-loop   QEMU's TAP path: two TAP endpoints relayed by a Python loop like QEMU's
-  afxdp-loop the same loop between two AF_XDP endpoints (rings, shared UMEM), with tap-loop
-             and Open vSwitch's userspace datapath with AF_XDP ports (ovs-afxdp) alongside
-  vm         two TAP endpoints joined by a bridge, plain and accelerated (guest to guest)
-  tcp        iperf3 through the bridge and through xdpbr in each mode, default offloads
-  latency    UDP round trips (60 B) through the bridge, xdp and auto: p50/p99/p99.9 of 20,000,
-             idle and with a third port sending at half the bridge's capacity (same run)
-  control    attach of a 64-port bridge (compile included), MAC learned -> fast path, and
-             `xdpbr show` / `xdpbr stats` from the shell (a new process each, median of 20)
-  metrics    a Prometheus scrape of 1,000 ports' counters (bench/metrics.py): median of 20
-  restart    frames at a fixed rate while the daemon is SIGKILLed and restarted 3 times, and
-             (another run) while the bridge is upgraded in place twice to a build whose map
-             layout differs (max_ports 1024 <-> 512): frames lost in each (target 0)
-  hotplug    a veth enslaved while the daemon runs, 20 times: time until it is accelerated
-  netfilter  10 bridges with 5,000 legacy rules in all under one daemon: a rule on one port
-             until the port is held and released (target < 1 s), the daemon's idle CPU (< 2 %)
-  scale      a 64-port bridge with 4,096 static FDB entries: one port to --destinations MACs
-             spread over the others vs one destination (bridge and xdp, 60 B, closed loop),
-             attach of that bridge, and the daemon's sync lag for a MAC learned under that load
-Frame-rate scenarios always include `bridge`, the baseline every ratio is taken against.
+SCENARIOS, the table below, is the one list of scenarios: their names, the line each has in
+`xdpbr bench --help` and in README.md (tests/test_bench_table.py holds them equal), the order
+they run in, and the function that runs each. All of them run when none is named. Frame-rate
+scenarios share one run (run_frames) and always include `bridge`, the baseline every ratio is
+taken against.
 
 Traffic sources (`--generator`, testbed/sources.py): live frames where the kernel allows them;
 else (`auto`) a closed loop (testbed/bounceloop.py) through the switch for the veth paths'
 capacity figures, and through the relay itself for the relays' feed (tap-loop, afxdp-loop,
 ovs-afxdp: what endpoint B delivers is sent into endpoint A again); AF_PACKET for rate-bounded
-traffic (restart, the latency background). Every
-figure carries `cpu_busy` (the CPU that runs the path under test), `offered` (open loop) or
-`in_flight` (closed loop), and `generator_bound` where that CPU had time to spare or an
-open-loop figure came within 10 % of its offer: such a figure measures the source, not the
-path.
+traffic (restart, the latency background). Every figure carries `cpu_busy` (the CPU that runs
+the path under test), `offered` (open loop) or `in_flight` (closed loop), and `generator_bound`
+where that CPU had time to spare or an open-loop figure came within 10 % of its offer: such a
+figure measures the source, not the path.
 
 Method: each round measures every path once, in an order reversed every other round
 (A B C, C B A, ...), at least 5 rounds; medians with min and max; ratios between medians of
@@ -47,28 +27,15 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+from xdpbr.loader.errors import UsageError
 
 from bench.figures import describe, summarise
 from bench.report import table, targets
-from loader.errors import UsageError
 from testbed import cpustat
 
-SCENARIOS = (
-    "bridge",
-    "fastpath",
-    "limit",
-    "tap-loop",
-    "afxdp-loop",
-    "vm",
-    "tcp",
-    "latency",
-    "control",
-    "metrics",
-    "restart",
-    "hotplug",
-    "netfilter",
-    "scale",
-)
 SIZES = (60, 1514)
 MIN_ROUNDS = 5
 LEARN_SAMPLES = 100
@@ -401,6 +368,134 @@ def _settle():
         _progress("the host did not go quiet within 30 s; measuring anyway")
 
 
+class Options(NamedTuple):
+    """What every scenario's run may use, from the command line."""
+
+    rounds: int
+    window: float
+    tcp_seconds: int
+    flows: int
+    choice: object  # testbed.sources.Choice: the traffic sources
+    destinations: int
+
+
+# Each table row's `run(selected, options)` returns the results' entries it measured; rows that
+# share a function (the frame-rate paths, measured in the same rounds) run it once, for all of
+# the selected ones.
+
+
+def _frames(selected, o):
+    return {"frames": run_frames(selected, o.rounds, o.window, o.flows, o.choice)}
+
+
+def _tcp(selected, o):
+    return {"tcp_seconds": o.tcp_seconds, "tcp_gbit_s": run_tcp(o.rounds, o.tcp_seconds)}
+
+
+def _latency(selected, o):
+    return {"latency": run_latency(o.rounds, o.window, o.choice)}
+
+
+def _control(selected, o):
+    return {"control": run_control(o.rounds)}
+
+
+def _metrics(selected, o):
+    from bench import metrics
+
+    m = metrics.measure()
+    _progress(f"scrape of {m['ports']} ports: {m['scrape_ms']['median']:.1f} ms")
+    return {"metrics": m}
+
+
+def _restart(selected, o):
+    return {"restart": run_restart(o.rounds, o.choice)}
+
+
+def _hotplug(selected, o):
+    return {"hotplug": run_hotplug()}
+
+
+def _netfilter(selected, o):
+    return {"netfilter": run_netfilter(o.rounds)}
+
+
+def _scale(selected, o):
+    return {"scale": run_scale(o.rounds, o.window, o.flows, o.destinations)}
+
+
+class ScenarioRow(NamedTuple):
+    """One scenario: its name on the command line, what it measures (one sentence, shown as it
+    is by `xdpbr bench --help` and README.md) and the function that runs it."""
+
+    name: str
+    help: str
+    run: Callable[[set, Options], dict]
+
+
+SCENARIOS = (  # in the order they run
+    ScenarioRow(
+        "bridge", "the Linux bridge between two veth ports, bridge-nf-call-iptables off and on", _frames
+    ),
+    ScenarioRow(
+        "fastpath", "the same ports accelerated by xdpbr in each mode: xdp, tc, xdp+tc, auto", _frames
+    ),
+    ScenarioRow(
+        "limit", "a minimal XDP redirect to the other port: the ceiling of any XDP switch here", _frames
+    ),
+    ScenarioRow(
+        "tap-loop", "QEMU's TAP path: two TAP endpoints relayed by a Python loop like QEMU's", _frames
+    ),
+    ScenarioRow(
+        "afxdp-loop",
+        "the same loop between two AF_XDP endpoints (rings, shared UMEM), with tap-loop and Open "
+        "vSwitch's userspace datapath with AF_XDP ports (ovs-afxdp) alongside",
+        _frames,
+    ),
+    ScenarioRow(
+        "vm", "two TAP endpoints joined by a bridge, plain and accelerated (guest to guest)", _frames
+    ),
+    ScenarioRow("tcp", "iperf3 through the bridge and through xdpbr in each mode, default offloads", _tcp),
+    ScenarioRow(
+        "latency",
+        "UDP round trips (60 B) through the bridge, xdp and auto: p50/p99/p99.9 of 20,000, idle and "
+        "with a third port sending at half the bridge's capacity (same run)",
+        _latency,
+    ),
+    ScenarioRow(
+        "control",
+        "attach of a 64-port bridge (compile included), MAC learned -> fast path, and xdpbr show / "
+        "xdpbr stats from the shell (a new process each, median of 20)",
+        _control,
+    ),
+    ScenarioRow("metrics", "a Prometheus scrape of 1,000 ports' counters: median of 20", _metrics),
+    ScenarioRow(
+        "restart",
+        "frames at a fixed rate while the daemon is SIGKILLed and restarted 3 times, and (another "
+        "run) while the bridge is upgraded in place twice to a build whose map layout differs "
+        "(max_ports 1024 <-> 512): frames lost in each (target 0)",
+        _restart,
+    ),
+    ScenarioRow(
+        "hotplug", "a veth enslaved while the daemon runs, 20 times: time until it is accelerated", _hotplug
+    ),
+    ScenarioRow(
+        "netfilter",
+        "10 bridges with 5,000 legacy rules in all under one daemon: a rule on one port until the "
+        "port is held and released (target < 1 s), the daemon's idle CPU (< 2 %)",
+        _netfilter,
+    ),
+    ScenarioRow(
+        "scale",
+        "a 64-port bridge with 4,096 static FDB entries: one port to --destinations MACs spread over "
+        "the others vs one destination (bridge and xdp, 60 B, closed loop), attach of that bridge, "
+        "and the daemon's sync lag for a MAC learned under that load",
+        _scale,
+    ),
+)
+NAMES = tuple(row.name for row in SCENARIOS)
+
+
 def run(scenarios, rounds, window, tcp_seconds, flows, choice, destinations=1024):
     results = {
         "generator": choice.as_dict(),
@@ -413,39 +508,13 @@ def run(scenarios, rounds, window, tcp_seconds, flows, choice, destinations=1024
         "flows": flows,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    frame_scenarios = {"bridge", "fastpath", "limit", "tap-loop", "afxdp-loop", "vm"} & set(scenarios)
-    if frame_scenarios:
-        _settle()
-        results["frames"] = run_frames(frame_scenarios, rounds, window, flows, choice)
-    if "tcp" in scenarios:
-        _settle()
-        results["tcp_seconds"] = tcp_seconds
-        results["tcp_gbit_s"] = run_tcp(rounds, tcp_seconds)
-    if "latency" in scenarios:
-        _settle()
-        results["latency"] = run_latency(rounds, window, choice)
-    if "control" in scenarios:
-        _settle()
-        results["control"] = run_control(rounds)
-    if "metrics" in scenarios:
-        _settle()
-        from bench import metrics
-
-        results["metrics"] = metrics.measure()
-        m = results["metrics"]
-        _progress(f"scrape of {m['ports']} ports: {m['scrape_ms']['median']:.1f} ms")
-    if "restart" in scenarios:
-        _settle()
-        results["restart"] = run_restart(rounds, choice)
-    if "hotplug" in scenarios:
-        _settle()
-        results["hotplug"] = run_hotplug()
-    if "netfilter" in scenarios:
-        _settle()
-        results["netfilter"] = run_netfilter(rounds)
-    if "scale" in scenarios:
-        _settle()
-        results["scale"] = run_scale(rounds, window, flows, destinations)
+    options = Options(rounds, window, tcp_seconds, flows, choice, destinations)
+    selected, done = set(scenarios), []
+    for row in SCENARIOS:
+        if row.name in selected and row.run not in done:
+            done.append(row.run)
+            _settle()
+            results.update(row.run(selected, options))
     results["targets"] = targets(results)
     return results
 
@@ -466,11 +535,11 @@ def unwind_on_sigterm(pid):
 
 
 def check_scenarios(names):
-
-    unknown = [n for n in names if n not in SCENARIOS]
+    """The named scenarios in the table's order (all of them when none is named)."""
+    unknown = [n for n in names if n not in NAMES]
     if unknown:
-        raise UsageError(f"unknown scenario {unknown[0]!r}; scenarios: {', '.join(SCENARIOS)}")
-    return [n for n in SCENARIOS if n in names] if names else list(SCENARIOS)
+        raise UsageError(f"unknown scenario {unknown[0]!r}; scenarios: {', '.join(NAMES)}")
+    return [n for n in NAMES if n in names] if names else list(NAMES)
 
 
 INSTANCE = "bench"  # the benchmark's own pins, run dir and daemons: never the host's xdpbr
@@ -480,9 +549,10 @@ MAX_DESTINATIONS = 4096  # bench/scale.py FDB_ENTRIES: every destination a stati
 
 def command(args):
     """`xdpbr bench`: checks the options, runs the scenarios, prints and charts the results."""
+    from xdpbr.control.cli import render
+    from xdpbr.loader import instance
+
     from bench import chart
-    from control import render
-    from loader import instance
 
     if args.netns:
         raise UsageError("bench builds namespaces of its own; drop -n")

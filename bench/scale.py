@@ -19,7 +19,7 @@ isolates the FDB and the flow cache: the same number of destinations, all behind
 (another `destinations` static entries, on top of the 4,096), against one destination behind
 port 1.
 
-Also measured on the xdpbr bridge, as issue 11 asks:
+Also measured on the xdpbr bridge, each with a target (bench/report.py):
 - attach of that bridge, compile and the 4,096 entries' mirror included (detach in between);
 - the sync lag under that load: `xdpbr daemon` running, a frame from a new source MAC sent into
   port 1 while the loop runs to `destinations`, the time until the MAC is in the fast path's FDB
@@ -31,13 +31,14 @@ import socket
 import statistics
 import time
 
+from xdpbr.control.datapath import attachment
+from xdpbr.control.datapath.session import Session
+from xdpbr.loader.netns import entered
+
 from bench.control_plane import learn_lag
 from bench.figures import nearest_rank
 from bench.scenario import Scenario
 from bench.veth import GENERATOR_CPU, SWITCH_CPU, loop_figure
-from control import attachment
-from control.session import Session
-from loader.netns import entered
 from testbed.bounceloop import BounceLoop
 from testbed.frames import udp_frame
 from testbed.lab import batch, sh
@@ -62,7 +63,7 @@ def one_port_mac(k):
     return f"02:00:00:d1:{k >> 8:02x}:{k & 0xFF:02x}"
 
 
-# How the destinations lie: "spread" over ports 1-63 (the issue's scenario) or all behind
+# How the destinations lie: "spread" over ports 1-63 (the one the target is for) or all behind
 # port 1 ("one-port": the FDB's and flow cache's cost without the fan-out's, see the docstring)
 LAYOUTS = {"spread": destination_mac, "one-port": one_port_mac}
 

@@ -13,7 +13,8 @@ import os
 import subprocess
 import sys
 
-from loader.journal import Journal
+from xdpbr.loader.journal import Journal
+
 from testbed.lab import Lab
 from testbed.trafficgen import BenchPrograms
 
@@ -23,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def start_daemon():
     """`xdpbr daemon` of this checkout, quiet (benchmarks read the maps, not its log)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "control.cli", "daemon"],
+        [sys.executable, "-m", "xdpbr.control.cli", "daemon"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

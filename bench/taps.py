@@ -25,13 +25,14 @@ import subprocess
 import tempfile
 import time
 
+from xdpbr.control.datapath import attachment
+from xdpbr.loader.errors import UsageError
+from xdpbr.loader.netns import existing_index
+from xdpbr.loader.tap import VNET_HDR_LEN, TapEndpoint, VnetHdr
+
 from bench.figures import figure
 from bench.scenario import Scenario
 from bench.veth import GENERATOR_CPU, SWITCH_CPU, loop_figure, open_loop_window
-from control import attachment
-from loader.errors import UsageError
-from loader.netns import existing_index
-from loader.tap import VNET_HDR_LEN, TapEndpoint, VnetHdr
 from testbed import cpustat
 from testbed.bounceloop import BounceLoop
 from testbed.frames import udp_frame

@@ -4,9 +4,10 @@ Debian, one stream): the Linux bridge and xdpbr in each mode."""
 import json
 import os
 
+from xdpbr.control.datapath import attachment
+
 from bench.scenario import Scenario
 from bench.veth import GENERATOR_CPU, SWITCH_CPU
-from control import attachment
 
 PORT = 5301
 MODES = {"bridge": None, "xdp": "xdp", "tc": "tc", "xdp+tc": "xdp+tc", "auto": "auto"}

@@ -4,9 +4,10 @@ and the ceiling.
 Each path lives in namespaces of its own (sysctls such as bridge-nf-call-iptables change only
 there). The switch's ingress port's NAPI runs threaded, pinned to SWITCH_CPU; the traffic
 source works on GENERATOR_CPU. Sources (`generator`):
-- live:   (KERNEL-FACTS) the live-frames generator sends UDP frames out of a generator
-          container's veth, flat out (open loop); a sink container counts per CPU at XDP (and
-          at TC ingress, for frames that bpf_redirect_peer hands straight to its ingress).
+- live:   the live-frames generator (docs/kernel-notes.md, "Test runs and traffic sources")
+          sends UDP frames out of a generator container's veth, flat out (open loop); a sink
+          container counts per CPU at XDP (and at TC ingress, for frames that
+          bpf_redirect_peer hands straight to its ingress).
 - packet: the same containers, AF_PACKET instead of live frames: ~0.56 Mframes/s at most,
           below the bridge, so its figures are marked generator-bound.
 - bounce: the closed loop of testbed/bounceloop.py: both hosts' veths in one namespace, the
@@ -16,10 +17,11 @@ Each figure says how busy SWITCH_CPU was while it was measured.
 
 import time
 
+from xdpbr.control.datapath import attachment
+from xdpbr.loader.netns import existing_index
+
 from bench.figures import figure
 from bench.scenario import Scenario
-from control import attachment
-from loader.netns import existing_index
 from testbed import cpustat
 from testbed.bounceloop import BounceLoop
 from testbed.lab import Host, sh

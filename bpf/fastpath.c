@@ -182,7 +182,8 @@ int xdpbr_xdp(struct xdp_md *ctx)
 		return xdp_done(&f, &d, PASS_VLAN_TAG_CHANGE, XDP_PASS);
 	if (!(d.out_flags & XDPBR_PORT_XDP_EGRESS))
 		return xdp_done(&f, &d, PASS_EGRESS_NO_XDP, XDP_PASS);
-	/* The devmap's MTU check drops longer frames silently (GSO from a TAP, KERNEL-FACTS). */
+	/* The devmap's MTU check drops longer frames silently, GSO frames from a TAP among them
+	 * (docs/kernel-notes.md, "GSO frames and the MTU"). */
 	if (f.len > d.out_mtu + XDPBR_ETH_HLEN + (f.tagged ? XDPBR_VLAN_HLEN : 0))
 		return xdp_done(&f, &d, PASS_TOO_LONG, XDP_PASS);
 	if (l4_checksum_pending(&f))

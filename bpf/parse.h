@@ -123,8 +123,9 @@ static __always_inline int ipv6_l4(struct ipv6hdr *ip6, void *data_end, __u64 *s
 /* Does this IPv4/IPv6 TCP or UDP frame carry a checksum an offload has not finished yet?
  * With CHECKSUM_PARTIAL (veth tx-checksumming, virtio NEEDS_CSUM) the checksum field holds the
  * folded pseudo-header sum. XDP turns the frame into an xdp_frame and the checksum is never
- * completed, so the receiver drops it (KERNEL-FACTS). Sums are of raw 16-bit loads: one's
- * complement addition is byte-order independent as long as every term is in network order.
+ * completed, so the receiver drops it (docs/kernel-notes.md, "Checksums"). Sums are of raw
+ * 16-bit loads: one's complement addition is byte-order independent as long as every term is in
+ * network order.
  * Returns 1 pending (or not parseable: let the kernel handle it), 0 complete. */
 static __always_inline int l4_checksum_pending(struct frame *f)
 {

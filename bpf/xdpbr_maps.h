@@ -142,6 +142,35 @@ struct xdpbr_control {
 	__u64 errors;          /* daemon: failed resyncs, reconciles and refreshes */
 };
 
+/* The daemon's own record, one per instance and not per bridge: an ARRAY of one element that
+ * `xdpbr daemon` creates with bpf(2) and pins as <instance root>/xdpbr_daemon (beside the bridges'
+ * directories: a file, never taken for a bridge). No BPF program uses it, and it is not in
+ * xdpbr_control, whose layout stays. Read by `show -j`, the metrics and `xdpbr daemon --reload`.
+ * One writer (the running daemon, once a loop turn). Times are CLOCK_MONOTONIC ns, like the
+ * heartbeat (time.monotonic_ns() in Python); 0 = never. Counters continue across restarts. */
+#define XDPBR_RELOAD_NONE 0
+#define XDPBR_RELOAD_OK 1
+#define XDPBR_RELOAD_FAILED 2
+struct xdpbr_daemon {
+	__u64 pid;               /* the running daemon; 0 once it stopped */
+	__u64 pid_start;         /* its start in /proc/PID/stat (clock ticks since boot): not a reused pid */
+	__u64 started_ns;        /* when it started */
+	__u64 loop_generation;   /* turns of its loop (numbered from 1, counted on across restarts) */
+	__u64 scanned_ns;        /* start of the last pin scan (adoption, drops, configured attaches) */
+	__u64 rules_checked_ns;  /* start of the last netfilter rules check */
+	__u64 reconciled_ns;     /* start of the last successful resync or reconcile of a bridge */
+	__u64 bridges;           /* bridges it holds */
+	__u64 bridges_failed;    /* of those, the unhealthy ones (no heartbeat) */
+	__u64 reloads_ok;        /* SIGHUP reloads that applied the configuration */
+	__u64 reloads_failed;    /* reloads that kept the running configuration */
+	__u64 reload_started_ns; /* the last reload began (read the file) */
+	__u64 reload_finished_ns;
+	__u64 reload_generation; /* loop_generation of the turn that ran the last reload */
+	__u32 reload_result;     /* XDPBR_RELOAD_* of the last reload */
+	__u32 pad;
+	char reload_message[512]; /* the last reload's outcome, one line (its error when it failed) */
+};
+
 /* Per-port mode requested by `xdpbr port set`, keyed by interface name so it survives
  * a port being re-created. Value: 0 auto, else XDPBR_MODE_* + 1. */
 struct xdpbr_ifname {
@@ -198,7 +227,8 @@ BPF_PERCPU_ARRAY(xdpbr_flow_cache, struct xdpbr_flow, XDPBR_FLOW_CACHE_SIZE);
 BPF_TABLE_PINNED("percpu_array", __u32, struct xdpbr_counter, xdpbr_stats, XDPBR_STATS_SIZE,
 		 XDPBR_PIN_DIR "/xdpbr_stats");
 /* Egress devices for XDP redirects, indexed by slot. bcc has no pinned DEVMAP macro; the
- * "devmap:<path>" section pins it and keeps .redirect_map() (see KERNEL-FACTS). */
+ * "devmap:<path>" section pins it and keeps .redirect_map() (docs/kernel-notes.md, "Compiling
+ * with bcc"). */
 BPF_XDP_REDIRECT_MAP("devmap:" XDPBR_PIN_DIR "/xdpbr_devmap", int, xdpbr_devmap, XDPBR_MAX_PORTS);
 
 #ifdef XDPBR_TEST

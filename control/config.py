@@ -30,11 +30,12 @@ import os
 import re
 import tomllib
 
-from control.model import NETFILTER_CHOICES
-from loader import instance
-from loader.bridge_id import BridgeId
-from loader.errors import XdpbrError
-from loader.layouts import FDB_SIZE_RANGE, MAX_PORTS_RANGE, REQUESTED_MODES, XDP_MODE_REQUESTS
+from ..loader import instance
+from ..loader.bridge_id import BridgeId
+from ..loader.errors import XdpbrError
+from ..loader.layouts import FDB_SIZE_RANGE, MAX_PORTS_RANGE, REQUESTED_MODES, XDP_MODE_REQUESTS
+from .connections import parse_listen
+from .model import NETFILTER_CHOICES
 
 
 def held_dir():
@@ -172,8 +173,6 @@ def load(path):
     r.table(daemon, "daemon", 0, ("metrics", "on_stop"))
     metrics = r.string(daemon, "daemon", 0, "metrics")
     if metrics is not None:
-        from control.metrics import parse_listen
-
         try:
             parse_listen(metrics)
         except XdpbrError:

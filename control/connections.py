@@ -28,6 +28,8 @@ import socket
 import threading
 import time
 
+from ..loader.errors import UsageError
+
 log = logging.getLogger("xdpbr.connections")
 
 ACCEPT_BATCH = 16  # accepts per turn of the loop, so a flood of connects cannot starve reads
@@ -287,3 +289,11 @@ def listening_unix(path, mode, gid, backlog=64):
         sock.close()
         raise
     return sock
+
+
+def parse_listen(spec):
+    """'[ADDR:]PORT' -> (addr, port); a bare port binds loopback only."""
+    addr, _, port = spec.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--metrics {spec!r}: expected [ADDR:]PORT", fix="for example --metrics 9435")
+    return (addr.strip("[]") or "127.0.0.1"), int(port)

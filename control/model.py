@@ -3,7 +3,9 @@
 Dataclasses only, no I/O: tests build them without root.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from ..loader.links import BR_STATE_FORWARDING, BridgeInfo, PortInfo  # noqa: F401 - the model's view of the kernel's
 
 NETFILTER_CHOICES = ("respect", "bypass")
 
@@ -12,37 +14,6 @@ NETFILTER_CHOICES = ("respect", "bypass")
 # pending-checksum frames; anything else (physical uplinks) runs native XDP with TC behind it.
 AUTO_MODE_BY_KIND = {"veth": "tc", "tun": "xdp+tc"}
 AUTO_MODE_DEFAULT = "xdp+tc"
-
-BR_STATE_FORWARDING = 3
-
-
-@dataclass
-class BridgeInfo:
-    name: str
-    ifindex: int
-    mac: str
-    vlan_filtering: bool
-    netns: str | None = None
-
-
-@dataclass
-class PortInfo:
-    name: str
-    ifindex: int
-    kind: str  # IFLA_INFO_KIND: veth, tun, ... ("" for physical devices)
-    mtu: int
-    state: int  # BR_STATE_*
-    isolated: bool = False
-    hairpin: bool = False
-    unsupported_flags: tuple = ()  # bridge port features xdpbr does not model (locked, ...)
-    pvid: int = 0
-    vlans: dict = field(default_factory=dict)  # vid -> untagged
-    peer_ifindex: int = 0  # veth peer
-    peer_netnsid: int | None = None  # None: the peer is in the bridge's namespace
-
-    @property
-    def forwarding(self):
-        return self.state == BR_STATE_FORWARDING
 
 
 @dataclass

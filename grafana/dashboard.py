@@ -1,4 +1,4 @@
-"""Builds grafana/xdpbr.json: `python -m grafana.dashboard > grafana/xdpbr.json`.
+"""Builds grafana/xdpbr.json: `python -m xdpbr.grafana.dashboard > grafana/xdpbr.json`.
 
 tests/test_grafana.py checks that the committed JSON is what this builds, and runs every query
 in it against a real Prometheus scraping a real exporter.

@@ -5,7 +5,8 @@ own Python endpoint does): XDP_UMEM_REG, the ring sizes, XDP_MMAP_OFFSETS, mmap 
 bind. libxdp 1.3.1 (Debian 12) has no xsk_umem__create_with_fd for a socket made elsewhere,
 and its ring helpers are inline (a ctypes call per frame costs ~300 ns), so the rings are read
 and written here directly: a producer writes descriptors, then its index; a consumer reads the
-index, then the descriptors, then stores its own index (x86 keeps stores in order, KERNEL-FACTS).
+index, then the descriptors, then stores its own index (x86 keeps stores in order:
+docs/kernel-notes.md, "AF_XDP").
 """
 
 import ctypes
@@ -18,9 +19,12 @@ import socket
 import struct
 import time
 
-from loader.errors import Unsupported, XdpbrError
-from loader.netns import entered
-from loader.xsk_ring import Ring
+from . import bpfsys, libxdp
+from .compile import BPF_DIR, bcc_compile
+from .errors import Unsupported, XdpbrError
+from .layouts import XskCounter
+from .netns import entered
+from .xsk_ring import Ring
 
 AF_XDP = 44
 SOL_XDP = 283
@@ -35,7 +39,7 @@ XDP_RING_NEED_WAKEUP = 1
 FRAME_SIZE = 2048
 NUM_FRAMES = 4096
 RING_SIZE = 2048
-BIND_RETRY_S = 0.2  # a queue released just now answers EBUSY for 10-35 ms (KERNEL-FACTS)
+BIND_RETRY_S = 0.2  # a queue released just now answers EBUSY for 10-35 ms (docs/kernel-notes.md, "AF_XDP")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _OFFSETS = struct.Struct(
@@ -52,7 +56,8 @@ def _bind_flags(zerocopy):
 
 def _retry_busy(attempt, what):
     """Call attempt() -> 0 or an errno until it succeeds; a queue released just now answers
-    EBUSY for 10-35 ms (KERNEL-FACTS), so EBUSY is retried for BIND_RETRY_S, then refused."""
+    EBUSY for 10-35 ms (docs/kernel-notes.md, "AF_XDP"), so EBUSY is retried for
+    BIND_RETRY_S, then refused."""
     deadline = time.monotonic() + BIND_RETRY_S
     while err := attempt():
         if err != errno.EBUSY:
@@ -145,7 +150,6 @@ class XskSocket:
 
     def _create(self, ifname, queue, zerocopy):
         """One libxdp attempt; returns 0 or the errno of a failed bind."""
-        from loader import libxdp
 
         structs = self._structs = [libxdp.XskRingStruct() for _ in range(4)]  # libxdp keeps pointers
         rx, tx, fill, comp = (ctypes.byref(s) for s in structs)
@@ -303,21 +307,17 @@ class XskRedirect:
     def __init__(self):
         from bcc import BPF
 
-        from loader.compile import BPF_DIR, bcc_compile
-
         self.bpf = bcc_compile("the AF_XDP redirect program", src_file=f"{BPF_DIR}/afxdp.c")
         self.prog = self.bpf.load_func(b"xsk_redirect", BPF.XDP)
         self.map_fd = self.bpf[b"xdpbr_xsks"].map_fd
         self.stats_fd = self.bpf[b"xdpbr_xsk_stats"].map_fd
 
     def put(self, queue, sock):
-        """Frames of rx queue `queue` go to `sock` (bound or not yet: KERNEL-FACTS)."""
-        from loader import bpfsys
+        """Frames of rx queue `queue` go to `sock` (bound or not yet: docs/kernel-notes.md, "AF_XDP")."""
 
         bpfsys.map_update(self.map_fd, ctypes.c_uint32(queue), ctypes.c_int32(sock.fileno()))
 
     def remove(self, queue):
-        from loader import bpfsys
 
         bpfsys.map_delete(self.map_fd, ctypes.c_uint32(queue))
 
@@ -346,8 +346,6 @@ XSK_TO_SOCKET, XSK_NO_SOCKET = 0, 1
 
 def read_xsk_stats(stats_fd):
     """{"to_socket": (packets, bytes), "no_socket": (packets, bytes)}, per-CPU slots summed."""
-    from loader import bpfsys
-    from loader.layouts import XskCounter
 
     ncpu = bpfsys.possible_cpus()
     out = {}

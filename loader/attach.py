@@ -11,7 +11,7 @@ import errno
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from loader.errors import Unsupported, XdpbrError
+from .errors import Unsupported, XdpbrError
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1

@@ -10,12 +10,13 @@ import ctypes.util
 import os
 import struct
 
-from loader.errors import NotFound, XdpbrError
+from .errors import NotFound, XdpbrError
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _NR_BPF = 321  # x86_64
 
+BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
@@ -218,6 +219,36 @@ def obj_pin(fd, path):
     ret = _bpf(BPF_OBJ_PIN, attr)
     if ret < 0:
         raise XdpbrError(f"cannot pin to {path}", errno=-ret)
+
+
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = [
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("numa_node", ctypes.c_uint32),
+        ("map_name", ctypes.c_char * 16),
+    ]
+
+
+def map_create(map_type, key_size, value_size, max_entries, name):
+    """BPF_MAP_CREATE of a map no program declares (`map_type` as MAP_TYPES names it); returns
+    its fd. Pin it (obj_pin) to outlive the caller."""
+    type_id = {text: number for number, text in MAP_TYPES.items()}[map_type]
+    attr = _MapCreateAttr(
+        map_type=type_id,
+        key_size=key_size,
+        value_size=value_size,
+        max_entries=max_entries,
+        map_name=name.encode()[:15],
+    )
+    fd = _bpf(BPF_MAP_CREATE, attr)
+    if fd < 0:
+        raise XdpbrError(f"cannot create BPF map {name}", errno=-fd)
+    return fd
 
 
 def prog_fd_by_id(prog_id):

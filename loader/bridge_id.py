@@ -9,8 +9,8 @@ cannot contain '/' and xdpbr refuses '@' in bridge names, so a label parses back
 import dataclasses
 import os
 
-from loader import instance
-from loader.errors import XdpbrError
+from . import instance
+from .errors import XdpbrError
 
 
 @dataclasses.dataclass(frozen=True, order=True)

@@ -8,9 +8,9 @@ IFLA_LINKINFO { IFLA_INFO_KIND "bridge", IFLA_INFO_DATA { IFLA_BR_FDB_MAX_LEARNE
 import socket
 import struct
 
-from loader import rtnl
-from loader.errors import XdpbrError
-from loader.netns import entered
+from . import rtnl
+from .errors import XdpbrError
+from .netns import entered
 
 RTM_NEWLINK = 16
 RTM_GETLINK = 18

@@ -13,7 +13,7 @@ import os
 import platform
 import time
 
-from loader.errors import XdpbrError
+from .errors import XdpbrError
 
 BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
 FASTPATH_SOURCE = os.path.join(BPF_DIR, "fastpath.c")

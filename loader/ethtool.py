@@ -1,9 +1,9 @@
 """Two offload switches through the SIOCETHTOOL ioctl, in the calling thread's namespace:
-GRO (a veth peer needs NAPI for XDP redirects, KERNEL-FACTS) and transmit checksumming (an
-AF_XDP endpoint's bridge port). The legacy commands (struct ethtool_value) do exactly what
-`ethtool -K IF gro|tx on|off` does: ETHTOOL_STXCSUM covers the same tx-checksum-* features,
-and the kernel drops what depends on them (TSO) the same way. No ethtool binary, no process
-per port.
+GRO (a veth peer needs NAPI for XDP redirects: docs/kernel-notes.md, "Redirects into a
+veth") and transmit checksumming (an AF_XDP endpoint's bridge port). The legacy commands
+(struct ethtool_value) do exactly what `ethtool -K IF gro|tx on|off` does: ETHTOOL_STXCSUM
+covers the same tx-checksum-* features, and the kernel drops what depends on them (TSO) the
+same way. No ethtool binary, no process per port.
 """
 
 import ctypes
@@ -12,7 +12,7 @@ import fcntl
 import socket
 import struct
 
-from loader.errors import NotFound, XdpbrError
+from .errors import NotFound, XdpbrError
 
 SIOCETHTOOL = 0x8946
 # (get, set) commands of include/uapi/linux/ethtool.h

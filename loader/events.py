@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 
-from loader import neigh, rtnl
+from . import neigh, rtnl
 
 RTNLGRP_LINK = 1
 RTM_NEWLINK, RTM_DELLINK = 16, 17

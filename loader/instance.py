@@ -5,7 +5,8 @@ nothing: each has its own pins, run directory (writer lock, broker sockets, endp
 configuration file and held-bridge markers. The default instance (no name) keeps the paths
 xdpbr has always used:
 
-    /sys/fs/bpf/xdpbr[-NAME]             bridges' pins, host tracepoint maps and links
+    /sys/fs/bpf/xdpbr[-NAME]             bridges' pins, host tracepoint maps and links, the
+                                         daemon's record (xdpbr_daemon)
     /sys/fs/bpf/xdpbr-endpoints[-NAME]   AF_XDP endpoints' XSKMAPs and programs
     /run/xdpbr[-NAME]                    lock, BRIDGE.sock, endpoints/ records
     /etc/xdpbr/xdpbr[-NAME].toml         the daemon's configuration
@@ -18,7 +19,7 @@ processes this one starts (a daemon under test, iperf3 helpers) belong to the sa
 import os
 import re
 
-from loader.errors import UsageError
+from .errors import UsageError
 
 ENV = "XDPBR_INSTANCE"
 BPFFS = "/sys/fs/bpf"
@@ -53,6 +54,11 @@ def _suffix():
 
 def bpf_root():
     return os.path.join(BPFFS, f"xdpbr{_suffix()}")
+
+
+def daemon_record_pin():
+    """The daemon's own record (struct xdpbr_daemon): a file beside the bridges' directories."""
+    return os.path.join(bpf_root(), "xdpbr_daemon")
 
 
 def endpoint_pin_root():

@@ -7,7 +7,7 @@ the tests rather than a running host.
 
 import ctypes
 
-from loader.packets import mac as mac_bytes  # noqa: F401 - the one MAC parser, for map keys
+from .packets import mac as mac_bytes  # noqa: F401 - the one MAC parser, for map keys
 
 LAYOUT_VERSION = 1  # XDPBR_LAYOUT_VERSION
 MAX_PORTS = 1024  # XDPBR_MAX_PORTS default
@@ -261,3 +261,43 @@ class LearnKey(ctypes.Structure):
     """Mirror of struct xdpbr_learn_key in bpf/xdpbr_aux.h (host_tracepoints.c)."""
 
     _fields_ = [("mac", ctypes.c_uint8 * 6), ("vid", ctypes.c_uint16)]
+
+
+# struct xdpbr_daemon.reload_result (XDPBR_RELOAD_*): the last SIGHUP reload's outcome
+RELOAD_RESULTS = ("none", "ok", "failed")
+RELOAD_NONE, RELOAD_OK, RELOAD_FAILED = range(3)
+
+
+class DaemonRecord(ctypes.Structure):
+    """struct xdpbr_daemon { __u64 pid; __u64 pid_start; __u64 started_ns; __u64 loop_generation;
+    __u64 scanned_ns; __u64 rules_checked_ns; __u64 reconciled_ns; __u64 bridges;
+    __u64 bridges_failed; __u64 reloads_ok; __u64 reloads_failed; __u64 reload_started_ns;
+    __u64 reload_finished_ns; __u64 reload_generation; __u32 reload_result; __u32 pad;
+    char reload_message[512]; };
+
+    The daemon's own record, one per instance (loader/pins.py DaemonRecordPin); times are
+    CLOCK_MONOTONIC ns, 0 = never."""
+
+    _fields_ = [
+        ("pid", ctypes.c_uint64),
+        ("pid_start", ctypes.c_uint64),
+        ("started_ns", ctypes.c_uint64),
+        ("loop_generation", ctypes.c_uint64),
+        ("scanned_ns", ctypes.c_uint64),
+        ("rules_checked_ns", ctypes.c_uint64),
+        ("reconciled_ns", ctypes.c_uint64),
+        ("bridges", ctypes.c_uint64),
+        ("bridges_failed", ctypes.c_uint64),
+        ("reloads_ok", ctypes.c_uint64),
+        ("reloads_failed", ctypes.c_uint64),
+        ("reload_started_ns", ctypes.c_uint64),
+        ("reload_finished_ns", ctypes.c_uint64),
+        ("reload_generation", ctypes.c_uint64),
+        ("reload_result", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("reload_message", ctypes.c_char * 512),
+    ]
+
+
+# created by the daemon with bpf(2), not by bcc: no BPF program uses it
+DAEMON_SPEC = MapSpec("xdpbr_daemon", "array", U32, DaemonRecord, 1)

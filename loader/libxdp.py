@@ -4,14 +4,14 @@ libxdp creates the UMEM, the sockets, their four rings and their mmaps, and bind
 drives the rings from Python over the memory libxdp mapped (loader/afxdp.Ring), never through
 libxdp's ring helpers (inline in C; a ctypes call per frame costs ~300 ns), so libxdp's cached
 ring state is never mixed with ours. XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD always: xdpbr loads its
-own XDP program and puts the socket into its own XSKMAP (libxdp's dispatcher fails here anyway,
-KERNEL-FACTS).
+own XDP program and puts the socket into its own XSKMAP (libxdp's dispatcher fails here anyway:
+docs/kernel-notes.md, "AF_XDP").
 """
 
 import ctypes
 import os
 
-from loader.errors import Unsupported, XdpbrError
+from .errors import Unsupported, XdpbrError
 
 LIBXDP_SONAME = "libxdp.so.1"
 XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD = 1 << 0

@@ -6,8 +6,8 @@ import fcntl
 import os
 import time
 
-from loader import instance
-from loader.errors import XdpbrError
+from . import instance
+from .errors import XdpbrError
 
 
 @contextlib.contextmanager

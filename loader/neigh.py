@@ -9,7 +9,7 @@ struct.unpack calls, and the socket's receive buffer is large enough for such a 
 import socket
 import struct
 
-from loader import rtnl
+from . import rtnl
 
 RTNLGRP_NEIGH = 3
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30

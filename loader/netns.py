@@ -1,5 +1,6 @@
 """Enter network namespaces with setns(2), never `ip netns exec` (which remounts /sys and hides
-bpffs pins, KERNEL-FACTS). Python 3.11 has no os.setns, so libc's is called through ctypes.
+bpffs pins: docs/kernel-notes.md, "Namespaces"). Python 3.11 has no os.setns, so libc's is
+called through ctypes.
 
 setns changes the calling thread only; xdpbr's CLI and daemon do namespace work on one thread.
 """
@@ -10,7 +11,7 @@ import ctypes.util
 import os
 import socket
 
-from loader.errors import NotFound, UsageError, XdpbrError
+from .errors import NotFound, UsageError, XdpbrError
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
@@ -180,3 +181,18 @@ class KeptFiles:
             kept.close()
         self.files.clear()
         self.sockets.clear()
+
+
+def bridge_nf_call(family, kept=None):
+    """br_netfilter's `bridge-nf-call-FAMILY` sysctl (iptables, ip6tables, arptables) of the
+    namespace the thread is in, or of `kept`'s (a KeptFiles). Absent: br_netfilter is not
+    loaded, so no bridge calls that family. /proc/sys/net answers for the opening thread's
+    namespace; br_netfilter's sysctls are per namespace."""
+    path = f"/proc/sys/net/bridge/bridge-nf-call-{family}"
+    if kept is not None:
+        return (kept.read(path) or "").strip() == "1"
+    try:
+        with open(path) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False

@@ -1,17 +1,18 @@
 """A veth port's peer: which namespace it lives in, and its GRO switch.
 
 An XDP redirect into a veth is dropped silently unless the peer has NAPI: GRO on or an XDP
-program (KERNEL-FACTS). The peer is usually in a container's namespace, known to the bridge's
-namespace only by an nsid, so candidates (/run/netns/*, /proc/*/ns/net) are asked for theirs.
+program (docs/kernel-notes.md, "Redirects into a veth"). The peer is usually in a container's
+namespace, known to the bridge's namespace only by an nsid, so candidates (/run/netns/*,
+/proc/*/ns/net) are asked for theirs.
 """
 
 import glob
 import os
 import socket
 
-from loader import ethtool
-from loader.errors import XdpbrError
-from loader.netns import entered_path, netns_path
+from . import ethtool
+from .errors import XdpbrError
+from .netns import entered_path, netns_path
 
 
 def peer_namespace_path(ipr, peer_netnsid, bridge_netns):

@@ -2,17 +2,20 @@
 
 /sys/fs/bpf/xdpbr[-INSTANCE]/<bridge>           a bridge in the namespace xdpbr runs in
 /sys/fs/bpf/xdpbr[-INSTANCE]/<bridge>@<netns>   a bridge in network namespace <netns> (`-n`)
+/sys/fs/bpf/xdpbr[-INSTANCE]/xdpbr_daemon       the daemon's record (a file: bridges are directories)
 
 Interface names cannot contain '/', so the name is a single path component; '@' separates the
 namespace, so two namespaces with a bridge of the same name never share pins.
 """
 
+import ctypes
+import errno
 import os
 
-from loader import bpfsys, instance
-from loader.bridge_id import BridgeId
-from loader.errors import NotFound, XdpbrError
-from loader.layouts import FDB_SIZE, LAYOUT_VERSION, MAX_PORTS, U32, Meta, map_specs
+from . import bpfsys, instance
+from .bridge_id import BridgeId
+from .errors import NotFound, XdpbrError
+from .layouts import DAEMON_SPEC, FDB_SIZE, LAYOUT_VERSION, MAX_PORTS, U32, DaemonRecord, Meta, map_specs
 
 BPFFS = instance.BPFFS
 PROG_PINS = {"xdp": "prog_xdp", "tc": "prog_tc", "clock": "prog_clock"}
@@ -174,3 +177,95 @@ def remove_dir(directory):
     for entry in os.listdir(directory):
         os.unlink(os.path.join(directory, entry))
     os.rmdir(directory)
+
+
+class DaemonRecordPin:
+    """The instance's daemon record (struct xdpbr_daemon, layouts.DAEMON_SPEC), pinned at
+    instance.daemon_record_pin(): the running daemon writes it once a loop turn; `show`, the
+    metrics and `xdpbr daemon --reload` read it. Use as a context manager."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    @classmethod
+    def open(cls, create=False):
+        """The pinned record, or None when there is none (no daemon ran in this instance) or it
+        has another layout. With `create` (the daemon), a missing record is created and pinned,
+        and one of another layout (another xdpbr's) is replaced."""
+        path = instance.daemon_record_pin()
+        try:
+            fd = bpfsys.obj_get(path)
+        except NotFound:
+            fd = None
+        if fd is not None:
+            try:
+                check_layout(fd, DAEMON_SPEC, path)
+                return cls(fd)
+            except XdpbrError:
+                os.close(fd)
+                if not create:
+                    return None
+                os.unlink(path)
+        if not create:
+            return None
+        os.makedirs(instance.bpf_root(), exist_ok=True)
+        spec = DAEMON_SPEC
+        fd = bpfsys.map_create(
+            spec.map_type, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value), spec.max_entries, spec.name
+        )
+        try:
+            bpfsys.obj_pin(fd, path)
+        except XdpbrError as exc:
+            os.close(fd)
+            if exc.errno != errno.EEXIST:
+                raise
+            return cls.open()  # another daemon of this instance pinned one meanwhile
+        return cls(fd)
+
+    def read(self):
+        """The record; read until two reads agree, so a reader never sees a half-written one."""
+        last = None
+        for _ in range(5):
+            record = DaemonRecord()
+            bpfsys.map_lookup(self.fd, U32(0), record)
+            if last is not None and bytes(record) == bytes(last):
+                break
+            last = record
+        return record
+
+    def write(self, record):
+        bpfsys.map_update(self.fd, U32(0), record)
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def process_start(pid):
+    """When process `pid` started (/proc/PID/stat starttime, clock ticks since boot), None when
+    there is no such process: with the pid it tells a process from a later one reusing its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return int(text[text.rindex(b")") + 2 :].split()[19])
+
+
+def read_daemon_record():
+    """(record, running) of the instance's daemon: the DaemonRecord, and whether the process it
+    names still runs (not a reused pid); None when no daemon has left a record."""
+    pin = DaemonRecordPin.open()
+    if pin is None:
+        return None
+    with pin:
+        record = pin.read()
+    running = bool(record.pid) and process_start(record.pid) == record.pid_start
+    return record, running

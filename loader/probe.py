@@ -10,8 +10,8 @@ import errno as errno_mod
 import functools
 import os
 
-from loader import bpfsys
-from loader.errors import XdpbrError
+from . import bpfsys
+from .errors import XdpbrError
 
 # The probe's program drops it: where live frames work, nothing leaves or enters a stack.
 _PROBE_FRAME = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + bytes(46)

@@ -10,8 +10,8 @@ struct.unpack calls each.
 import socket
 import struct
 
-from loader.errors import XdpbrError
-from loader.netns import entered
+from .errors import XdpbrError
+from .netns import entered
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300

@@ -12,8 +12,8 @@ import os
 import select
 import struct
 
-from loader.errors import XdpbrError
-from loader.netns import entered
+from .errors import XdpbrError
+from .netns import entered
 
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB

@@ -15,10 +15,10 @@ import ctypes
 import ctypes.util
 import os
 
-from loader import bpfsys, instance
-from loader.compile import BPF_DIR, bcc_compile
-from loader.errors import XdpbrError
-from loader.layouts import LearnKey, RedirectKey
+from . import bpfsys, instance
+from .compile import BPF_DIR, bcc_compile
+from .errors import XdpbrError
+from .layouts import LearnKey, RedirectKey
 
 SOURCE = os.path.join(BPF_DIR, "host_tracepoints.c")
 REDIRECT_ERRORS_PIN = "xdpbr_redirect_errors"  # names in the instance's bpffs root

@@ -17,8 +17,8 @@ import socket
 import struct
 import threading
 
-from loader.afxdp import XskSocket, from_fd
-from loader.packets import csum16, ether, ipv4, mac, udp4
+from .afxdp import XskSocket, from_fd
+from .packets import csum16, ether, ipv4, mac, udp4
 
 ETH_P_IP, ETH_P_ARP = 0x0800, 0x0806
 ARP_REQUEST, ARP_REPLY = 1, 2

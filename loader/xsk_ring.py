@@ -1,9 +1,10 @@
 """One AF_XDP ring (RX, TX, fill or completion) over its mapped memory, driven from Python.
 
 A producer writes descriptors, then its index; a consumer reads the index, then the
-descriptors, then stores its own index (x86 keeps stores in order, KERNEL-FACTS). The memory is
-mapped here (a socket set up by hand, loader/afxdp.XskSocket) or by libxdp (read through the
-pointers in its `struct xsk_ring_*`); libxdp's cached ring state is never used.
+descriptors, then stores its own index (x86 keeps stores in order: docs/kernel-notes.md,
+"AF_XDP"). The memory is mapped here (a socket set up by hand, loader/afxdp.XskSocket) or by
+libxdp (read through the pointers in its `struct xsk_ring_*`); libxdp's cached ring state is
+never used.
 """
 
 import array

@@ -11,7 +11,7 @@ The layouts below mirror <linux/netfilter_ipv4/ip_tables.h>, <linux/netfilter_ip
 (the entries' u64 counters make every entry 8-byte aligned).
 
 A parsed table is a plain `Table` (chains in kernel order, each with its rules, targets resolved
-to chain names); `control/nfrules.py` turns it into what the per-port decision walks.
+to chain names); `control/netfilter/rules.py` turns it into what the per-port decision walks.
 It is over 400 lines on purpose: one kernel interface (getsockopt on three table families
 sharing the x_tables layouts) belongs in one place, as bpf(2) does in bpfsys.py.
 """
@@ -27,7 +27,7 @@ import re
 import socket
 import struct
 
-from loader.errors import XdpbrError
+from .errors import XdpbrError
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 

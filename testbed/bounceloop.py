@@ -36,11 +36,12 @@ import ctypes
 import time
 from dataclasses import dataclass, field
 
-from loader import attach as at
-from loader import bpfsys
-from loader.journal import Journal
-from loader.netns import entered, existing_index
-from loader.packets import mac as mac_bytes
+from xdpbr.loader import attach as at
+from xdpbr.loader import bpfsys
+from xdpbr.loader.journal import Journal
+from xdpbr.loader.netns import entered, existing_index
+from xdpbr.loader.packets import mac as mac_bytes
+
 from testbed import cpustat
 from testbed.lab import sh
 from testbed.napi import pin_napi_threads

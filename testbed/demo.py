@@ -10,11 +10,14 @@ import subprocess
 import sys
 import time
 
-from control import attachment, endpoints, render, state
-from control.broker import request, socket_path
-from loader import instance
-from loader.errors import XdpbrError
-from loader.xsk_endpoint import AfxdpEndpoint
+from xdpbr.control.cli import render
+from xdpbr.control.datapath import attachment, state
+from xdpbr.control.endpoints import lifecycle as endpoints
+from xdpbr.control.endpoints.client import request, socket_path
+from xdpbr.loader import instance
+from xdpbr.loader.errors import XdpbrError
+from xdpbr.loader.xsk_endpoint import AfxdpEndpoint
+
 from testbed.lab import Lab
 
 XSK_NAME, XSK_MAC, XSK_IP = "vm3", "52:54:00:00:00:03", "10.200.0.103"
@@ -57,7 +60,9 @@ def main():
         endpoints.add("br0", lab.switch, XSK_NAME, mac=XSK_MAC)
         _say(f"xdpbr -n {lab.switch} attach br0")
         attachment.attach("br0", lab.switch)
-        daemon = subprocess.Popen([sys.executable, "-m", "control.cli", "daemon"], stderr=subprocess.DEVNULL)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "xdpbr.control.cli", "daemon"], stderr=subprocess.DEVNULL
+        )
         xsk = None
         try:
             xsk = _afxdp_guest(lab)
@@ -123,7 +128,7 @@ def _counted(failures, result):
 
 
 def _cli(*argv):
-    subprocess.run([sys.executable, "-m", "control.cli", *argv], check=False)
+    subprocess.run([sys.executable, "-m", "xdpbr.control.cli", *argv], check=False)
 
 
 def _afxdp_guest(lab):

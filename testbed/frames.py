@@ -1,6 +1,6 @@
 """Frames for traffic sources and tests, built on loader.packets' headers."""
 
-from loader.packets import ether, udp4
+from xdpbr.loader.packets import ether, udp4
 
 
 def udp_frame(dst_mac, src_mac, src_ip, dst_ip, size, sport=1000, dport=2000, csum="full"):

@@ -14,11 +14,13 @@ import sys
 import tempfile
 import time
 
-from control import attachment, config
-from loader import pins, tracepoints
-from loader.bridge_id import BridgeId
-from loader.netns import entered, netns_path, nsenter_prefix
-from loader.tap import TapEndpoint
+from xdpbr.control import config
+from xdpbr.control.datapath import attachment
+from xdpbr.loader import pins, tracepoints
+from xdpbr.loader.bridge_id import BridgeId
+from xdpbr.loader.netns import entered, netns_path, nsenter_prefix
+from xdpbr.loader.tap import TapEndpoint
+
 from testbed.vm import GuestRelay
 
 
@@ -253,7 +255,7 @@ class Lab:
         for bridge, netns in pins.attached_bridges():
             if netns in self.namespaces:
                 attachment.forget(bridge, netns)
-        from control import endpoints
+        from xdpbr.control.endpoints import lifecycle as endpoints
 
         for ns in self.namespaces:  # endpoints on the lab's bridges
             endpoints.forget_namespace(ns)

@@ -15,7 +15,8 @@ import os
 import socket
 import time
 
-from loader.netns import entered
+from xdpbr.loader.netns import entered
+
 from testbed.trafficgen import Traffic, paced
 
 PACKET_QDISC_BYPASS = 20  # linux/if_packet.h

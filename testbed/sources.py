@@ -14,8 +14,9 @@ rate-bounded scenarios.
 
 from dataclasses import asdict, dataclass
 
-from loader.errors import UsageError
-from loader.netns import existing_index
+from xdpbr.loader.errors import UsageError
+from xdpbr.loader.netns import existing_index
+
 from testbed.packetgen import PacketFrames
 from testbed.trafficgen import LiveFrames
 
@@ -35,7 +36,7 @@ class Choice:
 
 def choose(requested="auto"):
     """The sources for `--generator requested`; live frames probed once (cached)."""
-    from loader.probe import live_frames_refusal
+    from xdpbr.loader.probe import live_frames_refusal
 
     if requested not in GENERATORS:
         raise UsageError(f"--generator {requested}: expected one of {', '.join(GENERATORS)}")

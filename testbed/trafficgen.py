@@ -14,10 +14,11 @@ import os
 import time
 from dataclasses import dataclass
 
-from loader import attach as at
-from loader import bpfsys
-from loader.compile import BPF_DIR, bcc_compile
-from loader.netns import entered
+from xdpbr.loader import attach as at
+from xdpbr.loader import bpfsys
+from xdpbr.loader.compile import BPF_DIR, bcc_compile
+from xdpbr.loader.netns import entered
+
 from testbed.frames import udp_frame
 
 MIN_FRAME, MAX_FRAME = 60, 1514

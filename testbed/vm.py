@@ -14,9 +14,9 @@ import select
 import socket
 import threading
 
-from loader.errors import XdpbrError
-from loader.netns import entered
-from loader.tap import VNET_HDR_LEN, TapEndpoint
+from xdpbr.loader.errors import XdpbrError
+from xdpbr.loader.netns import entered
+from xdpbr.loader.tap import VNET_HDR_LEN, TapEndpoint
 
 SOL_PACKET = 263
 PACKET_VNET_HDR = 15

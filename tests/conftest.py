@@ -21,7 +21,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from tests.helpers import remove_instance_state, wait_for  # noqa: E402, F401 - fixtures below use them
+from tests.helpers import WAIT_S, remove_instance_state, wait_for  # noqa: E402 - fixtures below use them
 
 os.environ["XDPBR_INSTANCE"] = f"test-{secrets.token_hex(4)}"  # inherited by every CLI and daemon
 
@@ -29,7 +29,7 @@ os.environ["XDPBR_INSTANCE"] = f"test-{secrets.token_hex(4)}"  # inherited by ev
 @pytest.fixture(scope="session", autouse=True)
 def own_instance():
     """Removes this run's instance directories at the end (labs already took their bridges)."""
-    from loader import instance
+    from xdpbr.loader import instance
 
     yield instance.name()
     remove_instance_state()
@@ -43,7 +43,7 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
         return
     if any("live_frames" in item.keywords for item in items):
-        from loader.probe import live_frames_refusal
+        from xdpbr.loader.probe import live_frames_refusal
 
         refusal = live_frames_refusal()  # probed once: a two-instruction program, one run
         if refusal:
@@ -87,17 +87,23 @@ class DaemonProcess:
     """`xdpbr daemon` in a child process, started the way systemd starts it (Type=notify):
     the constructor returns once the daemon says READY=1, i.e. its first scan is done and
     every attached bridge is adopted and resynced. A fixed sleep instead raced a slow start
-    (a test froze a daemon that had not yet read the FDB)."""
+    (a test froze a daemon that had not yet read the FDB).
+
+    Later waits read the daemon's record (struct xdpbr_daemon, pinned per instance), never a
+    clock or a log line: `settled()` returns once a whole pin scan ran after the call,
+    `reload()` once a SIGHUP's reload has a result. With `listen=True` the notify socket stays
+    open and `notices()` returns what the daemon sent systemd since."""
 
     READY_TIMEOUT_S = 30
 
-    def __init__(self, *args, env=None):
+    def __init__(self, *args, env=None, listen=False):
         self._dir = tempfile.mkdtemp(prefix="xdpbr-t-notify-")
         notify_path = os.path.join(self._dir, "notify")
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(notify_path)
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(notify_path)
+        self.messages = []  # every datagram the daemon sent to NOTIFY_SOCKET, as lists of lines
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "control.cli", "daemon", *args],
+            [sys.executable, "-m", "xdpbr.control.cli", "daemon", *args],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -105,26 +111,76 @@ class DaemonProcess:
             env={**os.environ, **(env or {}), "NOTIFY_SOCKET": notify_path},
         )
         try:
-            self._wait_ready(notify)
+            self._wait_ready()
         except BaseException:
             self.stop(signal.SIGKILL)
             raise
         finally:
-            notify.close()
+            if not listen:
+                self._close_notify()
+
+    def _close_notify(self):
+        if self.notify:
+            self.notify.close()
+            self.notify = None
             shutil.rmtree(self._dir, ignore_errors=True)
 
-    def _wait_ready(self, notify):
+    def _receive(self, timeout):
+        """One datagram from the daemon within `timeout` s (its lines), or None."""
+        self.notify.settimeout(timeout)
+        try:
+            lines = self.notify.recv(4096).decode().split("\n")
+        except TimeoutError:
+            return None
+        self.messages.append(lines)
+        return lines
+
+    def _wait_ready(self):
         deadline = time.monotonic() + self.READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 pytest.fail(f"the daemon exited with {self.proc.returncode}: {self.proc.stderr.read()}")
-            notify.settimeout(0.2)
-            try:
-                if b"READY=1" in notify.recv(4096).split(b"\n"):
-                    return
-            except TimeoutError:
-                pass
+            if "READY=1" in (self._receive(0.2) or ()):
+                return
         pytest.fail(f"the daemon did not report READY=1 within {self.READY_TIMEOUT_S} s")
+
+    def notices(self, until, timeout=WAIT_S):
+        """Datagrams received so far (lists of lines), after waiting up to `timeout` s until
+        until(datagrams) is true (listen=True only)."""
+        deadline = time.monotonic() + timeout
+        while not until(self.messages) and time.monotonic() < deadline:
+            self._receive(max(deadline - time.monotonic(), 0.001))
+        return self.messages
+
+    def record(self):
+        """The daemon's record as `show -j` and the metrics read it (a DaemonRecord)."""
+        from xdpbr.loader import pins
+
+        found = pins.read_daemon_record()
+        assert found, "the daemon left no record"
+        return found[0]
+
+    def settled(self, timeout=WAIT_S):
+        """Returns once a pin scan that began after this call has run to the end of its loop
+        turn (the record is written at the end of each turn): whatever the daemon was going to
+        do about a change made before the call (adopt, drop, re-attach), it has done."""
+        since = time.monotonic_ns()
+        assert wait_for(lambda: self.record().scanned_ns > since, timeout=timeout), (
+            f"the daemon did not scan within {timeout} s"
+        )
+        return self.record()
+
+    def reload(self, timeout=WAIT_S):
+        """SIGHUP, then the record once it holds the result of a reload begun after the signal."""
+        sent = time.monotonic_ns()
+        self.proc.send_signal(signal.SIGHUP)
+
+        def done():
+            rec = self.record()
+            return rec.reload_started_ns >= sent and rec.reload_finished_ns >= rec.reload_started_ns
+
+        assert wait_for(done, timeout=timeout), f"no reload result within {timeout} s"
+        return self.record()
 
     def stop(self, sig=None):
         if self.proc.poll() is None:
@@ -133,6 +189,7 @@ class DaemonProcess:
             else:
                 self.proc.terminate()
             self.proc.wait(10)
+        self._close_notify()
         return self.proc.stderr.read()
 
 
@@ -142,8 +199,8 @@ def daemon():
     attached later."""
     procs = []
 
-    def start(*args, env=None):
-        d = DaemonProcess(*args, env=env)
+    def start(*args, env=None, listen=False):
+        d = DaemonProcess(*args, env=env, listen=listen)
         procs.append(d)
         return d
 

@@ -7,10 +7,10 @@ caller's namespace), so the test enters that namespace around every run.
 import secrets
 import subprocess
 
-from control.session import Session
-from loader import bpfsys, pins
-from loader.compile import compile_fastpath
-from loader.layouts import (
+from xdpbr.control.datapath.session import Session
+from xdpbr.loader import bpfsys, pins
+from xdpbr.loader.compile import compile_fastpath
+from xdpbr.loader.layouts import (
     ATTACH_POINTS,
     FDB_LOCAL,
     FDB_STATIC,
@@ -28,7 +28,7 @@ from loader.layouts import (
     mac_bytes,
     stats_index,
 )
-from loader.netns import entered
+from xdpbr.loader.netns import entered
 
 XDP_PASS, XDP_REDIRECT = 2, 4
 TC_ACT_OK, TC_ACT_REDIRECT = 0, 7

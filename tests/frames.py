@@ -3,7 +3,7 @@
 import socket
 import struct
 
-from loader.packets import csum16, ether, ipv4, l4_with_checksum, mac, udp4  # noqa: F401 - re-exported
+from xdpbr.loader.packets import csum16, ether, ipv4, l4_with_checksum, mac, udp4  # noqa: F401 - re-exported
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 

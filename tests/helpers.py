@@ -18,7 +18,7 @@ WAIT_S = 10
 def xdpbr(*argv, user=None):
     """The CLI of this checkout (`python -m` from ROOT, not the venv's entry point, which may
     belong to another checkout), as a process."""
-    cmd = [sys.executable, "-m", "control.cli"]
+    cmd = [sys.executable, "-m", "xdpbr.control.cli"]
     if user:
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
     return subprocess.run([*cmd, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -37,7 +37,7 @@ def wait_for(predicate, timeout=5.0, step=0.01):
 def accelerate(lab, daemon, **options):
     """The lab's bridge attached (`options` as attachment.attach takes them), with a daemon (the
     conftest fixture's starter) following it; returns the daemon."""
-    from control import attachment
+    from xdpbr.control.datapath import attachment
 
     attachment.attach(lab.bridge, lab.switch, **options)
     return daemon()
@@ -45,7 +45,7 @@ def accelerate(lab, daemon, **options):
 
 def counters(lab):
     """The lab bridge's counters as `xdpbr stats` reads them: {(port, attach, reason): packets}."""
-    from control import state
+    from xdpbr.control.datapath import state
 
     out = {}
     for r in state.stats(lab.bridge, lab.switch):
@@ -74,7 +74,7 @@ def subparsers(parser):
 def commands():
     """(words, help, parser) of every command and verb, e.g. (("endpoint", "add"), ...)."""
     out = []
-    from control.cli import build_parser
+    from xdpbr.control.cli.main import build_parser
 
     for name, text, sub in subparsers(build_parser()):
         verbs = list(subparsers(sub))
@@ -89,7 +89,7 @@ def options(parser):
 
 def remove_instance_state():
     """Every directory of the selected instance, whatever is left in them."""
-    from loader import instance
+    from xdpbr.loader import instance
 
     for directory in (instance.bpf_root(), instance.endpoint_pin_root()):
         _remove_bpffs_tree(directory)

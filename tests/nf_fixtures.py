@@ -141,7 +141,7 @@ SHAPES = {
 
 def load(name):
     """(legacy tables as loader.xtables.Table, nftables Ruleset) recorded for shape `name`."""
-    from loader import nftables, xtables
+    from xdpbr.loader import nftables, xtables
 
     data = json.loads((HERE / f"{name}.json").read_text())
     tables = [
@@ -157,8 +157,8 @@ def load(name):
 
 def record(name, ns):
     """Load shape `name` in namespace `ns` and write its fixture."""
-    from loader import xtables
-    from loader.netns import entered
+    from xdpbr.loader import xtables
+    from xdpbr.loader.netns import entered
 
     for argv, stdin in SHAPES[name]:
         subprocess.run(["ip", "netns", "exec", ns, *argv.split()], input=stdin, text=True, check=True)

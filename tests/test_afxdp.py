@@ -3,9 +3,9 @@
 import select
 
 import pytest
+from xdpbr.loader.afxdp import XskRedirect, XskSocket, new_socket
+from xdpbr.loader.errors import XdpbrError
 
-from loader.afxdp import XskRedirect, XskSocket, new_socket
-from loader.errors import XdpbrError
 from testbed.frames import udp_frame
 from testbed.lab import Lab, sh
 from testbed.trafficgen import attach_program
@@ -111,7 +111,7 @@ def test_a_busy_queue_is_retried_briefly_then_refused_with_the_fix(endpoint):
 @pytest.mark.parametrize("how", ["handed-over", "libxdp"])
 def test_a_relay_over_a_shared_umem_forwards_descriptors_and_frames_arrive_intact(how):
     """Endpoint A's RX to endpoint B's TX without a copy (XDP_SHARED_UMEM), as afxdp-loop does."""
-    from loader.afxdp import forward
+    from xdpbr.loader.afxdp import forward
 
     with Lab(prefix="xdpbr-test-xskfwd") as lab:
         ns = lab.netns("x")

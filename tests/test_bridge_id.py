@@ -2,10 +2,9 @@
 label as one component."""
 
 import pytest
-
-from loader import instance
-from loader.bridge_id import BridgeId
-from loader.errors import XdpbrError
+from xdpbr.loader import instance
+from xdpbr.loader.bridge_id import BridgeId
+from xdpbr.loader.errors import XdpbrError
 
 
 @pytest.mark.parametrize("bridge", [BridgeId("br0"), BridgeId("br0", "tenant1"), BridgeId("vmbr-x", "a_b")])

@@ -11,10 +11,12 @@ import threading
 import time
 
 import pytest
+from xdpbr.control.datapath import attachment, state
+from xdpbr.control.endpoints import lifecycle as endpoints
+from xdpbr.control.endpoints.broker import MAX_REQUEST
+from xdpbr.control.endpoints.client import request, socket_path
+from xdpbr.loader.xsk_endpoint import AfxdpEndpoint
 
-from control import attachment, endpoints, state
-from control.broker import MAX_REQUEST, request, socket_path
-from loader.xsk_endpoint import AfxdpEndpoint
 from testbed.frames import udp_frame
 from tests.helpers import wait_for
 from tests.traffic import packet_socket, xsk_frames
@@ -302,7 +304,7 @@ def test_a_crowd_with_slow_loris_clients_does_not_delay_an_allowed_vmm(broker_la
     (CAP), so some are cut as busy; nobody holds a connection past the deadline."""
     lab = broker_lab
     stop = threading.Event()
-    results, connected = [], threading.Barrier(100, timeout=10)
+    results, connected, dribbling = [], threading.Barrier(100, timeout=10), set()
 
     def client(kind):
         started = time.monotonic()
@@ -327,8 +329,10 @@ def test_a_crowd_with_slow_loris_clients_does_not_delay_an_allowed_vmm(broker_la
                         sock.send(bytes([byte]))
                     except OSError:
                         break
+                    dribbling.add(threading.get_ident())  # it has sent a byte
                     if stop.wait(0.3):
                         break
+                dribbling.add(threading.get_ident())  # or stopped: answered, cut, every byte sent
                 sock.settimeout(DEADLINE_S + 3)
             try:
                 msg, fds, _, _ = so.recv_fds(sock, 65536, 8)
@@ -341,7 +345,8 @@ def test_a_crowd_with_slow_loris_clients_does_not_delay_an_allowed_vmm(broker_la
     for t in threads:
         t.start()
     connected.wait()  # the 99th party: every client is connected
-    time.sleep(0.5)  # the slow ones have sent a byte or two
+    # each slow one has sent a byte, or stopped (answered, or cut as busy)
+    assert wait_for(lambda: len(dribbling) == 10, timeout=5), f"{len(dribbling)} of the 10 slow ones"
     started = time.monotonic()
     reply, fds = request(lab.sock, "vm1")
     latency = time.monotonic() - started

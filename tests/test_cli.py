@@ -5,9 +5,9 @@ import os
 import subprocess
 
 import pytest
+from xdpbr.control.datapath import attachment
+from xdpbr.loader import pins
 
-from control import attachment
-from loader import pins
 from tests.helpers import xdpbr
 
 
@@ -185,8 +185,8 @@ def test_auto_falls_back_to_tc_when_a_driver_has_no_native_xdp_and_says_why(lab)
 
 @pytest.mark.root
 def test_missing_kernel_headers_name_the_package_and_leave_nothing(two_containers, monkeypatch):
-    from loader import compile as comp
-    from loader.errors import XdpbrError
+    from xdpbr.loader import compile as comp
+    from xdpbr.loader.errors import XdpbrError
 
     monkeypatch.setattr(comp, "_release_build_dir", lambda: None)
     monkeypatch.setattr(comp.glob, "glob", lambda pattern: [])

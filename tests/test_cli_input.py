@@ -6,8 +6,8 @@ also one line) and never reaches the kernel: commands name a namespace that does
 import argparse
 
 import pytest
+from xdpbr.control.cli import main as cli
 
-from control import cli
 from tests.helpers import commands, options
 
 BAD_VALUES = ["-1", "0", "x", "1e400", "nan", "99999999999999999999", "../etc", "a/b", ""]

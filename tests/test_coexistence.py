@@ -4,10 +4,10 @@ own programs in place; writers are serialised."""
 import subprocess
 
 import pytest
+from xdpbr.control.datapath import attachment, state
+from xdpbr.loader.errors import XdpbrError
+from xdpbr.loader.lock import writer_lock
 
-from control import attachment, state
-from loader.errors import XdpbrError
-from loader.lock import writer_lock
 from testbed.trafficgen import BenchPrograms, attach_program
 
 

@@ -6,15 +6,16 @@ import shutil
 import signal
 import subprocess
 import textwrap
-import time
 
 import pytest
+from xdpbr.control import config
+from xdpbr.control.config import ConfigError, load
+from xdpbr.control.datapath import state
+from xdpbr.loader import bridge_limits, pins
+from xdpbr.loader.errors import XdpbrError
+from xdpbr.loader.layouts import RELOAD_FAILED, RELOAD_OK
 
-from control import config, state
-from control.config import ConfigError, load
-from loader import bridge_limits, pins
-from loader.errors import XdpbrError
-from tests.helpers import ROOT, wait_for
+from tests.helpers import ROOT, WAIT_S, wait_for, xdpbr
 
 GOOD = """\
 [daemon]
@@ -151,29 +152,40 @@ def test_the_daemon_follows_its_configuration(two_containers, daemon, tmp_path):
     assert ports()[lab.c2.port]["mode"] == "bridge" and ports()[lab.c1.port]["mode"] == "tc"
     assert bridge_limits.fdb_learned(lab.bridge, lab.switch)[1] == 500
 
-    # a bad reload keeps the running configuration and says why
+    # a bad reload keeps the running configuration and says why (systemd's ExecReload)
     good = open(path).read()
     with open(path, "w") as f:
         f.write(good.replace("fdb_max_learned", "fdb_max_learnd"))
-    d.proc.send_signal(signal.SIGHUP)
-    time.sleep(1.0)  # the daemon reads the file (its loop turns every 0.1 s)
+    before = d.record()
+    res = xdpbr("daemon", "--reload")
+    assert res.returncode == 1, res
+    error = f"{path}:5: bridge[0].fdb_max_learnd: unknown key; did you mean 'fdb_max_learned'?"
+    assert res.stderr.startswith(f"xdpbr: reload failed, keeping the running configuration: {error}")
+    assert res.stderr.count("\n") == 1 and "known keys: name, netns," in res.stderr, res.stderr
+    rec = d.record()
+    assert (rec.reloads_failed, rec.reloads_ok) == (before.reloads_failed + 1, before.reloads_ok)
+    assert rec.reload_result == RELOAD_FAILED and rec.reload_message.decode().startswith(error)
+    assert rec.reload_generation > before.loop_generation
     assert bridge_limits.fdb_learned(lab.bridge, lab.switch)[1] == 500
+    assert ports()[lab.c2.port]["mode"] == "bridge"
     # a good one applies: the port is no longer left alone, the limit changes
     with open(path, "w") as f:
         f.write(good.replace(f'ignore_ports = ["{lab.c2.port}"]', "ignore_ports = []").replace("500", "0"))
-    d.proc.send_signal(signal.SIGHUP)
-    assert wait_for(lambda: ports().get(lab.c2.port, {}).get("mode") == "tc", timeout=5)
-    assert bridge_limits.fdb_learned(lab.bridge, lab.switch)[1] == 0
-    log = d.stop()
-    assert "reload failed, keeping the running configuration:" in log
-    assert f"{path}:5: bridge[0].fdb_max_learnd: unknown key; did you mean 'fdb_max_learned'?" in log
-    assert "Traceback" not in log
+    res = xdpbr("daemon", "--reload")
+    assert res.returncode == 0, res
+    assert res.stdout == f"xdpbr daemon (pid {d.proc.pid}): reloaded {path} (1 bridges)\n"
+    rec = d.record()
+    assert (rec.reloads_ok, rec.reload_result) == (before.reloads_ok + 1, RELOAD_OK)
+    assert bridge_limits.fdb_learned(lab.bridge, lab.switch)[1] == 0  # applied before the result
+    assert wait_for(lambda: ports().get(lab.c2.port, {}).get("mode") == "tc", timeout=WAIT_S)
+    shown = state.show(lab.bridge, lab.switch)[0]["daemon"]
+    assert (shown["running"], shown["pid"], shown["reloads_failed"]) == (True, d.proc.pid, rec.reloads_failed)
+    assert shown["last_reload"]["result"] == "ok"
+    assert "Traceback" not in d.stop()
 
 
 @pytest.mark.root
 def test_an_operator_detach_holds_across_daemon_restarts(two_containers, daemon, tmp_path):
-    from tests.helpers import xdpbr
-
     lab = two_containers
     path = write(tmp_path, f'[[bridge]]\nname = "{lab.bridge}"\nnetns = "{lab.switch}"\n')
     d = daemon("--config", path)
@@ -182,8 +194,9 @@ def test_an_operator_detach_holds_across_daemon_restarts(two_containers, daemon,
     assert xdpbr("-n", lab.switch, "detach", lab.bridge).returncode == 0
     assert config.held_by_operator(f"{lab.bridge}@{lab.switch}")
     d.stop(signal.SIGKILL)
-    daemon("--config", path)
-    assert not wait_for(attached, timeout=2), "the daemon re-attached a bridge the operator detached"
+    restarted = daemon("--config", path)
+    assert restarted.settled() and restarted.settled(), "two scans: configured bridges are attached in each"
+    assert not attached(), "the daemon re-attached a bridge the operator detached"
     assert xdpbr("-n", lab.switch, "attach", lab.bridge).returncode == 0
     assert not config.held_by_operator(f"{lab.bridge}@{lab.switch}")
 
@@ -201,7 +214,7 @@ def test_a_stopping_daemon_keeps_or_detaches_as_configured(
     d = daemon("--config", path)
     attached = lambda: os.path.isdir(pins.pin_dir(lab.bridge, lab.switch))  # noqa: E731
     assert wait_for(attached, timeout=20)
-    time.sleep(0.5)  # adopted
+    assert wait_for(lambda: d.record().bridges == 1 and d.record().bridges_failed == 0, timeout=WAIT_S)
     log = d.stop()  # SIGTERM
     assert attached() == attached_after, log
     assert not config.held_by_operator(f"{lab.bridge}@{lab.switch}")  # a restart attaches it again
@@ -218,16 +231,19 @@ def test_under_systemd_the_daemon_notifies_and_logs_with_levels(tmp_path):
     notify.settimeout(20)
     env = dict(os.environ, NOTIFY_SOCKET=path, JOURNAL_STREAM="8:1234")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "control.cli", "daemon", "--config", write(tmp_path, "[daemon]\n")],
+        [sys.executable, "-m", "xdpbr.control.cli", "daemon", "--config", write(tmp_path, "[daemon]\n")],
         cwd=ROOT,
         env=env,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        assert notify.recv(256) == b"READY=1"
+        ready = notify.recv(4096).decode().split("\n")
+        assert ready[0] == "READY=1" and ready[1].startswith("STATUS=0 bridges attached, 0 failed"), ready
         proc.terminate()
-        assert notify.recv(256) == b"STOPPING=1"
+        while (message := notify.recv(4096)).startswith(b"STATUS="):  # sent once a second
+            pass
+        assert message == b"STOPPING=1"
         assert proc.wait(10) == 0
     finally:
         if proc.poll() is None:
@@ -239,10 +255,86 @@ def test_under_systemd_the_daemon_notifies_and_logs_with_levels(tmp_path):
 
 @pytest.mark.root
 def test_a_reload_without_a_configuration_file_keeps_the_daemon_running(daemon):
-    import signal
-    import time
-
     d = daemon()  # no --config, and the test instance has no /etc/xdpbr/xdpbr-<instance>.toml
-    d.proc.send_signal(signal.SIGHUP)
-    time.sleep(1.0)
+    rec = d.reload()
+    assert rec.reload_result == RELOAD_OK
+    assert rec.reload_message == b"reloaded no configuration file (0 bridges)"
     assert d.proc.poll() is None, f"the daemon exited on SIGHUP: {d.stop()}"
+
+
+@pytest.mark.root
+def test_a_reload_tells_systemd_reloading_then_ready_with_a_status(daemon, tmp_path):
+    path = write(tmp_path, "[daemon]\n")
+    d = daemon("--config", path, listen=True)
+    assert d.messages[-1][0] == "READY=1" and d.messages[-1][1].startswith("STATUS=0 bridges attached")
+    seen = len(d.messages)
+    rec = d.reload()
+    assert rec.reload_result == RELOAD_OK and rec.reloads_ok >= 1
+
+    def ready_again(messages):
+        return any("READY=1" in m for m in messages[seen:])
+
+    after = [m for m in d.notices(ready_again)[seen:] if not m[0].startswith("STATUS=")]
+    reloading, ready = after[:2]
+    assert reloading[0] == "RELOADING=1" and reloading[1].startswith("MONOTONIC_USEC="), after
+    assert ready[0] == "READY=1" and ready[1].startswith("STATUS=0 bridges attached, 0 failed"), after
+    assert "reload failed" not in ready[1]
+    # a bad file: the reload fails, the daemon keeps running and says so in its STATUS
+    with open(path, "w") as f:
+        f.write("[daemon]\non_stop = 'halt'\n")
+    res = xdpbr("daemon", "--reload")
+    assert res.returncode == 1 and "on_stop: 'halt' is not one of keep, detach" in res.stderr, res
+    rec = d.record()
+    assert rec.reload_result == RELOAD_FAILED and rec.reloads_failed >= 1
+    seen = len(d.messages)
+    status = d.notices(lambda messages: any(m[-1].startswith("STATUS=") for m in messages[seen:]))[-1][-1]
+    assert status.endswith("; the last reload failed, running the previous configuration"), status
+    assert d.proc.poll() is None
+
+
+@pytest.mark.root
+def test_daemon_reload_without_a_running_daemon_says_so():
+    res = xdpbr("daemon", "--reload")
+    assert res.returncode == 1
+    assert res.stderr.startswith("xdpbr: no xdpbr daemon of this instance is running"), res.stderr
+
+
+@pytest.mark.root
+def test_under_systemd_daemon_reload_signals_an_older_daemon_that_keeps_no_record(tmp_path):
+    """An upgrade: the unit's running daemon predates the record, so ExecReload's `daemon
+    --reload` sends SIGHUP to systemd's $MAINPID and cannot wait for a result."""
+    import sys
+
+    marker = tmp_path / "hup"
+    older = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys\n"
+            f"signal.signal(signal.SIGHUP, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(0)))\n"
+            "print('ready', flush=True)\n"
+            "signal.pause()\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert older.stdout.readline() == "ready\n"
+        env = dict(os.environ, MAINPID=str(older.pid))
+        res = subprocess.run(
+            [sys.executable, "-m", "xdpbr.control.cli", "daemon", "--reload"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        assert (
+            res.stdout
+            == f"xdpbr daemon (pid {older.pid}) keeps no record: sent SIGHUP; its log has the result\n"
+        )
+        assert older.wait(10) == 0 and marker.exists()
+    finally:
+        if older.poll() is None:
+            older.kill()

@@ -9,9 +9,8 @@ import os
 from dataclasses import dataclass
 
 import pytest
-
-from loader import bpfsys
-from loader.layouts import (
+from xdpbr.loader import bpfsys
+from xdpbr.loader.layouts import (
     BRIDGE_FDB_FULL,
     PORT_FORWARDING,
     PORT_HAIRPIN,
@@ -20,6 +19,7 @@ from loader.layouts import (
     PORT_XDP_EGRESS,
     U32,
 )
+
 from tests import frames as F
 from tests.datapath import BRIDGE_MAC, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, XDP_REDIRECT, Datapath
 

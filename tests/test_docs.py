@@ -5,8 +5,8 @@ import os
 import re
 
 import pytest
+from xdpbr.control.cli.main import build_parser
 
-from control.cli import build_parser
 from tests.helpers import commands, options, subparsers
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")

@@ -4,12 +4,14 @@ import json
 import os
 
 import pytest
+from xdpbr.control.datapath import attachment, state
+from xdpbr.control.endpoints import lifecycle as endpoints
+from xdpbr.control.endpoints import qemu
+from xdpbr.loader import bpfsys, instance
+from xdpbr.loader.afxdp import XskSocket, new_socket
+from xdpbr.loader.errors import NotFound, UsageError, XdpbrError
+from xdpbr.loader.netns import entered, netns_path, nsenter_prefix
 
-from control import attachment, endpoints, state
-from loader import bpfsys, instance
-from loader.afxdp import XskSocket, new_socket
-from loader.errors import NotFound, UsageError, XdpbrError
-from loader.netns import entered, netns_path, nsenter_prefix
 from testbed.frames import udp_frame
 from testbed.lab import sh
 from tests.helpers import xdpbr
@@ -88,7 +90,7 @@ def test_a_tap_endpoint_is_a_persistent_vnet_hdr_tap_on_the_bridge(two_container
     owner = __import__("pwd").getpwuid(1000).pw_name if _has_uid(1000) else "1000"
     assert f"user {owner} " in detail
     assert f"master {lab.bridge}" in detail
-    args = endpoints.qemu_args(lab.bridge, lab.switch, "vm2")
+    args = qemu.recipe_text(qemu.qemu_args(lab.bridge, lab.switch, "vm2"))
     assert args.startswith("-netdev tap,id=vm2,ifname=vm2,script=no,downscript=no")
     # QEMU refuses vhost=on without /dev/vhost-net (tests/test_qemu.py for each QEMU version)
     assert ("vhost=on" in args) == os.path.exists("/dev/vhost-net")
@@ -160,15 +162,15 @@ def test_a_failing_last_step_rolls_the_whole_endpoint_back(two_containers, monke
     """The static FDB entry is the last thing `add` writes; when the kernel refuses it, the
     interfaces, pins and record made before are gone again (the refusal is injected: this
     kernel takes any unicast MAC)."""
-    from control import fdb
+    from xdpbr.loader.links import Rtnl
 
     lab = two_containers
     before = links(lab)
 
-    def refused(ipr, ifindex, mac):
+    def refused(rtnl, ifindex, mac):
         raise XdpbrError("the FDB entry was refused")
 
-    monkeypatch.setattr(fdb, "add_static_entry", refused)
+    monkeypatch.setattr(Rtnl, "fdb_add_static", refused)
     with pytest.raises(XdpbrError, match="refused"):
         endpoints.add(lab.bridge, lab.switch, "vm4", mac=GUEST, path=path)
     assert links(lab) == before
@@ -180,8 +182,7 @@ def test_a_failing_last_step_rolls_the_whole_endpoint_back(two_containers, monke
 @pytest.mark.root
 def test_endpoint_metrics_count_frames_to_the_sockets_and_frames_that_found_none(two_containers):
     from prometheus_client import CollectorRegistry
-
-    from control.metrics import PinnedMapReader, XdpbrCollector
+    from xdpbr.control.metrics.collector import PinnedMapReader, XdpbrCollector
 
     lab = two_containers
     assert lab.c1.ping(lab.c2.ip)
@@ -229,8 +230,8 @@ def test_a_lab_that_goes_away_takes_its_endpoints_pins_and_broker_socket_with_it
 
 @pytest.mark.root
 def test_a_corrupt_endpoint_record_is_skipped_by_show_the_broker_and_a_scrape(two_containers, daemon):
-    from control.broker import request, socket_path
-    from control.metrics import exposition
+    from xdpbr.control.endpoints.client import request, socket_path
+    from xdpbr.control.metrics.collector import exposition
 
     lab = two_containers
     rec = endpoints.add(lab.bridge, lab.switch, "vm1")

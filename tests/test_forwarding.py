@@ -6,8 +6,8 @@ carried them."""
 import time
 
 import pytest
+from xdpbr.control.datapath import attachment, state
 
-from control import attachment, state
 from tests.helpers import accelerate, counters, counting
 from tests.traffic import tcp_transfer, udp_exchange
 

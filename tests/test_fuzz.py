@@ -10,8 +10,8 @@ frame the fast path redirects must be one the bridge would forward, unchanged, t
 import random
 
 import pytest
+from xdpbr.loader.layouts import PORT_FORWARDING, PORT_HAIRPIN, PORT_ISOLATED, PORT_XDP_EGRESS, REASONS
 
-from loader.layouts import PORT_FORWARDING, PORT_HAIRPIN, PORT_ISOLATED, PORT_XDP_EGRESS, REASONS
 from tests import frames as F
 from tests.datapath import BRIDGE_MAC, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, XDP_REDIRECT, Datapath
 

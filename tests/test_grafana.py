@@ -14,9 +14,9 @@ import urllib.parse
 import urllib.request
 
 import pytest
+from xdpbr.control.datapath import attachment
+from xdpbr.grafana import dashboard
 
-from control import attachment
-from grafana import dashboard
 from tests.helpers import ROOT, wait_for
 
 DASHBOARD = os.path.join(ROOT, "grafana", "xdpbr.json")
@@ -24,7 +24,7 @@ DASHBOARD = os.path.join(ROOT, "grafana", "xdpbr.json")
 
 def test_the_committed_dashboard_is_what_the_builder_makes():
     with open(DASHBOARD) as f:
-        assert f.read() == dashboard.render(), "run: python -m grafana.dashboard > grafana/xdpbr.json"
+        assert f.read() == dashboard.render(), "run: python -m xdpbr.grafana.dashboard > grafana/xdpbr.json"
 
 
 def test_the_dashboard_has_bridge_and_port_variables():
@@ -121,7 +121,7 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(two_container
     attachment.attach(lab.bridge, lab.switch, mode="xdp")
     metrics_port = _free_port()
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "control.cli", "daemon", "--metrics", str(metrics_port)],
+        [sys.executable, "-m", "xdpbr.control.cli", "daemon", "--metrics", str(metrics_port)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

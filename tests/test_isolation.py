@@ -14,9 +14,9 @@ import subprocess
 import sys
 
 import pytest
+from xdpbr.control.endpoints import client as broker
+from xdpbr.loader import bpfsys, instance, pins
 
-from control import broker
-from loader import bpfsys, instance, pins
 from tests.helpers import ROOT, remove_instance_state
 
 
@@ -33,7 +33,7 @@ def selected(name):
 
 def xdpbr(name, *argv, timeout=300):
     res = subprocess.run(
-        [sys.executable, "-m", "control.cli", "--instance", name, *argv],
+        [sys.executable, "-m", "xdpbr.control.cli", "--instance", name, *argv],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -96,7 +96,7 @@ def test_the_demo_and_the_hotplug_bench_leave_a_production_instance_untouched(
         )
         assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
         bench = subprocess.run(
-            [sys.executable, "-m", "control.cli", "bench", "hotplug", "--png", str(tmp_path / "b.png")],
+            [sys.executable, "-m", "xdpbr.control.cli", "bench", "hotplug", "--png", str(tmp_path / "b.png")],
             capture_output=True,
             text=True,
             cwd=ROOT,
@@ -111,7 +111,7 @@ def test_the_demo_and_the_hotplug_bench_leave_a_production_instance_untouched(
             production.stop()
         for argv in (["endpoint", "del", lab.bridge, "vmp"], ["detach", lab.bridge]):
             subprocess.run(
-                [sys.executable, "-m", "control.cli", "--instance", prod, "-n", lab.switch, *argv],
+                [sys.executable, "-m", "xdpbr.control.cli", "--instance", prod, "-n", lab.switch, *argv],
                 capture_output=True,
                 cwd=ROOT,
                 check=False,

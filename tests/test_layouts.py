@@ -8,9 +8,9 @@ import re
 import secrets
 
 import pytest
+from xdpbr.loader import bpfsys, layouts, pins
+from xdpbr.loader.compile import BPF_DIR, bcc_compile, compile_fastpath
 
-from loader import bpfsys, layouts, pins
-from loader.compile import BPF_DIR, bcc_compile, compile_fastpath
 from testbed import bounceloop, trafficgen
 
 STRUCTS = {
@@ -26,6 +26,7 @@ STRUCTS = {
     "xdpbr_xsk_counter": layouts.XskCounter,
     "xdpbr_redirect_key": layouts.RedirectKey,
     "xdpbr_learn_key": layouts.LearnKey,
+    "xdpbr_daemon": layouts.DaemonRecord,
     # bpf/bench.h: the benchmark's generator and closed loop
     "gen_config": trafficgen.GenConfig,
     "bounce_config": bounceloop.BounceConfig,
@@ -66,6 +67,9 @@ def test_constants_match_the_c_defines():
     assert int(d["XDPBR_CLOCK_NOW"]) == layouts.CLOCK_NOW
     assert int(d["XDPBR_CONTROL_ATTACH"]) == layouts.CONTROL_ATTACH
     assert int(d["XDPBR_CONTROL_DAEMON"]) == layouts.CONTROL_DAEMON
+    for i, result in enumerate(layouts.RELOAD_RESULTS):
+        assert int(d[f"XDPBR_RELOAD_{result.upper()}"]) == i
+    assert (layouts.RELOAD_NONE, layouts.RELOAD_OK, layouts.RELOAD_FAILED) == (0, 1, 2)
     for i, mode in enumerate(layouts.MODES):
         assert int(d[f"XDPBR_MODE_{mode.upper().replace('+', '_')}"]) == i
     assert 1 << int(d["XDPBR_PORT_FORWARDING"]) == layouts.PORT_FORWARDING
@@ -130,3 +134,33 @@ int probe(struct xdp_md *ctx) {{
         b.cleanup()
     want = {label: value for label, _, value in probes}
     assert found == want
+
+
+@pytest.mark.root
+def test_the_daemon_record_is_created_with_its_layout_and_replaces_another(monkeypatch):
+    """The daemon's record is no bcc map: bpf(2) creates it from layouts.DAEMON_SPEC, beside the
+    bridges' directories, and it is never listed as a bridge; a pin of another layout (another
+    xdpbr's) is not read, and the daemon replaces it."""
+    from xdpbr.loader import instance
+
+    from tests.helpers import remove_instance_state
+
+    monkeypatch.setenv(instance.ENV, f"test-record-{secrets.token_hex(3)}")
+    try:
+        assert pins.DaemonRecordPin.open() is None and pins.read_daemon_record() is None
+        os.makedirs(instance.bpf_root())
+        other = bpfsys.map_create("array", 4, 8, 1, "xdpbr_daemon")  # another layout
+        bpfsys.obj_pin(other, instance.daemon_record_pin())
+        os.close(other)
+        assert pins.DaemonRecordPin.open() is None, "a record of another layout must not be read"
+        with pins.DaemonRecordPin.open(create=True) as pin:
+            spec = layouts.DAEMON_SPEC
+            pins.check_layout(pin.fd, spec, instance.daemon_record_pin())
+            record = layouts.DaemonRecord(pid=os.getpid(), pid_start=pins.process_start(os.getpid()))
+            record.loop_generation, record.reload_message = 7, b"reloaded"
+            pin.write(record)
+        found, running = pins.read_daemon_record()
+        assert (found.loop_generation, found.reload_message, running) == (7, b"reloaded", True)
+        assert pins.attached_bridges() == []
+    finally:
+        remove_instance_state()

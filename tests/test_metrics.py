@@ -12,11 +12,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, SummaryMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
+from xdpbr.control.datapath import attachment
+from xdpbr.control.metrics.collector import PinnedMapReader, XdpbrCollector, bridge_label, parse_listen
+from xdpbr.control.metrics.exposition import RowFamily, render, start_server
+from xdpbr.loader.errors import XdpbrError
 
-from control import attachment
-from control.exposition import RowFamily, render, start_server
-from control.metrics import PinnedMapReader, XdpbrCollector, bridge_label, parse_listen
-from loader.errors import XdpbrError
 from tests.helpers import wait_for
 
 
@@ -226,6 +226,17 @@ def _threads(pid):
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
+def _accept_queue(port):
+    """Connections waiting in the accept queue of the TCP listener on `port` (/proc/net/tcp:
+    a listening socket's rx_queue is its accept backlog)."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+                return int(fields[4].split(":")[1], 16)
+    return None
+
+
 def _read_until_closed(sock, timeout):
     sock.settimeout(timeout)
     data = b""
@@ -245,7 +256,7 @@ def test_idle_and_slow_clients_neither_hold_up_a_scrape_nor_add_threads(two_cont
     opened = time.monotonic()
     idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
     slow = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
-    stop = threading.Event()
+    stop, rounds = threading.Event(), []
 
     def dribble():
         """Slow-loris: a request line, then a header a byte every 0.5 s, never the blank line."""
@@ -257,13 +268,15 @@ def test_idle_and_slow_clients_neither_hold_up_a_scrape_nor_add_threads(two_cont
                     sock.send(bytes([byte]))
                 except OSError:
                     pass  # cut: what the test expects
+            rounds.append(byte)
             if stop.wait(0.5):
                 return
 
     dribbler = threading.Thread(target=dribble)
     dribbler.start()
     try:
-        time.sleep(1.0)  # every connection accepted, the slow ones a few bytes in
+        # every connection accepted (the listener's accept queue empty), the slow ones a few bytes in
+        assert wait_for(lambda: _accept_queue(port) == 0 and len(rounds) >= 2, timeout=10)
         started = time.monotonic()
         scraped = _scrape(port)
         latency = time.monotonic() - started
@@ -309,3 +322,70 @@ def test_a_bad_request_gets_a_status_and_one_line(request_bytes, status):
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.split(b" ")[1] == status, answer[:200]
     assert body.startswith(b"xdpbr: ") and body.count(b"\n") == 1, body
+
+
+def test_the_daemon_record_becomes_daemon_metrics():
+    from xdpbr.loader.layouts import RELOAD_FAILED, DaemonRecord
+
+    now = time.monotonic_ns()
+    record = DaemonRecord(
+        pid=4242,
+        loop_generation=1234,
+        started_ns=now - 60 * 10**9,
+        scanned_ns=now - 10**8,
+        rules_checked_ns=now - 5 * 10**8,
+        reconciled_ns=now - 30 * 10**9,
+        bridges=3,
+        bridges_failed=1,
+        reloads_ok=4,
+        reloads_failed=2,
+        reload_finished_ns=now - 10**9,
+        reload_result=RELOAD_FAILED,
+    )
+
+    class Reader:
+        def bridges(self):
+            return iter(())
+
+        def daemon(self):
+            return record, True
+
+    registry, _ = scrape(Reader())
+
+    def value(name, **labels):
+        return registry.get_sample_value(name, labels)
+
+    assert value("xdpbr_daemon_running") == 1
+    assert value("xdpbr_daemon_loop_generation") == 1234
+    assert (value("xdpbr_daemon_bridges"), value("xdpbr_daemon_bridges_failed")) == (3, 1)
+    assert value("xdpbr_daemon_reloads_total", result="ok") == 4
+    assert value("xdpbr_daemon_reloads_total", result="failed") == 2
+    assert value("xdpbr_daemon_last_reload_successful") == 0
+    # CLOCK_MONOTONIC in the record, Unix time in the metrics
+    assert abs(value("xdpbr_daemon_last_reconcile_timestamp_seconds") - (time.time() - 30)) < 2
+    assert abs(value("xdpbr_daemon_last_rules_check_timestamp_seconds") - (time.time() - 0.5)) < 2
+    assert abs(value("xdpbr_daemon_start_timestamp_seconds") - (time.time() - 60)) < 2
+    # a daemon that stopped: its counters and last times stay, it holds nothing
+    record.pid = 0
+    Reader.daemon = lambda self: (record, False)
+    registry, _ = scrape(Reader())
+    assert (value("xdpbr_daemon_running"), value("xdpbr_daemon_bridges")) == (0, 0)
+    assert value("xdpbr_daemon_start_timestamp_seconds") == 0
+    assert value("xdpbr_daemon_reloads_total", result="failed") == 2
+
+
+@pytest.mark.root
+def test_a_running_daemon_is_in_the_metrics_and_promtool_accepts_them(two_containers, daemon):
+    lab = two_containers
+    attachment.attach(lab.bridge, lab.switch, mode="xdp")
+    d = daemon()
+    rec = d.reload()
+    registry, _ = scrape(PinnedMapReader())
+    assert registry.get_sample_value("xdpbr_daemon_running") == 1
+    assert registry.get_sample_value("xdpbr_daemon_bridges") == 1
+    assert registry.get_sample_value("xdpbr_daemon_loop_generation") >= rec.reload_generation
+    assert registry.get_sample_value("xdpbr_daemon_reloads_total", {"result": "ok"}) == rec.reloads_ok >= 1
+    assert registry.get_sample_value("xdpbr_daemon_last_reload_successful") == 1
+    assert time.time() - registry.get_sample_value("xdpbr_daemon_last_scan_timestamp_seconds") < 5
+    res = subprocess.run(["promtool", "check", "metrics"], input=render(registry), capture_output=True)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -1,9 +1,8 @@
 """The pure decision of each port's mode (control/model.py), on PortInfo values alone."""
 
 import pytest
-
-from control.model import PortInfo, PortPlan, lower_plan, plan_port
-from loader.layouts import MODE_REASONS, MODES
+from xdpbr.control.model import PortInfo, PortPlan, lower_plan, plan_port
+from xdpbr.loader.layouts import MODE_REASONS, MODES
 
 
 def port(kind="veth", **kw):

@@ -8,9 +8,9 @@ import socket
 import subprocess
 
 import pytest
+from xdpbr.control.datapath import attachment, state
+from xdpbr.loader.netns import entered
 
-from control import attachment, state
-from loader.netns import entered
 from tests.helpers import WAIT_S, accelerate, wait_for, xdpbr
 
 pytestmark = pytest.mark.skipif(

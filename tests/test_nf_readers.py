@@ -5,16 +5,19 @@ namespace (`ip netns exec`); the readers run in this process after setns. The ho
 are never touched.
 """
 
+import errno
 import os
 import shutil
 import subprocess
 
 import pytest
-from pyroute2 import IPRoute
-
-from control import nfsnapshot
-from loader import nftables, xtables
-from loader.netns import KeptFiles, entered
+from xdpbr.control.netfilter import policy as nfpolicy
+from xdpbr.control.netfilter import snapshot as nfsnapshot
+from xdpbr.control.netfilter import store as nfstore
+from xdpbr.control.netfilter.poll import RulesPoll
+from xdpbr.loader import instance, nftables, xtables
+from xdpbr.loader.links import Rtnl
+from xdpbr.loader.netns import KeptFiles, entered
 
 pytestmark = pytest.mark.root
 
@@ -185,8 +188,8 @@ def test_snapshot_and_decision_follow_the_bridge_option(ns):
     run(ns, "iptables-legacy", "-A", "FORWARD", "-m", "physdev", "--physdev-in", "vnet3", "-j", "DROP")
     run(ns, "iptables-legacy", "-A", "FORWARD", "-i", "br9", "-j", "DROP")
     run(ns, "ip6tables-legacy", "-A", "FORWARD", "-j", "DROP")  # ip6 is not called: no hold
-    with IPRoute(netns=ns, flags=0) as ipr:
-        options = nfsnapshot.bridge_options(ipr, "br0")
+    with Rtnl(ns) as rtnl:
+        options = rtnl.bridge_nf_options("br0")
     assert options == {"nf_call_iptables": True, "nf_call_ip6tables": False, "nf_call_arptables": False}
     snap = nfsnapshot.read(ns)
     assert snap.sysctls == {"iptables": False, "ip6tables": False, "arptables": False}
@@ -246,3 +249,40 @@ def test_a_poll_through_kept_files_sees_what_a_fresh_read_sees(ns):
     finally:
         kept.close()
     assert not kept.files and not kept.sockets
+
+
+def test_the_poll_reads_only_after_a_change_and_retries_a_failed_read(ns, monkeypatch):
+    poll = RulesPoll(ns)
+    try:
+        assert poll.read_if_changed() is not None  # the first poll reads
+        assert poll.read_if_changed() is None  # nothing changed
+        run(ns, "iptables-legacy", "-A", "FORWARD", "-s", "10.0.0.9", "-j", "DROP")
+
+        def refused(netns=None):
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        monkeypatch.setattr(nfsnapshot, "read", refused)
+        with pytest.raises(OSError):
+            poll.read_if_changed()
+        monkeypatch.undo()
+        snap = poll.read_if_changed()  # due again: the failed read did not mark it clean
+        texts = [r.text for t in snap.tables for c in t.chains.values() for r in c.rules]
+        assert "-A FORWARD (address/protocol conditions) -j DROP" in texts, texts
+        poll.mark_changed()  # nftables said so
+        assert poll.read_if_changed() is not None and poll.read_if_changed() is None
+    finally:
+        poll.close()
+
+
+def test_the_decision_store_writes_only_a_changed_decision(monkeypatch, tmp_path):
+    monkeypatch.setattr(instance, "run_dir", lambda: str(tmp_path))
+    decision = nfpolicy.decide("br0", ["vnet1"], nfpolicy.Calls.combine({}, {}), (), ())
+    nfstore.save("br0", None, decision)
+    [path] = list((tmp_path / "netfilter").iterdir())
+    first = path.stat().st_ino
+    nfstore.save("br0", None, decision)  # the same: nothing written
+    assert path.stat().st_ino == first
+    nfstore.save("br0", None, None)  # bypass: a new file, renamed into place
+    assert path.stat().st_ino != first and nfstore.load("br0", None) is None
+    nfstore.forget("br0", None)
+    assert not path.exists()

@@ -1,15 +1,16 @@
-"""The per-port netfilter walk (control/nfpolicy.py) on real rulesets, without root.
+"""The per-port netfilter walk (control/netfilter/policy.py) on real rulesets, without root.
 
 The OpenStack, Docker and libvirt shapes come from tests/nf_fixtures.py, which names where each
 comes from and recorded what the kernel returned for it; the small cases build tables directly.
 """
 
 import pytest
+from xdpbr.control.netfilter import policy as nfpolicy
+from xdpbr.control.netfilter import rules as nfrules
+from xdpbr.control.netfilter.policy import Calls
+from xdpbr.loader import nftables
+from xdpbr.loader.xtables import Iface, Physdev
 
-from control import nfpolicy, nfrules
-from control.nfpolicy import Calls
-from loader import nftables
-from loader.xtables import Iface, Physdev
 from tests import nf_fixtures
 
 IP = Calls(ip=True, ip6=True, arp=True)

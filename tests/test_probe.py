@@ -3,9 +3,8 @@
 import os
 
 import pytest
-
-from loader import bpfsys, probe
-from loader.errors import XdpbrError
+from xdpbr.loader import bpfsys, probe
+from xdpbr.loader.errors import XdpbrError
 
 
 @pytest.mark.root

@@ -14,10 +14,11 @@ import subprocess
 import sys
 
 import pytest
-
-from control import cli, endpoints, qemu
-from loader import instance
-from loader.errors import UsageError, XdpbrError
+from xdpbr.control.cli import main as cli
+from xdpbr.control.endpoints import lifecycle as endpoints
+from xdpbr.control.endpoints import qemu
+from xdpbr.loader import instance
+from xdpbr.loader.errors import UsageError, XdpbrError
 
 AFXDP = {
     "bridge": "br0",
@@ -150,7 +151,8 @@ sys.exit(0 if len(fds) == queues and set(domains) == {44} else 3)
 
 @pytest.mark.root
 def test_the_printed_launcher_hands_qemu_one_af_xdp_socket_per_queue(two_containers, daemon, tmp_path):
-    from control.broker import socket_path
+    from xdpbr.control.endpoints.client import socket_path
+
     from tests.helpers import ROOT, accelerate, wait_for, xdpbr
 
     lab = two_containers
@@ -167,7 +169,7 @@ def test_the_printed_launcher_hands_qemu_one_af_xdp_socket_per_queue(two_contain
         command = shlex.split(res.stdout.splitlines()[-1])
         assert command[command.index("--") + 1] == str(stand_in)
         if command[0] == "xdpbr":  # on PATH: run this checkout's
-            command[0:1] = [sys.executable, "-m", "control.cli"]
+            command[0:1] = [sys.executable, "-m", "xdpbr.control.cli"]
         started = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert started.returncode == 0, started.stdout + started.stderr
         report = json.loads(started.stdout)

@@ -6,9 +6,9 @@ import json
 import os
 
 import pytest
+from xdpbr.control.datapath import state
+from xdpbr.loader import bpfsys, pins
 
-from control import state
-from loader import bpfsys, pins
 from tests.helpers import xdpbr
 
 

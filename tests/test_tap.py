@@ -7,14 +7,14 @@ import subprocess
 import time
 
 import pytest
-
-from control import attachment
-from loader.netns import entered
-from loader.tap import (
+from xdpbr.control.datapath import attachment
+from xdpbr.loader.netns import entered
+from xdpbr.loader.tap import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     TapEndpoint,
     VnetHdr,
 )
+
 from tests import frames as F
 from tests.helpers import counters
 from tests.traffic import packet_socket

@@ -6,8 +6,8 @@ import os
 import struct
 
 import pytest
+from xdpbr.loader import bpfsys
 
-from loader import bpfsys
 from testbed.bounceloop import KICKS, BounceLoop
 from testbed.lab import Lab, sh
 from testbed.packetgen import PacketFrames, flow_frames

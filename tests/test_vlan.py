@@ -7,8 +7,8 @@ in test_datapath.py; this runs them end to end where the kernel can filter VLANs
 import subprocess
 
 import pytest
+from xdpbr.control.datapath import attachment, state
 
-from control import attachment, state
 from testbed.lab import Lab
 
 

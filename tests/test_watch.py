@@ -19,10 +19,10 @@ import threading
 import time
 
 import pytest
+from xdpbr.control.cli import render, watch
+from xdpbr.loader.netns import entered
 
-from control import render, watch
-from loader.netns import entered
-from tests.helpers import ROOT, xdpbr
+from tests.helpers import ROOT, wait_for, xdpbr
 
 
 def snap(ports, bridge="br0", netns=None):
@@ -171,13 +171,15 @@ class Udp:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._send, daemon=True)
 
+    sent = 0
+
     def _send(self):
-        deadline, sent = time.monotonic() + self.seconds, 0
-        while not self.stop.is_set() and time.monotonic() < deadline and sent < self.limit:
+        deadline = time.monotonic() + self.seconds
+        while not self.stop.is_set() and time.monotonic() < deadline and self.sent < self.limit:
             for _ in range(50):
                 self.sock.sendto(b"x" * 200, (self.dst, 9))
-            sent += 50
-            time.sleep(0.002)
+            self.sent += 50
+            time.sleep(0.002)  # pacing, bounded by the deadline and the count
 
     def __enter__(self):
         self.thread.start()
@@ -233,8 +235,8 @@ def _screen_rows(screen):
 @pytest.mark.root
 def test_the_watch_view_is_redrawn_in_place_on_a_terminal_with_rates_under_traffic(busy):
     lab = busy
-    with Udp(lab.c1, lab.c2):
-        time.sleep(0.3)
+    with Udp(lab.c1, lab.c2) as udp:
+        assert wait_for(lambda: udp.sent >= 2000), "the traffic flows"
         code, out = _watch_in_pty(
             ["-n", lab.switch, "stats", "br0", "--watch", "--interval", "0.5", "--count", "4"]
         )
@@ -264,8 +266,8 @@ def test_the_watch_view_through_a_pipe_is_plain_lines(busy):
 @pytest.mark.root
 def test_watch_in_json_is_one_object_an_interval_with_rates_that_add_up(busy):
     lab = busy
-    with Udp(lab.c1, lab.c2):
-        time.sleep(0.3)
+    with Udp(lab.c1, lab.c2) as udp:
+        assert wait_for(lambda: udp.sent >= 2000), "the traffic flows"
         res = xdpbr("-j", "-n", lab.switch, "stats", "br0", "--watch", "--interval", "0.5", "--count", "3")
     assert res.returncode == 0, res.stderr
     docs = [json.loads(line) for line in res.stdout.splitlines()]

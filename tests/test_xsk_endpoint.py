@@ -5,9 +5,9 @@ import socket
 import struct
 
 import pytest
+from xdpbr.loader.packets import csum16, ether, ipv4, mac, udp4
+from xdpbr.loader.xsk_endpoint import AfxdpEndpoint
 
-from loader.packets import csum16, ether, ipv4, mac, udp4
-from loader.xsk_endpoint import AfxdpEndpoint
 from tests.helpers import accelerate, wait_for
 
 GUEST_MAC, GUEST_IP = "52:54:00:00:00:51", "10.200.0.51"
@@ -88,7 +88,7 @@ G3 = "52:54:00:00:00:73"  # the TAP endpoint's guest
 
 
 def forwarded(lab, port):
-    from control import state
+    from xdpbr.control.datapath import state
 
     return state.forwarded(lab.bridge, lab.switch, port)
 
@@ -118,9 +118,9 @@ def guests(two_containers, daemon):
     that got their sockets from the daemon's broker; TAP endpoint vm3 opened as QEMU does."""
     import os
 
-    from control import endpoints
-    from control.broker import request, socket_path
-    from loader.tap import TapEndpoint
+    from xdpbr.control.endpoints import lifecycle as endpoints
+    from xdpbr.control.endpoints.client import request, socket_path
+    from xdpbr.loader.tap import TapEndpoint
 
     lab = two_containers
     assert lab.c1.ping(lab.c2.ip)  # the bridge learns the containers

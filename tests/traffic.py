@@ -9,8 +9,8 @@ import os
 import socket
 import threading
 
-from loader.netns import entered
-from loader.packets import mac
+from xdpbr.loader.netns import entered
+from xdpbr.loader.packets import mac
 
 SO_RCVBUFFORCE = 33
 

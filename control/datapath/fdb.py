@@ -9,10 +9,9 @@ import errno
 import logging
 import socket
 
-from control.model import FdbRecord
-from loader import bpfsys, neigh
-from loader.errors import XdpbrError
-from loader.layouts import (
+from ...loader import bpfsys, neigh
+from ...loader.errors import XdpbrError
+from ...loader.layouts import (
     BRIDGE_FDB_FULL,
     FDB_LOCAL,
     FDB_STATIC,
@@ -24,6 +23,7 @@ from loader.layouts import (
     mac_bytes,
     mac_text,
 )
+from ..model import FdbRecord
 
 log = logging.getLogger("xdpbr.fdb")
 
@@ -169,22 +169,3 @@ class FdbMirror:
             bpfsys.map_update(self.bridge_fd, U32(0), state)
             if not full:
                 log.info("fdb mirror: every entry fits again")
-
-
-def add_static_entry(ipr, ifindex, mac):
-    """`bridge fdb replace MAC dev PORT master static`: the bridge forwards MAC to PORT before
-    it has seen a frame from it, and never ages the entry out."""
-    ipr.neigh("replace", family=AF_BRIDGE, ifindex=ifindex, lladdr=mac, state=NUD_NOARP, flags=NTF_MASTER)
-
-
-def refresh_kernel_entry(ipr, rec):
-    """NTF_USE: tell the bridge the entry is in use, as a frame through it would (aging)."""
-    ipr.neigh(
-        "set",
-        family=AF_BRIDGE,
-        ifindex=rec.ifindex,
-        lladdr=rec.mac,
-        state=NUD_REACHABLE,
-        flags=NTF_MASTER | NTF_USE,
-        **({"vlan": rec.vid} if rec.vid else {}),
-    )

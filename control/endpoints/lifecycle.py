@@ -19,15 +19,13 @@ import os
 import shutil
 import tempfile
 
-from control import fdb
-from control.ports import find_bridge
-from loader import attach as at
-from loader import bpfsys, ethtool, instance, packets, tap
-from loader.attach import open_netlink
-from loader.bridge_id import BridgeId
-from loader.errors import NotFound, UsageError, XdpbrError
-from loader.journal import Journal
-from loader.netns import check_exists, entered, existing_index, interface_index
+from ...loader import bpfsys, ethtool, instance, packets, tap
+from ...loader.afxdp import XskRedirect, new_socket, read_xsk_stats
+from ...loader.bridge_id import BridgeId
+from ...loader.errors import NotFound, Unsupported, UsageError, XdpbrError
+from ...loader.journal import Journal
+from ...loader.links import Rtnl
+from ...loader.netns import check_exists, entered, existing_index, interface_index
 
 log = logging.getLogger("xdpbr.endpoints")
 MAX_NAME = 13  # IFNAMSIZ - 1, minus the bridge side's "-p"
@@ -66,23 +64,17 @@ def check_guest_mac(mac):
         raise UsageError(f"--mac {mac}: a guest's MAC must be unicast and not zero, like 52:54:00:12:34:56")
 
 
-def _enslave(ipr, netns, ifname, br):
+def _enslave(rtnl, netns, ifname, br):
     """`ip link set IFNAME master BRIDGE up` (br: the bridge's BridgeInfo)."""
-    index = existing_index(netns, ifname)
-    at.asked(
-        f"add {ifname} to {br.name}", lambda: ipr.link("set", index=index, master=br.ifindex, state="up")
-    )
+    rtnl.set_master(existing_index(netns, ifname), ifname, br)
 
 
-def _delete_link(ipr, netns, ifname):
-    index = existing_index(netns, ifname)
-    at.asked(f"delete {ifname}", lambda: ipr.link("del", index=index))
+def _delete_link(rtnl, netns, ifname):
+    rtnl.delete_link(existing_index(netns, ifname), ifname)
 
 
 def afxdp_unavailable():
     """Why this host cannot give an endpoint AF_XDP, or None."""
-    from loader.afxdp import new_socket
-    from loader.errors import Unsupported
 
     try:
         new_socket().close()
@@ -99,12 +91,12 @@ def add(bridge, netns, name, *, path="afxdp", mac=None, queues=1, owner=0, group
         check_guest_mac(mac)
     if not 1 <= queues <= MAX_QUEUES:
         raise UsageError(f"--queues {queues}: expected 1 to {MAX_QUEUES}")
-    with contextlib.closing(open_netlink(netns)) as ipr:  # one RTNL socket for the whole command
-        return _add(ipr, bridge, netns, name, path, mac, queues, owner, group)
+    with Rtnl(netns) as rtnl:  # one RTNL socket for the whole command
+        return _add(rtnl, bridge, netns, name, path, mac, queues, owner, group)
 
 
-def _add(ipr, bridge, netns, name, path, mac, queues, owner, group):
-    br = at.asked(f"read {bridge}", lambda: find_bridge(ipr, bridge, netns))  # or why it is none
+def _add(rtnl, bridge, netns, name, path, mac, queues, owner, group):
+    br = rtnl.bridge(bridge)  # or why it is none
     if os.path.exists(_record_path(bridge, netns, name)):
         raise XdpbrError(
             f"endpoint {name} already exists on {label(bridge, netns)}",
@@ -121,12 +113,11 @@ def _add(ipr, bridge, netns, name, path, mac, queues, owner, group):
     journal = Journal()
     try:
         if path == "afxdp":
-            port = _add_afxdp(ipr, br, netns, name, queues, journal)
+            port = _add_afxdp(rtnl, br, netns, name, queues, journal)
         else:
-            port = _add_tap(ipr, br, netns, name, queues, owner, group, journal)
+            port = _add_tap(rtnl, br, netns, name, queues, owner, group, journal)
         if mac:
-            port_index = existing_index(netns, port)
-            at.asked(f"add the FDB entry {mac} on {port}", lambda: fdb.add_static_entry(ipr, port_index, mac))
+            rtnl.fdb_add_static(existing_index(netns, port), mac)
         record = {
             "bridge": bridge,
             "netns": netns,
@@ -148,30 +139,27 @@ def _add(ipr, bridge, netns, name, path, mac, queues, owner, group):
         raise
 
 
-def _add_afxdp(ipr, br, netns, name, queues, journal):
-    from loader.afxdp import XskRedirect
+def _add_afxdp(rtnl, br, netns, name, queues, journal):
 
     port = f"{name}-p"
     q = {"num_tx_queues": queues, "num_rx_queues": queues}
-    at.asked(
-        f"create the veth pair {name}/{port}",
-        lambda: ipr.link("add", ifname=name, kind="veth", peer={"ifname": port, **q}, **q),
-    )
-    journal.push(_delete_link, ipr, netns, name)
+    rtnl.add_veth(name, port, **q)
+    journal.push(_delete_link, rtnl, netns, name)
     # A frame the fast path or the bridge sends into the port may still carry a partial
     # checksum (a container's veth offloads it); veth hands it on as is, and XDP on the other
-    # side turns it into an xdp_frame whose checksum nobody completes (KERNEL-FACTS), so the
-    # consumer would get a wrong one. With checksumming off on the port, the kernel completes
-    # the checksum (and segments GSO frames) on transmit, as a NIC would before the wire.
+    # side turns it into an xdp_frame whose checksum nobody completes (docs/kernel-notes.md,
+    # "Checksums"), so the consumer would get a wrong one. With checksumming off on the port,
+    # the kernel completes the checksum (and segments GSO frames) on transmit, as a NIC would
+    # before the wire.
     with entered(netns):
         ethtool.switch(port, ethtool.TX_CHECKSUM, False)  # `ethtool -K PORT tx off`
-    _enslave(ipr, netns, port, br)
+    _enslave(rtnl, netns, port, br)
     index = existing_index(netns, name)
-    at.asked(f"set {name} up", lambda: ipr.link("set", index=index, state="up"))
+    rtnl.set_up(index, name)
     redirect = XskRedirect()
     try:
-        at.attach_xdp(ipr, index, name, redirect.prog.fd, "native")
-        journal.push(at.detach_xdp, ipr, index, "native")
+        rtnl.attach_xdp(index, name, redirect.prog.fd, "native")
+        journal.push(rtnl.detach_xdp, index, "native")
         pin_dir = _pin_dir(br.name, netns, name)
         os.makedirs(pin_dir, exist_ok=True)
         journal.push(_remove_pins, pin_dir)
@@ -183,10 +171,10 @@ def _add_afxdp(ipr, br, netns, name, queues, journal):
     return port
 
 
-def _add_tap(ipr, br, netns, name, queues, owner, group, journal):
+def _add_tap(rtnl, br, netns, name, queues, owner, group, journal):
     tap.create_persistent(name, netns, queues=queues, owner=owner, group=group)
-    journal.push(_delete_link, ipr, netns, name)
-    _enslave(ipr, netns, name, br)
+    journal.push(_delete_link, rtnl, netns, name)
+    _enslave(rtnl, netns, name, br)
     return name
 
 
@@ -273,7 +261,6 @@ def records(bridge=None, netns=None):
 def counters(rec):
     """Frames handed to the endpoint's sockets and frames that found none, and the XSKMAP's id
     (redirect errors are counted by it); None for a TAP endpoint or one without pins."""
-    from loader.afxdp import read_xsk_stats
 
     if (
         rec["path"] != "afxdp"
@@ -304,8 +291,8 @@ def delete(bridge, netns, name):
     rec = find(bridge, netns, name)
     path = _record_path(bridge, netns, name)
     if interface_index(netns, rec["ifname"]) is not None:
-        with contextlib.closing(open_netlink(netns)) as ipr:
-            _delete_link(ipr, netns, rec["ifname"])  # a veth takes its peer with it
+        with Rtnl(netns) as rtnl:
+            _delete_link(rtnl, netns, rec["ifname"])  # a veth takes its peer with it
     if rec.get("pins"):
         _remove_pins(rec["pins"])
     os.unlink(path)
@@ -324,12 +311,3 @@ def find(bridge, netns, name):
         show = f"xdpbr endpoint show {bridge}" if bridge else "xdpbr endpoint show"
         raise NotFound(f"no endpoint {name}{where}", fix=f"see `{show}`")
     return found[0]
-
-
-def qemu_args(bridge, netns, name, **options):
-    """What to give the installed QEMU for the endpoint, as text (control/qemu.py decides by
-    QEMU's version; options: qemu=PATH, qemu_version="X.Y"). `bridge` may be None when the
-    name is unique in the namespace."""
-    from control import qemu
-
-    return qemu.recipe_text(qemu.qemu_args(bridge, netns, name, **options))

@@ -24,14 +24,14 @@ import os
 import socket
 import struct
 
-from control import endpoints
-from control.connections import RequestLoop, listening_unix
-from loader import bpfsys, instance
-from loader.afxdp import new_socket
-from loader.bridge_id import BridgeId
-from loader.errors import NotFound
-from loader.layouts import I32, U32
-from loader.netns import interface_index
+from ...loader import bpfsys, instance
+from ...loader.afxdp import new_socket
+from ...loader.errors import NotFound
+from ...loader.layouts import I32, U32
+from ...loader.netns import interface_index
+from ..connections import RequestLoop, listening_unix
+from . import lifecycle as endpoints
+from .client import socket_path
 
 log = logging.getLogger("xdpbr.broker")
 
@@ -49,10 +49,6 @@ MALFORMED = 'malformed request: expected one JSON line {"endpoint": "NAME"}'
 
 def _line(reply):
     return json.dumps(reply).encode() + b"\n"
-
-
-def socket_path(bridge, netns=None):
-    return BridgeId(bridge, netns).socket_path
 
 
 def peer_credentials(sock):
@@ -203,16 +199,3 @@ class Broker:
 def group_id(group):
     """The gid of a configured group name (None: root's group); KeyError if there is none."""
     return 0 if group is None else grp.getgrnam(group).gr_gid
-
-
-def request(path, name, timeout=5.0):
-    """The client side (what a launcher does): (reply, [fds])."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        try:
-            sock.sendall(json.dumps({"endpoint": name}).encode() + b"\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused before the request was read: the refusal is waiting to be read
-        msg, fds, _, _ = socket.recv_fds(sock, 65536, 64)
-    return json.loads(msg.split(b"\n", 1)[0]), fds

@@ -1,24 +1,20 @@
 """Everything netfilter could do to a namespace's bridged frames, read once for all its bridges.
 
 `read(netns)` collects the legacy tables, the nftables ruleset, the bridge-nf-call-* sysctls and
-what could not be read; `bridge_options()` reads a bridge's own nf_call_* options;
-`decide()` runs control/nfpolicy.py for one bridge. `fingerprint(netns)` is the daemon's cheap
-poll for legacy tables (nftables changes arrive as NFNLGRP_NFTABLES notifications instead).
+what could not be read; `decide()` runs the per-port walk (policy.py) for one bridge, with the
+bridge's own nf_call_* options. `fingerprint(netns)` is the cheap poll for legacy tables
+(poll.py; nftables changes arrive as NFNLGRP_NFTABLES notifications instead).
 """
 
 import dataclasses
 
-from control import nfpolicy, nfrules
-from loader import nftables, xtables
-from loader.errors import XdpbrError
-from loader.netns import entered
+from ...loader import nftables, xtables
+from ...loader.errors import XdpbrError
+from ...loader.netns import bridge_nf_call, entered
+from . import policy as nfpolicy
+from . import rules as nfrules
 
 SYSCTLS = ("iptables", "ip6tables", "arptables")
-OPTIONS = {
-    "nf_call_iptables": "IFLA_BR_NF_CALL_IPTABLES",
-    "nf_call_ip6tables": "IFLA_BR_NF_CALL_IP6TABLES",
-    "nf_call_arptables": "IFLA_BR_NF_CALL_ARPTABLES",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,24 +25,11 @@ class Snapshot:
     digests: dict  # {("legacy", family, table) | ("nft",): digest}: equal digests, equal rules
 
 
-def _sysctl_on(name, kept=None):
-    # /proc/sys/net is the opening thread's namespace; br_netfilter's sysctls are per namespace.
-    # Absent: br_netfilter not loaded, so no bridge calls a netfilter family.
-    path = f"/proc/sys/net/bridge/bridge-nf-call-{name}"
-    if kept is not None:
-        return (kept.read(path) or "").strip() == "1"
-    try:
-        with open(path) as f:
-            return f.read().strip() == "1"
-    except OSError:
-        return False
-
-
 def read(netns=None):
     """A Snapshot of namespace `netns` (None: the current one)."""
     tables, unreadable, digests = [], [], {}
     with entered(netns):
-        sysctls = {n: _sysctl_on(n) for n in SYSCTLS}
+        sysctls = {n: bridge_nf_call(n) for n in SYSCTLS}
         for family in ("ip", "ip6", "arp"):
             try:
                 for t in xtables.read_family(family):
@@ -64,14 +47,6 @@ def read(netns=None):
         except nftables.NftUnavailable as exc:
             unreadable.append(("*", "nft", str(exc)))
     return Snapshot(tuple(tables), tuple(unreadable), sysctls, digests)
-
-
-def bridge_options(ipr, bridge):
-    """{"nf_call_iptables": bool, ...} of a bridge, from its RTM_NEWLINK (IFLA_INFO_DATA)."""
-    links = ipr.get_links(ifname=bridge)
-    info = links[0].get_attr("IFLA_LINKINFO") if links else None
-    data = info.get_attr("IFLA_INFO_DATA") if info else None
-    return {k: bool(data.get_attr(a)) if data else False for k, a in OPTIONS.items()}
 
 
 def decide(snapshot, bridge, ports, options):
@@ -94,9 +69,16 @@ def fingerprint(netns=None, previous=None, kept=None):
 
 
 def _fingerprint(previous, kept):
-    out = {n: _sysctl_on(n, kept) for n in SYSCTLS}
+    out = {n: bridge_nf_call(n, kept) for n in SYSCTLS}
     for family in ("ip", "ip6", "arp"):
         out[family] = xtables.fingerprint(family, previous.get(family), kept)
     # legacy ebtables appearing (its module autoloaded by a first rule) holds every bridge
     out["ebtables"] = xtables.ebtables_status()[0]
     return out
+
+
+def decide_for(s, ports, snap=None):
+    """policy.Decision for the bridge of datapath Session `s` and its `ports` (names); `snap`
+    saves a caller that has the namespace's Snapshot a second read."""
+    snap = snap or read(s.netns)
+    return decide(snap, s.bridge.name, ports, s.rtnl.bridge_nf_options(s.bridge.name))

@@ -1,7 +1,7 @@
 """What the daemon listens to in one network namespace: its link, FDB and nftables events."""
 
-from loader import events
-from loader.netns import KeptFiles
+from ...loader import events
+from ..netfilter.poll import RulesPoll
 
 
 class NamespaceEvents:
@@ -11,15 +11,13 @@ class NamespaceEvents:
 
     def __init__(self, netns, queue_):
         self.netns = netns
-        self.rules_dirty = True  # read the rules at the next check
-        self.fingerprint = None  # of the legacy tables and sysctls at the last read
-        self.kept = KeptFiles(netns)  # what the rules' poll reads, open in the namespace
+        self.rules = RulesPoll(netns)
 
         def deliver(msgs, received_ns):
             queue_.put((netns, msgs, received_ns))
 
         def nft_changed(msgs, received_ns):
-            self.rules_dirty = True
+            self.rules.mark_changed()
 
         self.readers = [
             events.start("link", netns, deliver),
@@ -36,4 +34,4 @@ class NamespaceEvents:
     def stop(self):
         for reader in self.readers:
             reader.stop()
-        self.kept.close()
+        self.rules.close()

@@ -11,15 +11,11 @@ import logging
 import os
 import time
 
-from control import fdb, netfilter, port_programs
-from control.model import PortPlan, plan_port
-from control.ports import list_ports
-from control.session import Session
-from loader import attach as at
-from loader import bpfsys, pins, tracepoints
-from loader.errors import NotFound, XdpbrError
-from loader.journal import Journal
-from loader.layouts import (
+from ...loader import bpfsys, pins, tracepoints
+from ...loader.compile import compile_fastpath
+from ...loader.errors import NotFound, XdpbrError
+from ...loader.journal import Journal
+from ...loader.layouts import (
     CONTROL_ATTACH,
     LAYOUT_VERSION,
     MODE_INDEX,
@@ -39,7 +35,12 @@ from loader.layouts import (
     Port,
     map_specs,
 )
-from loader.peer import VethPeer
+from ...loader.lock import writer_lock
+from ..model import PortPlan, plan_port
+from ..netfilter import snapshot as nfsnapshot
+from ..netfilter import store as nfstore
+from . import fdb, port_programs
+from .session import Session
 
 log = logging.getLogger("xdpbr.attach")
 
@@ -86,21 +87,23 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
     meta = s.meta()
     default_mode = REQUESTED_MODES[meta.mode]
     xdp_mode = XDP_MODE_REQUESTS[meta.xdp_mode]
-    kernel_ports = list_ports(s.ipr, s.bridge)
+    kernel_ports = s.rtnl.ports(s.bridge)
     # decided on the ports there are now: a port that joined since the rules were read is
     # decided like the others (a rule naming it, or a wildcard, holds it)
     decision = (
-        None if meta.netfilter == 1 else netfilter.decide(s, [p.name for p in kernel_ports], netfilter_state)
+        None
+        if meta.netfilter == 1
+        else nfsnapshot.decide_for(s, [p.name for p in kernel_ports], netfilter_state)
     )
     s.write_bridge_state(heartbeat=False, netfilter_block=bool(decision and decision.bridge_hold))
-    netfilter.save(s.bridge_name, s.netns, decision)
+    nfstore.save(s.bridge_name, s.netns, decision)
 
     requested = s.requested_modes()
     current = s.ports()
     kernel_index = {p.ifindex for p in kernel_ports}
     for ifindex, entry in current.items():
         if ifindex not in kernel_index:
-            exists = bool(s.ipr.link_lookup(index=ifindex)) if ifindex else False
+            exists = s.rtnl.link_exists(index=ifindex)
             _remove_port(s, ifindex, entry, exists)
 
     used = {e.slot for i, e in current.items() if i in kernel_index}
@@ -157,7 +160,7 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
 def _peer_redirect_ok(s, port):
     """bpf_redirect_peer needs a veth whose peer is in another namespace; it skips the port's
     egress qdisc and filters, so only where there are none (veth's default is noqueue)."""
-    return port.kind == "veth" and port.peer_netnsid is not None and at.egress_is_plain(s.ipr, port.ifindex)
+    return port.kind == "veth" and port.peer_netnsid is not None and s.rtnl.egress_is_plain(port.ifindex)
 
 
 def _xdp_egress_ready(s, port, plan, entry, any_xdp, journal):
@@ -171,7 +174,7 @@ def _xdp_egress_ready(s, port, plan, entry, any_xdp, journal):
             return False  # nothing redirects with XDP: leave the container's offloads alone
         if entry.flags & PORT_XDP_EGRESS:
             return True  # settled on an earlier pass: spare the namespace search
-        peer = VethPeer.find(s.ipr, port, s.netns)
+        peer = s.rtnl.veth_peer(port)
         if not peer:
             return False
         ok, switched = peer.ensure_napi()
@@ -207,8 +210,6 @@ def attach(
     `max_ports` and `fdb_size` size its maps (-DXDPBR_MAX_PORTS, -DXDPBR_FDB_SIZE); left out,
     an attachment keeps the sizes it has (a new one gets the defaults), and a change of size
     rebuilds those maps from the kernel like any change of layout."""
-    from loader.compile import compile_fastpath
-    from loader.lock import writer_lock
 
     pins.ensure_bpffs()
     journal = Journal()
@@ -295,12 +296,11 @@ def forget(bridge, netns):
     """What is left of a bridge whose namespace was deleted (its devices took the programs
     with them): its pins and its saved netfilter decision."""
     pins.remove_dir(pins.pin_dir(bridge, netns))
-    netfilter.forget(bridge, netns)
+    nfstore.forget(bridge, netns)
 
 
 def detach(bridge, netns=None):
     """Remove everything xdpbr put on the bridge's ports and its pins."""
-    from loader.lock import writer_lock
 
     with writer_lock(), Session(bridge, netns) as s:
         if not os.path.isdir(s.dir):
@@ -310,12 +310,12 @@ def detach(bridge, netns=None):
             )
         s.open_pins()
         for ifindex, entry in s.ports().items():
-            exists = bool(s.ipr.link_lookup(index=ifindex))
+            exists = s.rtnl.link_exists(index=ifindex)
             if entry.peer_gro_set and exists:
                 try:
                     s.find_bridge()
-                    port = next((p for p in list_ports(s.ipr, s.bridge) if p.ifindex == ifindex), None)
-                    peer = VethPeer.find(s.ipr, port, netns) if port else None
+                    port = next((p for p in s.rtnl.ports(s.bridge) if p.ifindex == ifindex), None)
+                    peer = s.rtnl.veth_peer(port) if port else None
                     if peer:
                         peer.restore()
                 except NotFound:
@@ -324,7 +324,7 @@ def detach(bridge, netns=None):
         s.maps.close()
         s.maps = None
         pins.remove_dir(s.dir)
-        netfilter.forget(bridge, netns)
+        nfstore.forget(bridge, netns)
         if not pins.attached_bridges():
             tracepoints.remove()
 

@@ -12,11 +12,17 @@ effect without talking to the daemon, and a restarted daemon adopts what is ther
 - Configuration (control/config.py): bridges listed there are attached when they appear, unless
   an operator detached them with `xdpbr detach` (remembered across restarts until the next
   `xdpbr attach`); SIGHUP reloads it, and a bad file keeps the running configuration.
-- Service: sd_notify READY=1 once the first scan is done (systemd Type=notify), STOPPING=1 at
-  SIGTERM; at stop the fast path keeps running, or configured bridges are detached (on_stop).
+- Service: sd_notify READY=1 once the first scan is done (systemd Type=notify), RELOADING=1 and
+  READY=1 around a SIGHUP reload, STATUS= a one-line summary (with READY=1 and once a second),
+  STOPPING=1 at SIGTERM; at stop the fast path keeps running, or configured bridges are detached
+  (on_stop).
+- Its own record (struct xdpbr_daemon, pinned once per instance, loader/pins.py): loop
+  generation, when it last scanned, checked rules and reconciled, reloads and the last one's
+  result, written once a loop turn, for `show -j`, the metrics and `xdpbr daemon --reload`
+  (request_reload: SIGHUP, then wait for the record to show that reload's result).
 It is over 400 lines because the daemon's one loop and the state it keeps across bridges
 (adoption, configuration, brokers, listeners per namespace) live in one class; the work on one
-bridge is control/worker.py's, the namespace listeners control/namespace_events.py's.
+bridge is control/daemon/worker.py's, the namespace listeners control/daemon/namespace_events.py's.
 """
 
 import logging
@@ -26,15 +32,20 @@ import signal
 import socket
 import time
 
-from control import attachment, config, endpoints, netfilter
-from control.attachment import attach, detach
-from control.namespace_events import NamespaceEvents
-from control.worker import BridgeWorker, pin_identity
-from loader import bridge_limits, pins
-from loader.bridge_id import BridgeId
-from loader.errors import XdpbrError
-from loader.lock import writer_lock
-from loader.netns import netns_exists
+from ...loader import bridge_limits, pins
+from ...loader.bridge_id import BridgeId
+from ...loader.errors import NotFound, XdpbrError
+from ...loader.layouts import RELOAD_FAILED, RELOAD_OK, DaemonRecord
+from ...loader.lock import writer_lock
+from ...loader.netns import netns_exists
+from .. import config
+from ..datapath import attachment
+from ..datapath.attachment import attach, detach
+from ..endpoints import lifecycle as endpoints
+from ..endpoints.broker import Broker, group_id
+from ..metrics import collector as exporter
+from .namespace_events import NamespaceEvents
+from .worker import BridgeWorker, pin_identity
 
 log = logging.getLogger("xdpbr.daemon")
 
@@ -44,12 +55,23 @@ AGING_REFRESH_S = 1.0
 # mostly the kernel's IPT_SO_GET_ENTRIES), so a rule is honoured within 1 s; nftables changes
 # arrive as notifications
 NETFILTER_CHECK_S = 0.75
-NETLINK_RECYCLE_S = 60.0  # Session.reopen_netlink: bounds what pyroute2 keeps per request
+NETLINK_RECYCLE_S = 60.0  # Rtnl.recycle: bounds what pyroute2 keeps per request
 PIN_SCAN_S = 0.5
 LISTENER_RETRY_S = 1.0  # a namespace's event readers that keep failing are retried this often
 ATTACH_RETRY_S = 30.0  # a configured bridge that failed to attach is tried again this often
 MAX_SLEEP_S = 0.5  # the loop's longest wait for an event or a signal's WAKE
 WAKE = ("wake",)  # put by a signal handler: the loop looks at its flags now
+STATUS_S = 1.0  # STATUS= is sent this often under systemd (at a loop turn, no wake-up of its own)
+RELOAD_TIMEOUT_S = 30.0  # `daemon --reload` waits this long for the reload's result
+# what a step of one bridge does, for the log (Daemon.guarded)
+ACTIONS = {
+    "resync": "resync",
+    "on_messages": "applying FDB and link events",
+    "reconcile_if_needed": "applying port changes",
+    "heartbeat": "heartbeat",
+    "refresh_aging": "refreshing kernel FDB aging",
+    "recycle_netlink": "reopening its netlink socket",
+}
 
 
 class Daemon:
@@ -67,6 +89,8 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.metrics_spec = None
+        self.record = DaemonRecord()  # struct xdpbr_daemon, written once a loop turn
+        self.record_pin = None
 
     def attach_configured(self, present):
         """Attach configured bridges that exist and are not attached (nor held by an operator's
@@ -112,14 +136,33 @@ class Daemon:
             log.warning("%s: %s", bc.label, exc)
 
     def reload(self):
-        """SIGHUP: a new configuration replaces the old only if it loads without error."""
+        """SIGHUP: a new configuration replaces the old only if it loads without error. systemd
+        hears RELOADING=1 before and READY=1 after; the record keeps the result."""
         self.reload_requested = False
+        rec = self.record
+        rec.reload_started_ns = time.monotonic_ns()
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={rec.reload_started_ns // 1000}")
+        ok, message = self.apply_configuration()
+        rec.reload_finished_ns = time.monotonic_ns()
+        rec.reload_generation = rec.loop_generation
+        rec.reload_result = RELOAD_OK if ok else RELOAD_FAILED
+        if ok:
+            rec.reloads_ok += 1
+        else:
+            rec.reloads_failed += 1
+        rec.reload_message = " ".join(message.split()).encode()[:511]
+        sd_notify(f"READY=1\nSTATUS={self.status_line()}")
+        return ok
+
+    def apply_configuration(self):
+        """Load the configuration file again and apply it: (applied, one line saying so or why
+        not). A file with an error keeps the running configuration."""
         try:
             # started without a file: the instance's default path, and none there is empty
             new = config.load(self.config.path) if self.config.path else config.load_default()
         except XdpbrError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
-            return False
+            return False, str(exc)
         old = {(b.name, b.netns): b for b in self.config.bridges}
         if new.broker_group != self.config.broker_group:
             self.set_broker_group(new.broker_group)
@@ -137,8 +180,9 @@ class Daemon:
                 worker.needs_reconcile = True
         if new.metrics != (self.metrics_spec or None):
             log.warning("metrics address changes take effect when the daemon restarts")
-        log.info("reloaded %s (%d bridges)", new.path, len(new.bridges))
-        return True
+        message = f"reloaded {new.path or 'no configuration file'} ({len(new.bridges)} bridges)"
+        log.info("%s", message)
+        return True, message
 
     def stop_configured(self):
         """on_stop = detach: take xdpbr off the configured bridges (not held: a restart
@@ -155,7 +199,6 @@ class Daemon:
 
     def start_broker(self, bridge, netns):
         """The AF_XDP broker socket of an adopted bridge (/run/xdpbr/BRIDGE.sock)."""
-        from control.broker import Broker
 
         try:
             self.brokers[(bridge, netns)] = Broker(bridge, netns, group=self.config.broker_group)
@@ -166,7 +209,6 @@ class Daemon:
         """A reload's [broker] group: running brokers' sockets change group in place (a new
         socket would cut clients mid-request). The configuration was checked when loaded, but
         the group may have gone since."""
-        from control.broker import group_id
 
         try:
             gid = group_id(group)
@@ -182,6 +224,7 @@ class Daemon:
 
     def scan(self):
         """Attach configured bridges, adopt newly attached ones, drop detached ones."""
+        self.record.scanned_ns = time.monotonic_ns()
         present = set(pins.attached_bridges())
         self.attach_configured(present)
         for key in list(self.workers):
@@ -278,16 +321,15 @@ class Daemon:
     def check_rules(self):
         """Per namespace: read its netfilter rules again when nft said they changed or the
         legacy tables' fingerprint moved, and have its bridges decide their ports anew."""
+        self.record.rules_checked_ns = time.monotonic_ns()
         for netns, listener in list(self.listeners.items()):
             workers = [w for (_, n), w in self.workers.items() if n == netns]
             if not workers or listener.failure:
                 continue
             try:
-                fingerprint = netfilter.fingerprint(netns, listener.fingerprint, listener.kept)
-                if not listener.rules_dirty and fingerprint == listener.fingerprint:
+                snapshot = listener.rules.read_if_changed()
+                if snapshot is None:
                     continue
-                listener.rules_dirty, listener.fingerprint = False, fingerprint
-                snapshot = netfilter.snapshot(netns)
             except (XdpbrError, OSError) as exc:
                 if netns and not netns_exists(netns):
                     continue  # check_listeners forgets its bridges
@@ -310,15 +352,20 @@ class Daemon:
                 self.forget(worker.bridge, worker.netns)
                 return
             worker.counters.errors += 1
-            log.warning("%s: %s failed: %s", worker.label, step.__name__, exc)
+            action = ACTIONS.get(step.__name__, step.__name__.replace("_", " "))
+            log.warning("%s: %s failed: %s", worker.label, action, exc)
 
     def run(self, once=False):
         self.once = once
         pins.ensure_bpffs()
+        if not once:  # a one-shot resync must not take the running daemon's record
+            self.open_record()
         for bc in self.config.bridges:
             self.apply_limits(bc)
+        self.record.loop_generation += 1  # the first scan is a turn of its own
         self.scan()
-        sd_notify("READY=1")
+        self.turned()
+        sd_notify(f"READY=1\nSTATUS={self.status_line()}")
         if once:
             self.release()
             return 0
@@ -330,9 +377,9 @@ class Daemon:
         ]
         due = [0.0] * len(periodic)
         next_scan = next_rules = 0.0
+        next_status = time.monotonic() + STATUS_S
         while not self.stopping:
-            if self.reload_requested:
-                self.reload()
+            self.record.loop_generation += 1
             # sleep until an event or the next periodic step, no longer (a signal's flag is
             # seen within MAX_SLEEP_S); a fixed 0.1 s tick cost ~0.1 % of a core doing nothing
             wait = min(next_rules, next_scan, *due) - time.monotonic()
@@ -340,6 +387,8 @@ class Daemon:
                 event = self.events.get(timeout=min(max(wait, 0.001), MAX_SLEEP_S))
             except queue.Empty:
                 event = WAKE
+            if self.reload_requested:  # SIGHUP's WAKE ended the wait: its result ends this turn
+                self.reload()
             if event is not WAKE:
                 netns, msgs, received_ns = event
                 for (_, ns), worker in list(self.workers.items()):
@@ -367,10 +416,68 @@ class Daemon:
                     if worker.healthy is not True and self.listening(worker.netns):
                         self.guarded(worker, worker.resync)  # retry a failed or re-attached bridge
                 self.scan()
+            self.turned()
+            if now >= next_status and os.environ.get("NOTIFY_SOCKET"):
+                next_status = now + STATUS_S
+                sd_notify(f"STATUS={self.status_line()}")
         sd_notify("STOPPING=1")
         self.release()
         self.stop_configured()
+        self.close_record()
         return 0
+
+    def open_record(self):
+        """The instance's daemon record: its counters continue from the previous daemon's; pid
+        and start are this process's. Without it the daemon runs, unobserved."""
+        try:
+            self.record_pin = pins.DaemonRecordPin.open(create=True)
+        except (XdpbrError, OSError) as exc:
+            log.warning("no daemon record (show, metrics and `daemon --reload` do not see it): %s", exc)
+            return
+        self.record = self.record_pin.read()
+        rec = self.record
+        rec.pid, rec.pid_start = os.getpid(), pins.process_start(os.getpid()) or 0
+        rec.started_ns = time.monotonic_ns()
+        rec.bridges = rec.bridges_failed = 0
+        self.record_pin.write(rec)
+
+    def turned(self):
+        """The end of a loop turn: the record says what this turn left."""
+        rec = self.record
+        rec.bridges = len(self.workers)
+        rec.bridges_failed = sum(1 for w in self.workers.values() if w.healthy is not True)
+        rec.reconciled_ns = max([rec.reconciled_ns, *(w.reconciled_ns for w in self.workers.values())])
+        self.write_record(rec)
+
+    def write_record(self, rec, *, closing=False):
+        """Write the record; one that cannot be written is given up (logged once)."""
+        if not self.record_pin:
+            return
+        try:
+            self.record_pin.write(rec)
+        except XdpbrError as exc:
+            log.warning("cannot write the daemon record: %s", exc)
+            closing = True
+        if closing:
+            self.record_pin.close()
+            self.record_pin = None
+
+    def close_record(self):
+        """A stopped daemon holds no bridge and has no pid; its counters stay for the next."""
+        rec = self.record
+        rec.pid = rec.pid_start = rec.bridges = rec.bridges_failed = 0
+        self.write_record(rec, closing=True)
+
+    def status_line(self):
+        """systemd's STATUS=: one line, e.g. "3 bridges attached, 0 failed, rules checked 0.4 s ago"."""
+        rec = self.record
+        n = len(self.workers)
+        text = f"{n} bridge{'' if n == 1 else 's'} attached, {rec.bridges_failed} failed"
+        if rec.rules_checked_ns:
+            text += f", rules checked {(time.monotonic_ns() - rec.rules_checked_ns) / 1e9:.1f} s ago"
+        if rec.reload_result == RELOAD_FAILED:
+            text += "; the last reload failed, running the previous configuration"
+        return text
 
     def release(self):
         """Close every broker socket, session and listener this daemon opened."""
@@ -397,13 +504,54 @@ def sd_notify(state):
         log.warning("cannot notify systemd: %s", exc)
 
 
+def request_reload(timeout=RELOAD_TIMEOUT_S):
+    """`xdpbr daemon --reload` (systemd's ExecReload): SIGHUP to this instance's running daemon,
+    then wait until its record shows a reload that began after the signal was sent; prints its
+    one line. Returns 0, or raises XdpbrError (exit 1) when it failed and the daemon kept the
+    running configuration, or no daemon runs, or no result came within `timeout`."""
+    found = pins.read_daemon_record()
+    pid = found[0].pid if found and found[1] else None
+    main_pid = int(os.environ.get("MAINPID", "0") or 0)  # systemd sets it for ExecReload
+    if main_pid and main_pid != pid:
+        # the unit's daemon keeps no record: an older xdpbr, started before an upgrade
+        try:
+            os.kill(main_pid, signal.SIGHUP)
+        except OSError as exc:
+            raise XdpbrError(f"cannot signal the daemon (pid {main_pid})", errno=exc.errno) from None
+        print(f"xdpbr daemon (pid {main_pid}) keeps no record: sent SIGHUP; its log has the result")
+        return 0
+    if pid is None:
+        raise NotFound(
+            "no xdpbr daemon of this instance is running", fix="start it (`systemctl start xdpbr`)"
+        )
+    sent_ns = time.monotonic_ns()
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        raise XdpbrError(f"cannot signal the daemon (pid {pid})", errno=exc.errno) from None
+    deadline = time.monotonic() + timeout
+    while True:
+        found = pins.read_daemon_record()
+        rec = found and found[0]
+        if rec and rec.reload_started_ns >= sent_ns and rec.reload_finished_ns >= rec.reload_started_ns:
+            break
+        if not found or not found[1] or rec.pid != pid:
+            raise XdpbrError(f"the daemon (pid {pid}) stopped before it reloaded")
+        if time.monotonic() > deadline:
+            raise XdpbrError(f"the daemon (pid {pid}) did not report a reload within {timeout:.0f} s")
+        time.sleep(0.02)  # bounded by the deadline above
+    message = rec.reload_message.decode(errors="replace")
+    if rec.reload_result != RELOAD_OK:
+        raise XdpbrError(f"reload failed, keeping the running configuration: {message}")
+    print(f"xdpbr daemon (pid {pid}): {message}")
+    return 0
+
+
 def main(once=False, metrics=None, config_path=None):
     cfg = config.load(config_path) if config_path else config.load_default()
     daemon = Daemon(cfg)
     daemon.metrics_spec = metrics or cfg.metrics
     if daemon.metrics_spec:
-        from control import metrics as exporter
-
         addr, port = exporter.serve(daemon.metrics_spec)
         log.info("serving metrics on http://%s:%d/metrics", addr, port)
 

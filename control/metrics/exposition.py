@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from prometheus_client.core import Metric
 from prometheus_client.samples import Sample
 
-from control.connections import RequestLoop
+from ..connections import RequestLoop
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -13,13 +13,14 @@ import math
 import os
 import shutil
 import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from control import config, render
-from control.model import NETFILTER_CHOICES
-from loader import instance
-from loader.bridge_id import BridgeId
-from loader.errors import UsageError, XdpbrError
-from loader.layouts import (
+from ...loader import instance
+from ...loader.bridge_id import BridgeId
+from ...loader.errors import UsageError, XdpbrError
+from ...loader.layouts import (
     FDB_SIZE,
     FDB_SIZE_RANGE,
     MAX_PORTS,
@@ -27,6 +28,15 @@ from loader.layouts import (
     REQUESTED_MODES,
     XDP_MODE_REQUESTS,
 )
+from ...loader.netns import check_exists
+from .. import config
+from ..daemon import service as daemon
+from ..datapath import attachment, state
+from ..endpoints import lifecycle as endpoints
+from ..endpoints import qemu
+from ..metrics import collector as metrics
+from ..model import NETFILTER_CHOICES
+from . import port_set, render, watch
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -166,6 +176,12 @@ def build_parser():
         metavar="FILE",
         help="configuration (default /etc/xdpbr/xdpbr[-INSTANCE].toml if present)",
     )
+    dm.add_argument(
+        "--reload",
+        action="store_true",
+        help="make the running daemon reload its configuration (SIGHUP), wait for the result and "
+        "exit 1 if it failed (systemd's ExecReload)",
+    )
 
     _on_bridge(sub, "metrics", "print the Prometheus metrics once", optional=True)
 
@@ -213,14 +229,16 @@ def build_parser():
     )
 
     be = sub.add_parser(
-        "bench", help="measure the bridge, xdpbr and QEMU's TAP path side by side (own namespaces)"
+        "bench",
+        help="measure the bridge, xdpbr and QEMU's TAP path side by side (own namespaces)",
+        epilog=_BENCH_SCENARIOS,
+        formatter_class=_BenchHelp,
     )
     be.add_argument(
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help="bridge fastpath limit tap-loop afxdp-loop vm tcp latency control metrics restart hotplug "
-        "netfilter scale (default: all)",
+        help="a scenario listed below (default: all of them, in that order)",
     )
     be.add_argument("--rounds", type=int, default=5, help="alternating rounds, at least 5 (default 5)")
     be.add_argument("--window", type=float, default=4.0, help="seconds a frame-rate measurement (default 4)")
@@ -253,104 +271,108 @@ def _require_root():
         )
 
 
-def run(args):
-    """Dispatch a parsed command line; returns the exit code."""
-    from loader.netns import check_exists
+@dataclass(frozen=True)
+class Command:
+    """One row of the command table: what runs, and whether it needs root (BPF maps, netlink)
+    and an existing `-n NETNS` first."""
 
+    handler: Callable
+    root: bool = True
+
+
+def run(args):
+    """Dispatch a parsed command line through COMMANDS; returns the exit code."""
     if not args.command:
         raise UsageError("no command given; try `xdpbr --help`")
-    if args.command == "endpoint" and args.verb == "launch":
-        from control import qemu
-
-        return qemu.launch(args.bridge, args.netns, args.name, args.command_args)  # a VMM's user: no root
-    _require_root()
-    check_exists(args.netns)
-    if args.command == "attach":
-        from control import attachment, state
-
-        attachment.attach(
-            args.bridge,
-            args.netns,
-            mode=args.mode,
-            xdp_mode=args.xdp_mode or "any",
-            netfilter_choice=args.netfilter,
-            grace_s=args.grace,
-            max_ports=args.max_ports,
-            fdb_size=args.fdb_size,
-        )
-        config.hold(_label(args), False)
-        render.emit(state.show(args.bridge, args.netns), args.json, render.show_text)
-    elif args.command == "detach":
-        from control import attachment
-
-        attachment.detach(args.bridge, args.netns)
-        config.hold(_label(args), True)  # the daemon leaves it alone, also after a restart
-        if args.json:
-            render.emit([], True, str)
-    elif args.command == "show":
-        from control import state
-
-        render.emit(state.show(args.bridge, args.netns), args.json, render.show_text)
-    elif args.command == "port":
-        return _port(args)
-    elif args.command == "fdb":
-        from control import state
-
-        if args.verb != "show":
-            raise UsageError("fdb needs a verb: xdpbr fdb show BRIDGE")
-        render.emit(state.fdb_show(args.bridge, args.netns), args.json, render.fdb_text)
-    elif args.command == "stats":
-        _stats(args)
-    elif args.command == "daemon":
-        from control import daemon
-
-        return daemon.main(once=args.once, metrics=args.metrics, config_path=args.config)
-    elif args.command == "metrics":
-        from control import metrics
-
-        sys.stdout.write(metrics.exposition(args.bridge, args.netns))
-    elif args.command == "bench":
-        return _bench(args)
-    elif args.command == "endpoint":
-        return _endpoint(args)
-    return 0
+    key = (args.command, args.verb) if args.command in NEEDS_VERB else (args.command,)
+    command = COMMANDS.get(key)
+    if command is None:
+        raise UsageError(NEEDS_VERB[args.command])
+    if command.root:
+        _require_root()
+        check_exists(args.netns)
+    return command.handler(args) or 0
 
 
-def _endpoint(args):
-    from control import endpoints
+def _attach(args):
+    attachment.attach(
+        args.bridge,
+        args.netns,
+        mode=args.mode,
+        xdp_mode=args.xdp_mode or "any",
+        netfilter_choice=args.netfilter,
+        grace_s=args.grace,
+        max_ports=args.max_ports,
+        fdb_size=args.fdb_size,
+    )
+    config.hold(_label(args), False)
+    render.emit(state.show(args.bridge, args.netns), args.json, render.show_text)
 
-    if args.verb == "add":
-        endpoints.add(
-            args.bridge,
-            args.netns,
-            args.name,
-            path=args.path or "afxdp",
-            mac=args.mac,
-            queues=args.queues,
-            owner=args.owner,
-            group=args.group,
-        )
-        added = [r for r in endpoints.show(args.bridge, args.netns) if r["name"] == args.name]
-        render.emit(added, args.json, render.endpoints_text)  # as `show` prints it, `present` too
-    elif args.verb == "show":
-        render.emit(endpoints.show(args.bridge, args.netns), args.json, render.endpoints_text)
-    elif args.verb == "del":
-        endpoints.delete(args.bridge, args.netns, args.name)
-        if args.json:
-            render.emit([], True, str)
-    elif args.verb == "qemu-args":
-        if len(args.names) > 2:
-            raise UsageError("endpoint qemu-args takes [BRIDGE] NAME")
-        bridge, name = args.names if len(args.names) == 2 else (None, args.names[0])
-        from control import qemu
 
-        found = qemu.qemu_args(
-            bridge, args.netns, name, qemu=args.qemu, qemu_version=args.qemu_version, program=_program()
-        )
-        render.emit(found, args.json, qemu.recipe_text)
-    else:
-        raise UsageError("endpoint needs a verb: add, show, del, qemu-args or launch")
-    return 0
+def _detach(args):
+    attachment.detach(args.bridge, args.netns)
+    config.hold(_label(args), True)  # the daemon leaves it alone, also after a restart
+    if args.json:
+        render.emit([], True, str)
+
+
+def _show(args):
+    render.emit(state.show(args.bridge, args.netns), args.json, render.show_text)
+
+
+def _fdb_show(args):
+    render.emit(state.fdb_show(args.bridge, args.netns), args.json, render.fdb_text)
+
+
+def _daemon(args):
+    if args.reload:
+        if args.once or args.metrics or args.config:
+            raise UsageError("daemon --reload takes no other option: it signals the running daemon")
+        return daemon.request_reload()
+    return daemon.main(once=args.once, metrics=args.metrics, config_path=args.config)
+
+
+def _metrics(args):
+    sys.stdout.write(metrics.exposition(args.bridge, args.netns))
+
+
+def _endpoint_add(args):
+    endpoints.add(
+        args.bridge,
+        args.netns,
+        args.name,
+        path=args.path or "afxdp",
+        mac=args.mac,
+        queues=args.queues,
+        owner=args.owner,
+        group=args.group,
+    )
+    added = [r for r in endpoints.show(args.bridge, args.netns) if r["name"] == args.name]
+    render.emit(added, args.json, render.endpoints_text)  # as `show` prints it, `present` too
+
+
+def _endpoint_show(args):
+    render.emit(endpoints.show(args.bridge, args.netns), args.json, render.endpoints_text)
+
+
+def _endpoint_del(args):
+    endpoints.delete(args.bridge, args.netns, args.name)
+    if args.json:
+        render.emit([], True, str)
+
+
+def _endpoint_qemu_args(args):
+    if len(args.names) > 2:
+        raise UsageError("endpoint qemu-args takes [BRIDGE] NAME")
+    bridge, name = args.names if len(args.names) == 2 else (None, args.names[0])
+    found = qemu.qemu_args(
+        bridge, args.netns, name, qemu=args.qemu, qemu_version=args.qemu_version, program=_program()
+    )
+    render.emit(found, args.json, qemu.recipe_text)
+
+
+def _endpoint_launch(args):
+    return qemu.launch(args.bridge, args.netns, args.name, args.command_args)
 
 
 def _program():
@@ -365,31 +387,69 @@ def _label(args):
     return BridgeId(args.bridge, args.netns).label
 
 
+BENCH_MISSING = "the benchmark is not installed with xdpbr"
+BENCH_FIX = "run it from a checkout: make bench"
+_BENCH_SCENARIOS = "(the benchmark's scenarios)"  # the epilog _BenchHelp fills in
+
+
+def _benchmark():
+    """bench/run.py, the CLI's one way into the benchmark (not product code: a checkout's
+    bench/ and testbed/, never installed with xdpbr), imported only when `xdpbr bench` runs or
+    shows its help; None where it is not there."""
+    try:
+        import bench.run as benchmark
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in ("bench", "testbed"):
+            return None
+        raise
+    return benchmark
+
+
+class _BenchHelp(argparse.RawDescriptionHelpFormatter):
+    """`xdpbr bench --help`: the scenarios and what each measures, from the benchmark's table
+    (bench/run.py SCENARIOS), read only when this help is shown."""
+
+    def add_text(self, text):
+        if text is _BENCH_SCENARIOS:
+            benchmark = _benchmark()
+            if benchmark is None:
+                text = f"{BENCH_MISSING}; {BENCH_FIX}"
+            else:
+                lines = ["scenarios (all of them when none is named, in this order):"]
+                for row in benchmark.SCENARIOS:
+                    lines += textwrap.wrap(
+                        row.help,
+                        self._width,
+                        initial_indent=f"  {row.name:12}",
+                        subsequent_indent=" " * 14,
+                        break_on_hyphens=False,
+                    )
+                text = "\n".join(lines)
+        super().add_text(text)
+
+
 def _bench(args):
-    from bench.run import command  # the CLI's one way into the benchmark (not product code)
+    """`xdpbr bench`; an xdpbr installed without the benchmark says so before it asks for root."""
+    benchmark = _benchmark()
+    if benchmark is None:
+        raise XdpbrError(BENCH_MISSING, fix=BENCH_FIX)
+    _require_root()
+    check_exists(args.netns)
+    return benchmark.command(args)
 
-    return command(args)
+
+def _port_set(args):
+    port_set.set_mode(args.bridge, args.netns, args.port, args.mode)
+    _port_show(args)
 
 
-def _port(args):
-    from control import ports_cli, state
-
-    if args.verb == "set":
-        ports_cli.set_mode(args.bridge, args.netns, args.port, args.mode)
-        args.verb = "show"
-    if args.verb == "show":
-        rows = [dict(p, bridge=b["bridge"]) for b in state.show(args.bridge, args.netns) for p in b["ports"]]
-        render.emit(rows, args.json, render.ports_text)
-        return 0
-    raise UsageError("port needs a verb: xdpbr port set BRIDGE PORT mode MODE | xdpbr port show [BRIDGE]")
+def _port_show(args):
+    rows = [dict(p, bridge=b["bridge"]) for b in state.show(args.bridge, args.netns) for p in b["ports"]]
+    render.emit(rows, args.json, render.ports_text)
 
 
 def _stats(args):
-    from control import state
-
     if args.watch:
-        from control import watch
-
         return watch.run(args.bridge, args.netns, args.interval, args.count, args.json)
     if not args.json:
         for b in state.show(args.bridge, args.netns):
@@ -397,6 +457,32 @@ def _stats(args):
                 hold = b["netfilter_hold"]["text"]
                 print(f"bridge {b['bridge']}: every port is on the Linux bridge, held by {hold}")
     render.emit(state.stats(args.bridge, args.netns), args.json, render.stats_text)
+
+
+# The command table: (command,) or (command, verb) -> what runs. Commands with verbs are in
+# NEEDS_VERB, with the line a missing verb gets.
+COMMANDS = {
+    ("attach",): Command(_attach),
+    ("detach",): Command(_detach),
+    ("show",): Command(_show),
+    ("port", "set"): Command(_port_set),
+    ("port", "show"): Command(_port_show),
+    ("fdb", "show"): Command(_fdb_show),
+    ("stats",): Command(_stats),
+    ("daemon",): Command(_daemon),
+    ("metrics",): Command(_metrics),
+    ("bench",): Command(_bench, root=False),  # says it is not installed before it asks for root
+    ("endpoint", "add"): Command(_endpoint_add),
+    ("endpoint", "show"): Command(_endpoint_show),
+    ("endpoint", "del"): Command(_endpoint_del),
+    ("endpoint", "qemu-args"): Command(_endpoint_qemu_args),
+    ("endpoint", "launch"): Command(_endpoint_launch, root=False),  # a VMM's user; the broker decides
+}
+NEEDS_VERB = {
+    "port": "port needs a verb: xdpbr port set BRIDGE PORT mode MODE | xdpbr port show [BRIDGE]",
+    "fdb": "fdb needs a verb: xdpbr fdb show BRIDGE",
+    "endpoint": "endpoint needs a verb: add, show, del, qemu-args or launch",
+}
 
 
 class _TextFormatter(logging.Formatter):
@@ -435,7 +521,3 @@ def main(argv=None):
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

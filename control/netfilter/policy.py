@@ -1,6 +1,6 @@
 """Which ports of a bridge must stay on the kernel bridge because a netfilter rule can see them.
 
-Pure logic over control/nfrules.py tables; no kernel calls. The walk follows the bridge's own
+Pure logic over control/netfilter/rules.py tables; no kernel calls. The walk follows the bridge's own
 path (net/bridge/br_netfilter_hooks.c, br_forward.c):
 - ip, ip6 and inet chains (only when the bridge calls that family) see bridged frames at
   prerouting (in = the bridge), forward (in = out = the bridge) and postrouting (out = the
@@ -18,8 +18,8 @@ and the frames towards it on the bridge, so one side is enough.
 
 import dataclasses
 
-from control.nfrules import Cond
-from loader.xtables import PHYSDEV_BRIDGED, PHYSDEV_ISIN, PHYSDEV_ISOUT
+from ...loader.xtables import PHYSDEV_BRIDGED, PHYSDEV_ISIN, PHYSDEV_ISOUT
+from .rules import Cond
 
 MAX_DEPTH = 32  # iptables allows no loops and limits nesting; deeper means we misread the table
 IP_HOOKS = ("prerouting", "forward", "postrouting")

@@ -1,7 +1,7 @@
 """The rulesets a bridged frame can meet, in the few terms the per-port walk evaluates.
 
 Pure data, built without root: `from_xtables()` converts a legacy table read by
-loader/xtables.py, `from_nft()` the JSON and text read by loader/nftables.py. control/nfpolicy.py
+loader/xtables.py, `from_nft()` the JSON and text read by loader/nftables.py. control/netfilter/policy.py
 walks the result. Everything a rule tests is one `Cond`:
 - `dev`: the in or out device as the hook sees it (the bridge for the ip families, a port for
   arp and bridge families and netdev chains);

@@ -10,12 +10,9 @@ import itertools
 import os
 import time
 
-from control.fdb import FdbMirror
-from control.ports import find_bridge
-from loader import attach as at
-from loader import bpfsys, pins
-from loader.errors import NotFound
-from loader.layouts import (
+from ...loader import bpfsys, pins
+from ...loader.errors import NotFound
+from ...loader.layouts import (
     ATTACH_POINTS,
     BRIDGE_NETFILTER_BLOCK,
     CLOCK_HEARTBEAT,
@@ -40,7 +37,9 @@ from loader.layouts import (
     port_index_map,
     stats_index,
 )
-from loader.netns import entered
+from ...loader.links import Rtnl
+from ...loader.netns import entered
+from .fdb import FdbMirror
 
 KNOWN_HZ = (100, 250, 300, 1000)
 
@@ -51,7 +50,7 @@ class Session:
     def __init__(self, bridge_name, netns=None):
         self.bridge_name, self.netns = bridge_name, netns
         self.dir = pins.pin_dir(bridge_name, netns)
-        self._ipr = None
+        self.rtnl = Rtnl(netns)  # RTNL in the bridge's namespace, opened on first use
         self.bridge = None
         self.maps = None
         self.prog_fds = {}
@@ -63,23 +62,8 @@ class Session:
         s.dir = directory
         return s.open_pins()
 
-    @property
-    def ipr(self):
-        """Netlink in the bridge's namespace, opened on first use (metrics need none)."""
-        if self._ipr is None:
-            self._ipr = at.open_netlink(self.netns)
-        return self._ipr
-
-    def reopen_netlink(self):
-        """Close the netlink socket; the next use opens a fresh one. pyroute2 0.9.7 keeps a
-        little memory for every request it answers (~1.6 KB per get_links, measured), which
-        only closing its socket gives back: a long-running daemon recycles it."""
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
-
     def find_bridge(self):
-        self.bridge = find_bridge(self.ipr, self.bridge_name, self.netns)
+        self.bridge = self.rtnl.bridge(self.bridge_name)
         return self.bridge
 
     def open_pins(self):
@@ -96,7 +80,7 @@ class Session:
         for fd in self.prog_fds.values():
             os.close(fd)
         self.prog_fds.clear()
-        self.reopen_netlink()
+        self.rtnl.close()
 
     def __enter__(self):
         return self

@@ -4,12 +4,11 @@ Only pinned maps (bpf(2)) and netlink reads: never the compiler, so these stay f
 """
 
 import os
+import time
 
-from control import netfilter
-from control.session import Session
-from loader import pins
-from loader.errors import NotFound, XdpbrError
-from loader.layouts import (
+from ...loader import pins
+from ...loader.errors import NotFound, XdpbrError
+from ...loader.layouts import (
     ATTACH_POINTS,
     BRIDGE_FDB_FULL,
     BRIDGE_NETFILTER_BLOCK,
@@ -21,11 +20,14 @@ from loader.layouts import (
     PORT_PEER_REDIRECT,
     PORT_XDP_EGRESS,
     REASONS,
+    RELOAD_RESULTS,
     REQUESTED_MODES,
     XDP_ATTACH,
     XDP_MODE_REQUESTS,
 )
-from loader.netns import interface_names
+from ...loader.netns import interface_names
+from ..netfilter import store as nfstore
+from .session import Session
 
 
 def targets(bridge, netns):
@@ -58,7 +60,47 @@ def each_bridge(bridge, netns, read):
 
 
 def show(bridge=None, netns=None):
-    return each_bridge(bridge, netns, _show_one)
+    rows = each_bridge(bridge, netns, _show_one)
+    if rows:
+        status = daemon_status()
+        for row in rows:
+            row["daemon"] = status
+    return rows
+
+
+def daemon_status():
+    """The instance's daemon as its record says (loader/pins.py DaemonRecordPin), for `show -j`;
+    None when no daemon has run here. Ages are seconds before now (None: never)."""
+    found = pins.read_daemon_record()
+    if found is None:
+        return None
+    rec, running = found
+    now = time.monotonic_ns()
+
+    def ago(ns):
+        return round((now - ns) / 1e9, 3) if ns else None
+
+    return {
+        "running": running,
+        "pid": rec.pid if running else None,
+        "uptime_s": ago(rec.started_ns) if running else None,
+        "loop_generation": rec.loop_generation,
+        "bridges": rec.bridges if running else 0,
+        "bridges_failed": rec.bridges_failed if running else 0,
+        "scanned_s_ago": ago(rec.scanned_ns),
+        "rules_checked_s_ago": ago(rec.rules_checked_ns),
+        "reconciled_s_ago": ago(rec.reconciled_ns),
+        "reloads_ok": rec.reloads_ok,
+        "reloads_failed": rec.reloads_failed,
+        "last_reload": None
+        if not rec.reload_result
+        else {
+            "result": reload_result_name(rec.reload_result),
+            "generation": rec.reload_generation,
+            "s_ago": ago(rec.reload_finished_ns),
+            "message": rec.reload_message.decode(errors="replace"),
+        },
+    }
 
 
 NOT_A_PORT = "-"  # the port of slot 0's counters: frames of interfaces that are not (yet) ports
@@ -115,7 +157,7 @@ def _show_one(name, ns, s):
     meta, state = s.meta(), s.bridge_state()
     heartbeat_age, active = s.heartbeat_age()
     ports = port_rows(s, ns)
-    holds = netfilter.load(name, ns) or {"bridge_hold": None, "ports": {}}
+    holds = nfstore.load(name, ns) or {"bridge_hold": None, "ports": {}}
     for row in ports:  # the rule that keeps each held port on the bridge
         row["netfilter_hold"] = holds["bridge_hold"] or holds["ports"].get(row["port"])
     return [
@@ -171,6 +213,11 @@ def _stats_one(name, ns, s):
         }
         for port, attach, reason, packets, nbytes in sorted(rows + quiet, key=lambda r: slot_of.get(r[0], 0))
     ]
+
+
+def reload_result_name(index):
+    """`ok` or `failed` (a number this xdpbr does not know reads as `resultN`)."""
+    return RELOAD_RESULTS[index] if index < len(RELOAD_RESULTS) else f"result{index}"
 
 
 def reason_name(index):

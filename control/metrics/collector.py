@@ -20,17 +20,23 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from control import netfilter
-from control.exposition import RowFamily, render, start_server
-from loader.bridge_id import BridgeId
-from loader.errors import UsageError, XdpbrError
-from loader.layouts import (
+from ...loader import pins, tracepoints
+from ...loader.bridge_id import BridgeId
+from ...loader.errors import XdpbrError
+from ...loader.layouts import (
     ATTACH_POINTS,
     CONTROL_ATTACH,
     CONTROL_DAEMON,
+    RELOAD_FAILED,
     Control,
 )
-from loader.netns import interface_names
+from ...loader.netns import interface_names
+from ..connections import parse_listen
+from ..datapath import state
+from ..datapath.session import Session
+from ..endpoints import lifecycle as endpoints
+from ..netfilter import store as nfstore
+from .exposition import RowFamily, render, start_server
 
 
 @dataclass
@@ -117,8 +123,6 @@ class PinnedMapReader:
 
     def bridges(self):
         """Yields a BridgeReading, or an XdpbrError, per attached bridge."""
-        from control import state
-        from loader import tracepoints
 
         self.redirect_errors = tracepoints.read_redirect_errors()  # host-wide: read once per scrape
         for name, ns in state.targets(self.bridge, self.netns):
@@ -127,10 +131,13 @@ class PinnedMapReader:
             except (XdpbrError, OSError) as exc:
                 yield exc
 
+    def daemon(self):
+        """(DaemonRecord, running) of the instance's daemon, or None when none has run here."""
+        return pins.read_daemon_record()
+
     def endpoints(self):
         """(bridge label, endpoint record, counters or None) of every endpoint (`xdpbr endpoint`);
         call after bridges(), whose scrape read the redirect errors."""
-        from control import endpoints
 
         for rec in endpoints.records(self.bridge, self.netns):
             try:
@@ -144,8 +151,6 @@ class PinnedMapReader:
             yield bridge_label(rec["bridge"], rec["netns"]), rec, counters
 
     def _read(self, name, ns):
-        from control import state
-        from control.session import Session
 
         with Session(name, ns) as s:
             s.open_pins()
@@ -174,7 +179,7 @@ class PinnedMapReader:
                     port = port_of[ifindex]
                     reading.redirect_errors[port] = reading.redirect_errors.get(port, 0) + errors
             reading.counters = state.counter_rows(s, reading.ports)
-            saved = netfilter.load(name, ns) or {"bridge_hold": None, "ports": {}}
+            saved = nfstore.load(name, ns) or {"bridge_hold": None, "ports": {}}
             for p in reading.ports:
                 hold = saved["bridge_hold"] or saved["ports"].get(p["port"])
                 if hold:
@@ -297,6 +302,14 @@ class XdpbrCollector(Collector):
         yield from (port_info, hold_info, prog_info, redirect_errors, sync_lag)
         if hasattr(self.reader, "endpoints"):
             yield from _endpoint_families(self.reader)
+        if hasattr(self.reader, "daemon"):
+            try:
+                found = self.reader.daemon()
+            except (XdpbrError, OSError):
+                found = None
+                self.scrape_errors += 1
+            if found:
+                yield from _daemon_families(*found)
         yield from (family for family, _ in per_bridge)
         yield CounterMetricFamily(
             "xdpbr_scrape_errors", "Bridges that could not be read during a scrape.", value=self.scrape_errors
@@ -339,7 +352,6 @@ def _endpoint_families(reader):
             to_socket["bytes"].add_metric([b, rec["name"]], counters["to_socket"][1])
             no_socket.add_metric([b, rec["name"]], counters["no_socket"][0])
             errors.add_metric([b, rec["name"]], counters["redirect_errors"])
-    from control import endpoints
 
     unreadable = CounterMetricFamily(
         "xdpbr_endpoint_record_errors",
@@ -347,6 +359,68 @@ def _endpoint_families(reader):
         value=endpoints.unreadable_records,
     )
     return [info, *to_socket.values(), no_socket, errors, unreadable]
+
+
+def _daemon_families(rec, running):
+    """The instance's daemon, from its record (struct xdpbr_daemon): whether it runs, its loop,
+    when it last scanned, checked rules and reconciled (Unix time, converted from the record's
+    CLOCK_MONOTONIC), and its reloads."""
+    now_mono, now_unix = time.monotonic_ns(), time.time()
+
+    def unix(ns):
+        return now_unix - (now_mono - ns) / 1e9 if ns else 0.0
+
+    gauges = [
+        ("xdpbr_daemon_running", "1 while this instance's daemon runs.", int(running)),
+        (
+            "xdpbr_daemon_loop_generation",
+            "Turns of the daemon's loop (counted on across restarts).",
+            rec.loop_generation,
+        ),
+        ("xdpbr_daemon_bridges", "Bridges the daemon holds.", rec.bridges if running else 0),
+        (
+            "xdpbr_daemon_bridges_failed",
+            "Bridges the daemon holds that are unhealthy (no heartbeat).",
+            rec.bridges_failed if running else 0,
+        ),
+        (
+            "xdpbr_daemon_start_timestamp_seconds",
+            "When the running daemon started (0: none runs).",
+            unix(rec.started_ns) if running else 0.0,
+        ),
+        (
+            "xdpbr_daemon_last_scan_timestamp_seconds",
+            "When the daemon last scanned the pins (twice a second while it runs).",
+            unix(rec.scanned_ns),
+        ),
+        (
+            "xdpbr_daemon_last_rules_check_timestamp_seconds",
+            "When the daemon last checked the netfilter rules.",
+            unix(rec.rules_checked_ns),
+        ),
+        (
+            "xdpbr_daemon_last_reconcile_timestamp_seconds",
+            "When the daemon last brought a bridge in line with the kernel (resync or port changes).",
+            unix(rec.reconciled_ns),
+        ),
+        (
+            "xdpbr_daemon_last_reload_successful",
+            "0 when the last configuration reload failed (the daemon kept the previous one), else 1.",
+            int(rec.reload_result != RELOAD_FAILED),
+        ),
+        (
+            "xdpbr_daemon_last_reload_timestamp_seconds",
+            "When the last configuration reload finished (0: none yet).",
+            unix(rec.reload_finished_ns),
+        ),
+    ]
+    families = [GaugeMetricFamily(name, help_text, value=value) for name, help_text, value in gauges]
+    reloads = CounterMetricFamily(
+        "xdpbr_daemon_reloads", "Configuration reloads (SIGHUP), by result.", labels=["result"]
+    )
+    reloads.add_metric(["ok"], rec.reloads_ok)
+    reloads.add_metric(["failed"], rec.reloads_failed)
+    return [*families, reloads]
 
 
 def registry(reader=None, with_process=False):
@@ -362,14 +436,6 @@ def registry(reader=None, with_process=False):
 def exposition(bridge=None, netns=None):
     """The text exposition once (`xdpbr metrics`)."""
     return render(registry(PinnedMapReader(bridge, netns))).decode()
-
-
-def parse_listen(spec):
-    """'[ADDR:]PORT' -> (addr, port); a bare port binds loopback only."""
-    addr, _, port = spec.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--metrics {spec!r}: expected [ADDR:]PORT", fix="for example --metrics 9435")
-    return (addr.strip("[]") or "127.0.0.1"), int(port)
 
 
 def serve(spec):

@@ -17,8 +17,9 @@ import shutil
 import sys
 import time
 
-from control import render, state
-from loader.layouts import ATTACH_POINTS
+from ...loader.layouts import ATTACH_POINTS
+from ..datapath import state
+from . import render
 
 RATES = ("frames_per_s", "bits_per_s", "xdp_frames_per_s", "xdp_bits_per_s")
 RATES += ("tc_frames_per_s", "tc_bits_per_s", "bridge_frames_per_s", "bridge_bits_per_s")

@@ -5,7 +5,7 @@ with `inhibit=on`: no XDP program of its own); from 10.1 it can also open the en
 pinned XSKMAP itself (`map-path=`, QEMU then needs CAP_NET_ADMIN and CAP_BPF). So:
   QEMU >= 10.1    one line of arguments with map-path=
   QEMU 8.2-10.0   a command line for `xdpbr endpoint launch`, which asks the daemon's broker
-                  for the sockets (control/broker.py, no capabilities needed) and execs QEMU
+                  for the sockets (control/endpoints/broker.py, no capabilities needed) and execs QEMU
                   with sock-fds= filled in
   QEMU < 8.2      an error saying so, with the TAP endpoint as the way out
 A TAP endpoint works with any QEMU; `vhost=on` only where /dev/vhost-net exists (QEMU
@@ -19,9 +19,11 @@ import resource
 import shlex
 import subprocess
 
-from control import endpoints
-from loader import instance
-from loader.errors import UsageError, XdpbrError
+from ...loader import instance
+from ...loader.errors import UsageError, XdpbrError
+from ...loader.netns import entered
+from . import lifecycle as endpoints
+from .client import request, socket_path
 
 BINARY = "qemu-system-x86_64"
 AFXDP_SINCE = (8, 2)  # net/af-xdp.c
@@ -71,7 +73,7 @@ def _global_options(netns):
 
 
 def recipe(rec, qemu_version=None, *, binary=BINARY, vhost_net=None, program="xdpbr"):
-    """What to give QEMU for endpoint record `rec` (control/endpoints.py): a dict with `form`
+    """What to give QEMU for endpoint record `rec` (control/endpoints/lifecycle.py): a dict with `form`
     (tap, map-path, sock-fds), `args` (QEMU's arguments) and, for sock-fds, `launch` (the
     xdpbr command that starts QEMU with the sockets). `qemu_version` (major, minor) is needed
     for AF_XDP only."""
@@ -135,8 +137,6 @@ def launch(bridge, netns, name, argv):
     """Ask the broker for endpoint `name`'s AF_XDP sockets, put their fds where argv says
     @FDS@, and exec argv (QEMU) with them inherited. Needs no privileges beyond the broker's
     socket (root, or the configuration's [broker] group); returns only by raising."""
-    from control.broker import request, socket_path
-    from loader.netns import entered
 
     if not argv:
         raise UsageError(f"endpoint launch needs the QEMU command after --, with sock-fds={FDS} in it")

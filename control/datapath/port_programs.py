@@ -1,6 +1,6 @@
 """xdpbr's programs on one bridge port: put on, replaced and taken off, never another tool's.
 
-`reconcile` (control/attachment.py) decides what each port runs; this module does it. The XDP
+`reconcile` (control/datapath/attachment.py) decides what each port runs; this module does it. The XDP
 program is recognised as xdpbr's by name (XDP_PROG_NAME) and replaced atomically
 (XDP_FLAGS_REPLACE with the running program as the expected one); a port that runs another
 tool's XDP program keeps it (an explicit mode fails, `auto` is lowered). The TC filter is found by
@@ -11,11 +11,10 @@ journal, so a failed attach takes it off again.
 
 import os
 
-from control.model import lower_plan
-from loader import attach as at
-from loader import bpfsys
-from loader.errors import Unsupported, XdpbrError
-from loader.layouts import OWN_CLSACT
+from ...loader import bpfsys
+from ...loader.errors import Unsupported, XdpbrError
+from ...loader.layouts import OWN_CLSACT
+from ..model import lower_plan
 
 XDP_PROG_NAME = "xdpbr_xdp"
 
@@ -36,7 +35,7 @@ def is_ours(prog_id):
 
 def attach_xdp(s, port, plan, xdp_mode, journal):
     """Run the XDP program on the port. Returns (plan, attach mode) after any fallback."""
-    current = at.xdp_state(s.ipr, port.ifindex)
+    current = s.rtnl.xdp_state(port.ifindex)
     if current["prog_id"] and not is_ours(current["prog_id"]):
         msg = f"{port.name} already runs another XDP program (id {current['prog_id']})"
         if plan.explicit:
@@ -52,19 +51,19 @@ def attach_xdp(s, port, plan, xdp_mode, journal):
         if current["prog_id"] and current["mode"] == mode:
             old = bpfsys.prog_fd_by_id(current["prog_id"])
             try:
-                at.attach_xdp(s.ipr, port.ifindex, port.name, s.prog_fds["xdp"], mode, expected_fd=old)
+                s.rtnl.attach_xdp(port.ifindex, port.name, s.prog_fds["xdp"], mode, expected_fd=old)
             finally:
                 os.close(old)
             return plan, mode
         if current["prog_id"]:
-            at.detach_xdp(s.ipr, port.ifindex, current["mode"])
+            s.rtnl.detach_xdp(port.ifindex, current["mode"])
             current = {"mode": None, "prog_id": 0}
         try:
-            at.attach_xdp(s.ipr, port.ifindex, port.name, s.prog_fds["xdp"], mode)
+            s.rtnl.attach_xdp(port.ifindex, port.name, s.prog_fds["xdp"], mode)
         except Unsupported as exc:
             failure = exc
             continue
-        journal.push(at.detach_xdp, s.ipr, port.ifindex, mode)
+        journal.push(s.rtnl.detach_xdp, port.ifindex, mode)
         return plan, mode
     if plan.explicit:
         fix = "use --mode tc, or --xdp-mode generic" if tries == ["native"] else "use --mode tc"
@@ -75,32 +74,32 @@ def attach_xdp(s, port, plan, xdp_mode, journal):
 
 def detach_xdp(s, ifindex):
     """Take xdpbr's XDP program off the port, if it runs there."""
-    current = at.xdp_state(s.ipr, ifindex)
+    current = s.rtnl.xdp_state(ifindex)
     if current["prog_id"] and is_ours(current["prog_id"]):
-        at.detach_xdp(s.ipr, ifindex, current["mode"])
+        s.rtnl.detach_xdp(ifindex, current["mode"])
 
 
 def attach_tc(s, port, owned, journal, replace):
     """Run the TC program on the port (replaced if `replace`), adding a clsact qdisc where
     there is none. Returns the port's `owned` flags."""
-    if not at.has_clsact(s.ipr, port.ifindex):
-        at.add_clsact(s.ipr, port.ifindex)
+    if not s.rtnl.has_clsact(port.ifindex):
+        s.rtnl.add_clsact(port.ifindex)
         owned |= OWN_CLSACT
-        journal.push(at.del_clsact, s.ipr, port.ifindex)
-    present = at.has_xdpbr_filter(s.ipr, port.ifindex)
+        journal.push(s.rtnl.del_clsact, port.ifindex)
+    present = s.rtnl.has_xdpbr_filter(port.ifindex)
     if present and not replace:
         return owned
-    at.attach_tc(s.ipr, port.ifindex, port.name, s.prog_fds["tc"], replace=present)
+    s.rtnl.attach_tc(port.ifindex, port.name, s.prog_fds["tc"], replace=present)
     if not present:
-        journal.push(at.detach_tc, s.ipr, port.ifindex)
+        journal.push(s.rtnl.detach_tc, port.ifindex)
     return owned
 
 
 def detach_tc(s, ifindex, owned):
     """Take xdpbr's TC filter off the port, and the clsact qdisc if xdpbr added it and nothing
     else filters there. Returns the port's `owned` flags."""
-    if at.has_xdpbr_filter(s.ipr, ifindex):
-        at.detach_tc(s.ipr, ifindex)
-    if owned & OWN_CLSACT and not at.ingress_filters(s.ipr, ifindex):
-        at.del_clsact(s.ipr, ifindex)
+    if s.rtnl.has_xdpbr_filter(ifindex):
+        s.rtnl.detach_tc(ifindex)
+    if owned & OWN_CLSACT and not s.rtnl.ingress_filters(ifindex):
+        s.rtnl.del_clsact(ifindex)
     return owned & ~OWN_CLSACT

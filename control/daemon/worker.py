@@ -1,21 +1,22 @@
 """The daemon's hold on one attached bridge: its FDB mirror follows the kernel's FDB event by
 event (with full resyncs after an overrun or a restart), its ports follow link events, and it
 heartbeats, refreshes kernel aging for stations only the fast path sees, and re-checks
-netfilter. control/daemon.py runs one BridgeWorker per adopted bridge.
+netfilter. control/daemon/service.py runs one BridgeWorker per adopted bridge.
 """
 
 import logging
 import os
 import time
 
-from control import fdb, netfilter
-from control.attachment import reconcile
-from control.session import Session
-from loader import pins, tracepoints
-from loader.bridge_id import BridgeId
-from loader.errors import XdpbrError
-from loader.layouts import CONTROL_DAEMON
-from loader.lock import writer_lock
+from ...loader import pins, tracepoints
+from ...loader.bridge_id import BridgeId
+from ...loader.errors import XdpbrError
+from ...loader.layouts import CLOCK_HEARTBEAT, CONTROL_DAEMON
+from ...loader.lock import writer_lock
+from ..datapath import fdb
+from ..datapath.attachment import reconcile
+from ..datapath.session import Session
+from ..netfilter import snapshot as nfsnapshot
 
 log = logging.getLogger("xdpbr.daemon")
 
@@ -47,6 +48,7 @@ class BridgeWorker:
         self.healthy = False
         self.needs_reconcile = False
         self.slots = {}
+        self.reconciled_ns = 0  # CLOCK_MONOTONIC start of the last successful resync or reconcile
 
     def _open(self):
         if self.session:
@@ -85,6 +87,7 @@ class BridgeWorker:
 
     def resync(self):
         """Full dump and diff of the FDB, then the ports; marks the bridge healthy."""
+        started = time.monotonic_ns()
         try:
             with writer_lock():
                 if not self.still_attached():
@@ -93,11 +96,11 @@ class BridgeWorker:
                 s.find_bridge()
                 records = fdb.dump(s.netns, s.bridge.ifindex)
                 self.kernel_fdb = {(r.mac, r.vid): r for r in records}
-                self.netfilter_state = self.netfilter_state or netfilter.snapshot(self.netns)
+                self.netfilter_state = self.netfilter_state or nfsnapshot.read(self.netns)
                 reconcile(s, netfilter_state=self.netfilter_state)
                 self.slots = s.port_slots()
                 written, deleted = self.mirror.sync(records, self.slots, full=True)
-                s.write_bridge_state(heartbeat=True)
+                s.tick(CLOCK_HEARTBEAT)  # reconcile wrote the bridge's state
         except Exception as exc:  # noqa: BLE001 - netlink or bpf: never heartbeat over a half-synced mirror
             if self.healthy or self.healthy is False:
                 log.warning("%s: cannot resync: %s", self.label, exc)
@@ -106,6 +109,7 @@ class BridgeWorker:
             return
         self.healthy = True
         self.needs_reconcile = False
+        self.reconciled_ns = started
         self.counters.resyncs += 1
         log.info(
             "%s: resynced (%d FDB entries, %d written, %d removed)",
@@ -157,6 +161,7 @@ class BridgeWorker:
         if not self.needs_reconcile or not self.healthy:
             return
         self.needs_reconcile = False
+        started = time.monotonic_ns()
         try:
             with writer_lock():
                 if not self.still_attached():
@@ -164,13 +169,13 @@ class BridgeWorker:
                 if not self.healthy:  # re-attached meanwhile: a full resync, not a patch
                     self.needs_reconcile = True
                     return
-                self.session.find_bridge()
-                self.session.write_bridge_state(heartbeat=False)
+                self.session.find_bridge()  # reconcile writes the bridge's state, once
                 reconcile(self.session, netfilter_state=self.netfilter_state)
                 slots = self.session.port_slots()
                 if slots != self.slots:  # a port came or went: entries carry egress slots
                     self.slots = slots
                     self.mirror.sync(self.kernel_fdb.values(), slots)
+            self.reconciled_ns = started
         except Exception as exc:  # noqa: BLE001 - a port that vanished meanwhile (netlink, bpf), ...
             log.warning("%s: cannot apply port changes: %s", self.label, exc)
             self.healthy = False
@@ -182,7 +187,7 @@ class BridgeWorker:
         self.session.write_control(CONTROL_DAEMON, self.counters)
 
     def recycle_netlink(self):
-        self.session.reopen_netlink()
+        self.session.rtnl.recycle()
 
     def refresh_aging(self):
         """NTF_USE for entries the fast path used since their last refresh."""
@@ -195,7 +200,7 @@ class BridgeWorker:
             if not rec or rec.local or rec.static or rec.ifindex != entry.ifindex:
                 continue  # gone or moved in the kernel: refreshing would resurrect or undo it
             try:
-                fdb.refresh_kernel_entry(self.session.ipr, rec)
+                self.session.rtnl.fdb_touch(rec.ifindex, rec.mac, rec.vid)
                 self.refreshed[key] = entry.last_seen
             except Exception as exc:  # noqa: BLE001 - the next event or resync corrects it
                 log.debug("%s: NTF_USE %s failed: %s", self.label, key, exc)

@@ -1,11 +1,10 @@
 """`xdpbr port set`: remember a port's mode in bpffs and apply it now."""
 
-from control.attachment import reconcile
-from control.ports import list_ports
-from control.session import Session
-from loader.errors import NotFound, XdpbrError
-from loader.journal import Journal
-from loader.lock import writer_lock
+from ...loader.errors import NotFound, XdpbrError
+from ...loader.journal import Journal
+from ...loader.lock import writer_lock
+from ..datapath.attachment import reconcile
+from ..datapath.session import Session
 
 
 def set_mode(bridge, netns, port_name, mode):
@@ -15,9 +14,9 @@ def set_mode(bridge, netns, port_name, mode):
             s.open_pins()
         except NotFound:
             raise NotFound(f"bridge {bridge} is not attached", fix=f"xdpbr attach {bridge} first") from None
-        ports = {p.name: p for p in list_ports(s.ipr, s.bridge)}
+        ports = {p.name: p for p in s.rtnl.ports(s.bridge)}
         if port_name not in ports:
-            if s.ipr.link_lookup(ifname=port_name):
+            if s.rtnl.link_exists(name=port_name):
                 raise XdpbrError(
                     f"{port_name} is not a port of bridge {bridge}",
                     fix=f"enslave it with `ip link set {port_name} master {bridge}`",

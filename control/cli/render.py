@@ -131,7 +131,7 @@ RATE_COLUMNS = (
 
 
 def rates_text(doc, interval):
-    """The `stats --watch` view of one interval (control/watch.py): per bridge a table of its
+    """The `stats --watch` view of one interval (control/cli/watch.py): per bridge a table of its
     ports and their total; xdp/s and tc/s are what the fast path forwarded, bridge/s the rest."""
     when = time.strftime("%H:%M:%S", time.localtime(doc["time"]))
     lines = [
