@@ -18,6 +18,7 @@ import time
 from xdpbr.control.datapath import attachment
 from xdpbr.control.datapath.session import Session
 from xdpbr.loader import attach as at
+from xdpbr.loader import tcx
 from xdpbr.loader.netns import existing_index
 
 from bench.scenario import Scenario
@@ -136,8 +137,12 @@ class HotPlug(Scenario):
         self.undo.push(self.ipr.close)
 
     def _accelerated(self, index):
-        entry = self.session.ports().get(index)
-        return entry is not None and at.has_xdpbr_filter(self.ipr, index)
+        """The port's entry is written and xdpbr's TC program runs there (a TCX link, or the
+        filter where TCX is missing)."""
+        if self.session.ports().get(index) is None:
+            return False
+        ingress, _ = tcx.programs(self.lab.switch, [index])[index]
+        return self.session.prog_id("tc") in ingress or at.has_xdpbr_filter(self.ipr, index)
 
     def measure(self, i, timeout=5.0):
         """Seconds from enslaving a new veth to xdpbr's program on it (None: never)."""

@@ -118,6 +118,8 @@ static __always_inline int decide(struct frame *f, struct decision *d)
 		return PASS_NETFILTER;
 	if (in->mode == XDPBR_MODE_BRIDGE)
 		return PASS_PORT_NOT_ACCELERATED;
+	if (in->flags & XDPBR_PORT_TC_INGRESS)
+		return PASS_TC_INGRESS;
 	if (!(in->flags & XDPBR_PORT_FORWARDING))
 		return PASS_PORT_STATE;
 
@@ -197,7 +199,9 @@ int xdpbr_xdp(struct xdp_md *ctx)
 	return xdp_done(&f, &d, FORWARD, action);
 }
 
-/* The one counted exit of the TC program. */
+/* The one counted exit of the TC program. What it does not redirect it hands on with
+ * TC_ACT_UNSPEC (TCX_NEXT), never TC_ACT_OK: under TCX, OK would end tc ingress and skip the
+ * programs and the qdisc filters that come after xdpbr's (another tool's policing). */
 static __always_inline int tc_done(struct frame *f, struct decision *d, int reason, int action)
 {
 	count(d->in_slot, XDPBR_ATTACH_TC, reason, f->len);
@@ -223,22 +227,22 @@ int xdpbr_tc(struct __sk_buff *skb)
 	/* The stack moved an outer tag into skb metadata before TC ingress. */
 	if (skb->vlan_present) {
 		if (skb->vlan_proto != ETH_P_8021Q_BE)
-			return tc_done(&f, &d, PASS_VLAN_UNSUPPORTED, TC_ACT_OK);
+			return tc_done(&f, &d, PASS_VLAN_UNSUPPORTED, TC_ACT_UNSPEC);
 		f.tagged = 1;
 		f.tag_vid = skb->vlan_tci & 0x0fff;
 	}
 
 	int r = decide(&f, &d);
 	if (r != FORWARD)
-		return tc_done(&f, &d, r, TC_ACT_OK);
+		return tc_done(&f, &d, r, TC_ACT_UNSPEC);
 	if (skb->gso_size == 0 && skb->len > d.out_mtu + XDPBR_ETH_HLEN)
-		return tc_done(&f, &d, PASS_TOO_LONG, TC_ACT_OK); /* is_skb_forwardable would drop */
+		return tc_done(&f, &d, PASS_TOO_LONG, TC_ACT_UNSPEC); /* is_skb_forwardable would drop */
 	if (d.retag) {
 		/* The tag lives in skb metadata here, so br_handle_vlan's push/pop is cheap. */
 		long err = f.tagged ? bpf_skb_vlan_pop(skb)
 				    : bpf_skb_vlan_push(skb, ETH_P_8021Q_BE, f.vid);
 		if (err)
-			return tc_done(&f, &d, PASS_VLAN_TAG_CHANGE, TC_ACT_OK);
+			return tc_done(&f, &d, PASS_VLAN_TAG_CHANGE, TC_ACT_UNSPEC);
 	}
 	record_egress(d.egress_ifindex);
 	if (d.out_flags & XDPBR_PORT_PEER_REDIRECT)

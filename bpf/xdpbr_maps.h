@@ -57,6 +57,9 @@
 /* A veth whose peer is in another namespace and whose egress has no qdisc or filter to honour:
  * TC may deliver straight to the peer's ingress (bpf_redirect_peer), skipping a backlog pass. */
 #define XDPBR_PORT_PEER_REDIRECT (1 << 4)
+/* Another tool's tc ingress policy is on the port: nothing from it is forwarded by xdpbr (a
+ * port-entry write, so programs stay attached and the policy can come and go). */
+#define XDPBR_PORT_TC_INGRESS (1 << 5)
 
 /* Ingress and egress configuration of one bridge port, indexed by its slot (an ARRAY: the
  * verifier inlines the lookup, so the egress check costs no hash lookup). Slot 0 is never a
@@ -70,7 +73,7 @@ struct xdpbr_port {
 	__u8 mode_reason;  /* control plane only: why this mode (loader/layouts.py MODE_REASONS) */
 	__u8 xdp_attach;   /* control plane only: 0 none, 1 native, 2 generic */
 	__u8 peer_gro_set; /* control plane only: xdpbr switched the veth peer's GRO on */
-	__u8 owned;        /* control plane only: what xdpbr created here (clsact qdisc) */
+	__u8 owned;        /* control plane only: what xdpbr created here, how TC is attached */
 };
 
 /* Bridge VLAN membership, keyed by (port ifindex, vid); value XDPBR_VLAN_* flags. */

@@ -56,6 +56,9 @@ enum xdpbr_reason {
 	PASS_NETFILTER = 22,
 	/* The source MAC did not fit in the mirror (fixed capacity). */
 	PASS_FDB_FULL = 23,
+	/* The ingress port carries tc ingress policy of another tool (policing, an IFB redirect,
+	 * filters, TCX programs): its frames must meet that policy first, in the bridge's path. */
+	PASS_TC_INGRESS = 24,
 	XDPBR_NR_REASONS_USED,
 };
 

@@ -277,6 +277,32 @@ def prog_info(fd):
     return info
 
 
+class LinkInfo(ctypes.Structure):
+    """The head of struct bpf_link_info (linux/bpf.h): type, id, prog_id, then a union."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("rest", ctypes.c_uint8 * 60),
+    ]
+
+
+def link_info(fd):
+    info = LinkInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=_addr(info))
+    ret = _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    if ret < 0:
+        raise XdpbrError("cannot read BPF link info", errno=-ret)
+    return info
+
+
+def syscall(cmd, attr):
+    """bpf(cmd, attr) for the commands other loader modules own (TCX links): the fd or 0, or
+    -errno."""
+    return _bpf(cmd, attr)
+
+
 def map_lookup(fd, key, value):
     """Fill `value` (a ctypes object) for `key`; False when the key is absent."""
     attr = _MapElemAttr(map_fd=fd, key=_addr(key), value=_addr(value))

@@ -22,15 +22,19 @@ import time
 
 from . import neigh, rtnl
 
-RTNLGRP_LINK = 1
+RTNLGRP_LINK, RTNLGRP_TC = 1, 4
 RTM_NEWLINK, RTM_DELLINK = 16, 17
+# qdiscs and filters coming and going (another tool's shaping or policing on a port)
+TC_EVENTS = {36: "RTM_NEWQDISC", 37: "RTM_DELQDISC", 44: "RTM_NEWTFILTER", 45: "RTM_DELTFILTER"}
+_TCMSG_IFINDEX = struct.Struct("=i")  # struct tcmsg: family, pad, pad, then the ifindex at 4
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFLA_MASTER = 10
 LINK_RCVBUF = 4 << 20
 
 
 class LinkMessage:
-    """One RTM_NEWLINK / RTM_DELLINK: the interface and the bridge it is enslaved to."""
+    """One RTM_NEWLINK / RTM_DELLINK: the interface and the bridge it is enslaved to; or a
+    qdisc or filter change (TC_EVENTS) on the interface (master 0)."""
 
     __slots__ = ("event", "index", "master")
 
@@ -45,6 +49,8 @@ def parse_links(buf):
             index = _IFINFOMSG.unpack_from(buf, body)[2]
             master = rtnl.u32(rtnl.attrs(buf, body + _IFINFOMSG.size, end), IFLA_MASTER)
             out.append(LinkMessage("RTM_NEWLINK" if kind == RTM_NEWLINK else "RTM_DELLINK", index, master))
+        elif kind in TC_EVENTS and end - body >= 4 + _TCMSG_IFINDEX.size:
+            out.append(LinkMessage(TC_EVENTS[kind], _TCMSG_IFINDEX.unpack_from(buf, body + 4)[0], 0))
     return out
 
 
@@ -59,7 +65,7 @@ def parse_nft(buf):
 
 # what a reader subscribes to: (protocol, group, receive buffer, parser of one datagram)
 KINDS = {
-    "link": (socket.NETLINK_ROUTE, RTNLGRP_LINK, LINK_RCVBUF, parse_links),
+    "link": (socket.NETLINK_ROUTE, (RTNLGRP_LINK, RTNLGRP_TC), LINK_RCVBUF, parse_links),
     "fdb": (socket.NETLINK_ROUTE, neigh.RTNLGRP_NEIGH, neigh.RCVBUF, lambda buf: neigh.parse(buf)[0]),
     "nft": (rtnl.NETLINK_NETFILTER, NFNLGRP_NFTABLES, LINK_RCVBUF, parse_nft),
 }

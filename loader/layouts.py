@@ -48,6 +48,7 @@ REASONS = (
     "redirect_miss",
     "netfilter",
     "fdb_full",
+    "tc_ingress",
 )
 REASON_INDEX = {name: i for i, name in enumerate(REASONS)}
 
@@ -67,9 +68,13 @@ PORT_ISOLATED = 1 << 1
 PORT_HAIRPIN = 1 << 2
 PORT_XDP_EGRESS = 1 << 3
 PORT_PEER_REDIRECT = 1 << 4
+PORT_TC_INGRESS = 1 << 5
 
 # struct xdpbr_port.owned: what xdpbr created on the port and must remove at detach.
-OWN_CLSACT = 1 << 0
+OWN_CLSACT = 1 << 0  # a clsact qdisc (the cls_bpf attachment before TCX)
+OWN_INGRESS = 1 << 1  # an `ingress` qdisc (the cls_bpf attachment where TCX is missing)
+TC_VIA_TCX = 1 << 2  # not owned: the TC program runs as a TCX link (pinned tcx_IFINDEX)
+TC_VIA_QDISC = 1 << 3  # not owned: the TC program is a cls_bpf filter
 
 CLOCK_HEARTBEAT = 0  # XDPBR_CLOCK_HEARTBEAT: element of xdpbr_clock
 CLOCK_NOW = 1  # XDPBR_CLOCK_NOW

@@ -9,6 +9,7 @@ import socket
 from dataclasses import dataclass, field
 
 from . import attach as at
+from . import tcx
 from .errors import NotFound, XdpbrError
 from .peer import VethPeer
 
@@ -275,11 +276,23 @@ class Rtnl:
     def egress_is_plain(self, ifindex):
         return at.egress_is_plain(self._socket, ifindex)
 
-    def has_clsact(self, ifindex):
-        return at.has_clsact(self._socket, ifindex)
+    def tc_policy(self, ifindex, *, own_qdisc=None):
+        """(egress, ingress) policy on the port that is not xdpbr's, each a one-line description
+        or None (loader/attach.py tc_policy; TCX programs from loader/tcx.py)."""
 
-    def add_clsact(self, ifindex):
-        return at.add_clsact(self._socket, ifindex)
+        def tcx_ids(index, direction):
+            return tcx.foreign_program_ids(self.netns, index, direction)
+
+        return at.tc_policy(self._socket, ifindex, own_qdisc=own_qdisc, tcx_ids=tcx_ids)
+
+    def ingress_qdisc(self, ifindex):
+        return at.ingress_qdisc(self._socket, ifindex)
+
+    def add_ingress(self, ifindex):
+        return at.add_ingress(self._socket, ifindex)
+
+    def del_ingress(self, ifindex):
+        return at.del_ingress(self._socket, ifindex)
 
     def del_clsact(self, ifindex):
         return at.del_clsact(self._socket, ifindex)

@@ -86,10 +86,11 @@ def open_socket(netns=None, rcvbuf=None, protocol=socket.NETLINK_ROUTE):
 
 def subscribe(group, netns=None, rcvbuf=None, protocol=socket.NETLINK_ROUTE):
     """A socket that receives the multicast group's events (RTNLGRP_*, or NFNLGRP_* with
-    protocol NETLINK_NETFILTER) of the namespace."""
+    protocol NETLINK_NETFILTER) of the namespace; `group` may be a tuple of groups."""
     sock = open_socket(netns, rcvbuf, protocol)
     try:
-        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+        for one in group if isinstance(group, tuple) else (group,):
+            sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, one)
     except BaseException:
         sock.close()
         raise

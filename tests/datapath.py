@@ -31,7 +31,7 @@ from xdpbr.loader.layouts import (
 from xdpbr.loader.netns import entered
 
 XDP_PASS, XDP_REDIRECT = 2, 4
-TC_ACT_OK, TC_ACT_REDIRECT = 0, 7
+TC_ACT_UNSPEC, TC_ACT_REDIRECT = 0xFFFFFFFF, 7  # -1 as the test run returns it (u32): hand on (TCX_NEXT)
 BRIDGE_MAC = "02:b0:00:00:00:01"
 
 

@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 from xdpbr.control.datapath import attachment, state
+from xdpbr.loader import tcx
 from xdpbr.loader.errors import XdpbrError
 from xdpbr.loader.lock import writer_lock
 
@@ -95,12 +96,9 @@ def test_reattach_replaces_the_programs_while_traffic_flows(two_containers):
     assert second["xdp_prog_id"] != first["xdp_prog_id"] and second["tc_prog_id"] != first["tc_prog_id"]
     assert {p["xdp_prog_id"] for p in second["ports"]} == {second["xdp_prog_id"]}
     assert {p["tc_prog_id"] for p in second["ports"]} == {second["tc_prog_id"]}
-    tc = subprocess.run(
-        ["tc", "-n", lab.switch, "filter", "show", "dev", lab.c1.port, "ingress"],
-        capture_output=True,
-        text=True,
-    ).stdout
-    assert tc.count(" xdpbr direct-action") == 1 and f"id {second['tc_prog_id']} " in tc
+    [c1] = [p for p in second["ports"] if p["port"] == lab.c1.port]
+    ingress, _ = tcx.programs(lab.switch, [c1["ifindex"]])[c1["ifindex"]]
+    assert ingress == [second["tc_prog_id"]], "one TCX link, its program replaced"
     assert lab.c1.ping(lab.c2.ip)
 
 

@@ -16,12 +16,13 @@ from xdpbr.loader.layouts import (
     PORT_HAIRPIN,
     PORT_ISOLATED,
     PORT_PEER_REDIRECT,
+    PORT_TC_INGRESS,
     PORT_XDP_EGRESS,
     U32,
 )
 
 from tests import frames as F
-from tests.datapath import BRIDGE_MAC, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, XDP_REDIRECT, Datapath
+from tests.datapath import BRIDGE_MAC, TC_ACT_REDIRECT, TC_ACT_UNSPEC, XDP_PASS, XDP_REDIRECT, Datapath
 
 A = "02:00:00:00:00:0a"  # a station behind p1
 B = "02:00:00:00:00:0b"  # a station behind p2
@@ -74,7 +75,7 @@ def forwarded(port="p2"):
 
 def passed(reason):
     """Both attach points hand the frame to the bridge, counted as `reason`."""
-    return {"xdp": (XDP_PASS, reason, None), "tc": (TC_ACT_OK, reason, None)}
+    return {"xdp": (XDP_PASS, reason, None), "tc": (TC_ACT_UNSPEC, reason, None)}
 
 
 def tc_forwards(reason):
@@ -110,6 +111,10 @@ CASES = [  # a case a line or two, so the table reads down its columns
          lambda dp: dp.fdb("02:00:00:00:00:99", "p2", local=True, static=True)),
     Case("unknown destination is passed for flooding", udp(dst="02:00:00:00:00:77"),
          passed("unknown_destination")),
+    Case("a port under another tool's tc ingress policy forwards nothing", udp(), passed("tc_ingress"),
+         lambda dp: dp.port("p1", flags=OK | PORT_TC_INGRESS)),
+    Case("towards a port under tc ingress policy is forwarded (the policy is the sender's)", udp(),
+         forwarded(), lambda dp: dp.port("p2", flags=OK | PORT_TC_INGRESS)),
     Case("two isolated ports do not talk directly", udp(), passed("isolated"),
          lambda dp: (dp.port("p1", flags=OK | PORT_ISOLATED), dp.port("p2", flags=OK | PORT_ISOLATED))),
     Case("an isolated port talks to a non-isolated one", udp(), forwarded(),
@@ -244,7 +249,7 @@ def test_static_entry_is_not_invalidated_by_a_spoofed_source(dp):
     dp.fdb(A, "p1", static=True)
     dp.fdb(B, "p2")
     got, _ = dp.run_tc(udp(dst=B, src=A), ingress="p3")
-    assert got == TC_ACT_OK
+    assert got == TC_ACT_UNSPEC
     assert dp.fdb_entry(A) is not None and dp.fdb_entry(A).ifindex == dp.ifindex["p1"]
 
 

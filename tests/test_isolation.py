@@ -15,7 +15,7 @@ import sys
 
 import pytest
 from xdpbr.control.endpoints import client as broker
-from xdpbr.loader import bpfsys, instance, pins
+from xdpbr.loader import bpfsys, instance, pins, tcx
 
 from tests.helpers import ROOT, remove_instance_state
 
@@ -43,11 +43,10 @@ def xdpbr(name, *argv, timeout=300):
     return res.stdout
 
 
-def tc_filters(netns, ifname):
-    out = subprocess.run(
-        ["tc", "-n", netns, "-j", "filter", "show", "dev", ifname, "ingress"], capture_output=True, text=True
-    ).stdout
-    return sorted(str(f.get("options", {}).get("prog", {}).get("id")) for f in json.loads(out or "[]"))
+def tc_programs(netns, ifindex):
+    """The TC programs on a port: its TCX programs and its ingress filters' programs."""
+    ingress, _ = tcx.programs(netns, [ifindex])[ifindex]
+    return sorted(str(i) for i in ingress)
 
 
 def snapshot(lab, name):
@@ -71,7 +70,7 @@ def snapshot(lab, name):
             ),
             "prog_ids": prog_ids,
             "port_xdp": {link["ifname"]: link.get("xdp", {}).get("prog", {}).get("id") for link in links},
-            "port_tc": {link["ifname"]: tc_filters(lab.switch, link["ifname"]) for link in links},
+            "port_tc": {link["ifname"]: tc_programs(lab.switch, link["ifindex"]) for link in links},
             "socket_inode": os.stat(sock).st_ino,
             "broker_ok": reply.get("ok"),
             "attached": pins.attached_bridges(),

@@ -78,8 +78,19 @@ def show_text(bridges):
         ]
         if held and not b.get("netfilter_hold"):
             table += "\n" + "\n".join(held)
+        shaped = [line for p in b["ports"] for line in _tc_lines(p)]
+        if shaped:
+            table += "\n" + "\n".join(shaped)
         blocks.append(head + ("\n" + _indent(table) if table else ""))
     return "\n".join(blocks)
+
+
+def _tc_lines(port):
+    """What tc policy of another tool the port's frames meet, and what xdpbr does about it."""
+    if port.get("tc_egress_policy"):
+        yield f"{port['port']}: egress shaped by {port['tc_egress_policy']}: no XDP or peer redirect into it"
+    if port.get("tc_ingress_policy"):
+        yield f"{port['port']}: ingress policed by {port['tc_ingress_policy']}: its frames go to the bridge"
 
 
 def _indent(text):
@@ -95,7 +106,9 @@ def fdb_text(rows):
 
 
 def ports_text(rows):
-    return _table(rows, ["port", "mode", "why", "xdp_mode"])
+    table = _table(rows, ["port", "mode", "why", "xdp_mode", "tc_attach"])
+    shaped = [line for p in rows for line in _tc_lines(p)]
+    return "\n".join([table, *shaped]) if shaped else table
 
 
 def endpoints_text(rows):

@@ -57,6 +57,9 @@ AGING_REFRESH_S = 1.0
 NETFILTER_CHECK_S = 0.75
 NETLINK_RECYCLE_S = 60.0  # Rtnl.recycle: bounds what pyroute2 keeps per request
 PIN_SCAN_S = 0.5
+# other tools' TCX programs on the ports raise no netlink event: listed this often (a syscall
+# per port and direction), and a change reconciles the bridge
+TCX_POLL_S = 2.0
 LISTENER_RETRY_S = 1.0  # a namespace's event readers that keep failing are retried this often
 ATTACH_RETRY_S = 30.0  # a configured bridge that failed to attach is tried again this often
 MAX_SLEEP_S = 0.5  # the loop's longest wait for an event or a signal's WAKE
@@ -374,6 +377,7 @@ class Daemon:
             (HEARTBEAT_S, BridgeWorker.heartbeat),
             (AGING_REFRESH_S, BridgeWorker.refresh_aging),
             (NETLINK_RECYCLE_S, BridgeWorker.recycle_netlink),
+            (TCX_POLL_S, BridgeWorker.poll_tcx),
         ]
         due = [0.0] * len(periodic)
         next_scan = next_rules = 0.0

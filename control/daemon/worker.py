@@ -8,9 +8,10 @@ import logging
 import os
 import time
 
-from ...loader import pins, tracepoints
+from ...loader import pins, tcx, tracepoints
 from ...loader.bridge_id import BridgeId
 from ...loader.errors import XdpbrError
+from ...loader.events import TC_EVENTS
 from ...loader.layouts import CLOCK_HEARTBEAT, CONTROL_DAEMON
 from ...loader.lock import writer_lock
 from ..datapath import fdb
@@ -49,6 +50,7 @@ class BridgeWorker:
         self.needs_reconcile = False
         self.slots = {}
         self.reconciled_ns = 0  # CLOCK_MONOTONIC start of the last successful resync or reconcile
+        self.tcx_programs = None  # {ifindex: (ingress ids, egress ids)} at the last TCX poll
 
     def _open(self):
         if self.session:
@@ -150,6 +152,8 @@ class BridgeWorker:
                     self.needs_reconcile = True
                 elif index in self._port_indexes():
                     self.needs_reconcile = True  # a port left the bridge or went away
+            elif event in TC_EVENTS.values() and msg.index in self._port_indexes():
+                self.needs_reconcile = True  # a qdisc or filter on a port: its policy may change
 
     def _port_indexes(self):
         try:
@@ -185,6 +189,17 @@ class BridgeWorker:
         if self.healthy:
             self.session.write_bridge_state(heartbeat=True)
         self.session.write_control(CONTROL_DAEMON, self.counters)
+
+    def poll_tcx(self):
+        """TCX programs come and go without a netlink event: compare what runs on each port
+        (BPF_PROG_QUERY, a syscall per port and direction) with the last poll; a change is a
+        reconcile, which reads the ports' tc policy anew."""
+        if not self.healthy:
+            return
+        seen = tcx.programs(self.netns, self._port_indexes())
+        if self.tcx_programs is not None and seen != self.tcx_programs:
+            self.needs_reconcile = True
+        self.tcx_programs = seen
 
     def recycle_netlink(self):
         self.session.rtnl.recycle()

@@ -16,15 +16,19 @@ from ...loader.compile import compile_fastpath
 from ...loader.errors import NotFound, XdpbrError
 from ...loader.journal import Journal
 from ...loader.layouts import (
+    CLOCK_HEARTBEAT,
     CONTROL_ATTACH,
     LAYOUT_VERSION,
     MODE_INDEX,
     MODE_REASON_INDEX,
     MODE_REASONS,
+    OWN_CLSACT,
+    OWN_INGRESS,
     PORT_FORWARDING,
     PORT_HAIRPIN,
     PORT_ISOLATED,
     PORT_PEER_REDIRECT,
+    PORT_TC_INGRESS,
     PORT_XDP_EGRESS,
     REQUESTED_MODES,
     U32,
@@ -40,6 +44,7 @@ from ..model import PortPlan, plan_port
 from ..netfilter import snapshot as nfsnapshot
 from ..netfilter import store as nfstore
 from . import fdb, port_programs
+from . import tc_store as tcstore
 from .session import Session
 
 log = logging.getLogger("xdpbr.attach")
@@ -101,6 +106,23 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
     requested = s.requested_modes()
     current = s.ports()
     kernel_index = {p.ifindex for p in kernel_ports}
+    policies = {
+        p.ifindex: s.rtnl.tc_policy(p.ifindex, own_qdisc=_own_qdisc(current.get(p.ifindex)))
+        for p in kernel_ports
+    }
+    tcstore.save(s.bridge_name, s.netns, {p.name: policies[p.ifindex] for p in kernel_ports})
+
+    def held(port):
+        return decision is not None and (decision.bridge_hold or decision.ports.get(port.name)) is not None
+
+    # Holds first: a port that a rule or a tc policy now holds stops being forwarded to and from
+    # before any program on another port changes (the rest below may take a while).
+    for port in kernel_ports:
+        entry = current.get(port.ifindex)
+        if entry and entry.slot:
+            tightened = _tightened(entry, held(port), *policies[port.ifindex])
+            if tightened is not None:
+                s.write_port(entry.slot, tightened)
     for ifindex, entry in current.items():
         if ifindex not in kernel_index:
             exists = s.rtnl.link_exists(index=ifindex)
@@ -110,8 +132,7 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
     results = []
     for port in kernel_ports:
         entry = current.get(port.ifindex) or _new_entry(port.ifindex)
-        held = decision is not None and (decision.bridge_hold or decision.ports.get(port.name)) is not None
-        plan = plan_port(port, requested.get(port.name, default_mode), netfilter_blocked=held)
+        plan = plan_port(port, requested.get(port.name, default_mode), netfilter_blocked=held(port))
         if not entry.slot:
             slot = _free_slot(used, s.max_ports)
             if slot is None:
@@ -138,7 +159,10 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
 
     any_xdp = any(plan.wants_xdp for _, plan, _ in results)
     for port, plan, entry in results:
-        egress_ok = _xdp_egress_ready(s, port, plan, entry, any_xdp, journal)
+        egress_policy, ingress_policy = policies[port.ifindex]
+        # a shaped egress must see every frame towards the port: no XDP redirect and no
+        # bpf_redirect_peer into it (TC's bpf_redirect to its egress queues through the qdisc)
+        egress_ok = egress_policy is None and _xdp_egress_ready(s, port, plan, entry, any_xdp, journal)
         entry.mtu = port.mtu
         entry.pvid = port.pvid
         entry.flags = (
@@ -146,7 +170,8 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
             | (PORT_ISOLATED if port.isolated else 0)
             | (PORT_HAIRPIN if port.hairpin else 0)
             | (PORT_XDP_EGRESS if egress_ok else 0)
-            | (PORT_PEER_REDIRECT if _peer_redirect_ok(s, port) else 0)
+            | (PORT_PEER_REDIRECT if egress_policy is None and _peer_redirect_ok(port) else 0)
+            | (PORT_TC_INGRESS if ingress_policy is not None else 0)
         )
         s.write_vlans(port.ifindex, port.vlans)
         if entry.slot:
@@ -157,10 +182,33 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
     return [(port, plan) for port, plan, _ in results], decision
 
 
-def _peer_redirect_ok(s, port):
+def _peer_redirect_ok(port):
     """bpf_redirect_peer needs a veth whose peer is in another namespace; it skips the port's
-    egress qdisc and filters, so only where there are none (veth's default is noqueue)."""
-    return port.kind == "veth" and port.peer_netnsid is not None and s.rtnl.egress_is_plain(port.ifindex)
+    egress qdisc and filters, so the caller allows it only where the egress is plain."""
+    return port.kind == "veth" and port.peer_netnsid is not None
+
+
+def _own_qdisc(entry):
+    """The ingress-capable qdisc xdpbr created on a port (its entry's `owned`), else None."""
+    owned = entry.owned if entry else 0
+    return "clsact" if owned & OWN_CLSACT else "ingress" if owned & OWN_INGRESS else None
+
+
+def _tightened(entry, held, egress_policy, ingress_policy):
+    """A copy of a running port entry with what a new hold or policy forbids taken away at once
+    (mode bridge; no redirects into a shaped egress; nothing from a policed ingress), or None
+    when it forbids nothing the entry allows."""
+    mode = MODE_INDEX["bridge"] if held else entry.mode
+    flags = entry.flags
+    if egress_policy is not None:
+        flags &= ~(PORT_XDP_EGRESS | PORT_PEER_REDIRECT)
+    if ingress_policy is not None:
+        flags |= PORT_TC_INGRESS
+    if (mode, flags) == (entry.mode, entry.flags):
+        return None
+    tightened = Port.from_buffer_copy(entry)
+    tightened.mode, tightened.flags = mode, flags
+    return tightened
 
 
 def _xdp_egress_ready(s, port, plan, entry, any_xdp, journal):
@@ -256,9 +304,10 @@ def attach(
                 s.write_meta(meta)
                 for ifname, port_mode in (port_modes or {}).items():
                     s.set_requested_mode(ifname, port_mode)
-                s.write_bridge_state(heartbeat=True, grace_s=grace_s)
+                s.write_bridge_state(heartbeat=False, grace_s=grace_s)
                 results, _ = reconcile(s, journal, replace_programs=True)
                 s.fdb_mirror().sync(fdb.dump(s.netns, s.bridge.ifindex), s.port_slots(), full=True)
+                s.tick(CLOCK_HEARTBEAT)  # the fast path runs once every decision is in the maps
                 _repin_programs(s)
                 record = Control(
                     compile_ns=int(compiled.compile_seconds * 1e9), attach_ns=time.monotonic_ns() - started
@@ -297,6 +346,7 @@ def forget(bridge, netns):
     with them): its pins and its saved netfilter decision."""
     pins.remove_dir(pins.pin_dir(bridge, netns))
     nfstore.forget(bridge, netns)
+    tcstore.forget(bridge, netns)
 
 
 def detach(bridge, netns=None):
@@ -325,6 +375,7 @@ def detach(bridge, netns=None):
         s.maps = None
         pins.remove_dir(s.dir)
         nfstore.forget(bridge, netns)
+        tcstore.forget(bridge, netns)
         if not pins.attached_bridges():
             tracepoints.remove()
 

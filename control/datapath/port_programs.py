@@ -3,20 +3,23 @@
 `reconcile` (control/datapath/attachment.py) decides what each port runs; this module does it. The XDP
 program is recognised as xdpbr's by name (XDP_PROG_NAME) and replaced atomically
 (XDP_FLAGS_REPLACE with the running program as the expected one); a port that runs another
-tool's XDP program keeps it (an explicit mode fails, `auto` is lowered). The TC filter is found by
-xdpbr's priority and name, and the clsact qdisc is removed only where xdpbr added it (the
-port entry's `owned` flags remember that). What it adds registers its undo in the caller's
+tool's XDP program keeps it (an explicit mode fails, `auto` is lowered). The TC program is a
+TCX link pinned beside the maps (`tcx_IFINDEX`), after every other program on the port, so it
+takes no qdisc slot another tool needs; where TCX is missing it is a cls_bpf filter found by
+xdpbr's priority and name on an `ingress` qdisc, removed only where xdpbr added it (the port
+entry's `owned` flags remember that). What it adds registers its undo in the caller's
 journal, so a failed attach takes it off again.
 """
 
 import os
 
-from ...loader import bpfsys
+from ...loader import bpfsys, tcx
 from ...loader.errors import Unsupported, XdpbrError
-from ...loader.layouts import OWN_CLSACT
+from ...loader.layouts import OWN_CLSACT, OWN_INGRESS, TC_VIA_QDISC, TC_VIA_TCX
 from ..model import lower_plan
 
 XDP_PROG_NAME = "xdpbr_xdp"
+TCX_PIN_PREFIX = "tcx_"  # a port's TCX link, pinned in the bridge's directory
 
 
 def is_ours(prog_id):
@@ -79,27 +82,93 @@ def detach_xdp(s, ifindex):
         s.rtnl.detach_xdp(ifindex, current["mode"])
 
 
+def tc_attach_choice():
+    """How the TC program goes on a port: "tcx" (a link, taking no qdisc slot; the default) with
+    the `ingress` qdisc and a cls_bpf filter where the kernel has no TCX, or "qdisc" when the
+    environment says XDPBR_TC_ATTACH=qdisc (kernels whose TCX misbehaves; the tests force it)."""
+    return "qdisc" if os.environ.get("XDPBR_TC_ATTACH") == "qdisc" else "tcx"
+
+
+def _tcx_pin(s, ifindex):
+    return os.path.join(s.dir, f"{TCX_PIN_PREFIX}{ifindex}")
+
+
 def attach_tc(s, port, owned, journal, replace):
-    """Run the TC program on the port (replaced if `replace`), adding a clsact qdisc where
-    there is none. Returns the port's `owned` flags."""
-    if not s.rtnl.has_clsact(port.ifindex):
-        s.rtnl.add_clsact(port.ifindex)
-        owned |= OWN_CLSACT
-        journal.push(s.rtnl.del_clsact, port.ifindex)
+    """Run the TC program on the port: a TCX link after every other program there (pinned, so
+    it outlives the command), replaced atomically when its program is not the current one; where
+    TCX is missing, a cls_bpf filter on an `ingress` qdisc (added where the port has none). An
+    old cls_bpf attachment is taken off once the link runs. Returns the port's `owned` flags."""
+    if tc_attach_choice() == "tcx":
+        try:
+            _attach_tcx(s, port, journal)
+        except Unsupported:
+            pass  # this kernel has no TCX: the qdisc path below
+        else:
+            owned = _detach_filter(s, port.ifindex, owned)
+            return (owned | TC_VIA_TCX) & ~TC_VIA_QDISC
+    _detach_tcx(s, port.ifindex)
+    kind = s.rtnl.ingress_qdisc(port.ifindex)
+    if kind is None:
+        s.rtnl.add_ingress(port.ifindex)
+        owned |= OWN_INGRESS
+        journal.push(s.rtnl.del_ingress, port.ifindex)
     present = s.rtnl.has_xdpbr_filter(port.ifindex)
-    if present and not replace:
-        return owned
-    s.rtnl.attach_tc(port.ifindex, port.name, s.prog_fds["tc"], replace=present)
-    if not present:
-        journal.push(s.rtnl.detach_tc, port.ifindex)
-    return owned
+    if not present or replace:
+        s.rtnl.attach_tc(port.ifindex, port.name, s.prog_fds["tc"], replace=present)
+        if not present:
+            journal.push(s.rtnl.detach_tc, port.ifindex)
+    return (owned | TC_VIA_QDISC) & ~TC_VIA_TCX
+
+
+def _attach_tcx(s, port, journal):
+    path = _tcx_pin(s, port.ifindex)
+    prog_id = bpfsys.prog_info(s.prog_fds["tc"]).id
+    running = tcx.link_program_id(path)
+    if running == prog_id:
+        return
+    if running is not None:
+        fd = bpfsys.obj_get(path)
+        try:
+            tcx.update(fd, s.prog_fds["tc"], port.name)  # an upgrade: atomic, no frame lost
+            return
+        except XdpbrError:
+            os.unlink(path)  # a link whose device went away: make a new one
+        finally:
+            os.close(fd)
+    fd = tcx.attach(s.prog_fds["tc"], port.ifindex, port.name, s.netns)
+    try:
+        bpfsys.obj_pin(fd, path)
+    finally:
+        os.close(fd)
+    journal.push(_detach_tcx, s, port.ifindex)
+
+
+def _detach_tcx(s, ifindex):
+    path = _tcx_pin(s, ifindex)
+    if not os.path.exists(path):
+        return
+    fd = bpfsys.obj_get(path)
+    try:
+        tcx.detach(fd)
+    finally:
+        os.close(fd)
+    os.unlink(path)
+
+
+def _detach_filter(s, ifindex, owned):
+    """xdpbr's cls_bpf filter off the port, and a qdisc xdpbr added if nothing else filters."""
+    if s.rtnl.has_xdpbr_filter(ifindex):
+        s.rtnl.detach_tc(ifindex)
+    if owned & (OWN_CLSACT | OWN_INGRESS) and not s.rtnl.ingress_filters(ifindex):
+        if owned & OWN_CLSACT:
+            s.rtnl.del_clsact(ifindex)
+        if owned & OWN_INGRESS:
+            s.rtnl.del_ingress(ifindex)
+    return owned & ~(OWN_CLSACT | OWN_INGRESS)
 
 
 def detach_tc(s, ifindex, owned):
-    """Take xdpbr's TC filter off the port, and the clsact qdisc if xdpbr added it and nothing
-    else filters there. Returns the port's `owned` flags."""
-    if s.rtnl.has_xdpbr_filter(ifindex):
-        s.rtnl.detach_tc(ifindex)
-    if owned & OWN_CLSACT and not s.rtnl.ingress_filters(ifindex):
-        s.rtnl.del_clsact(ifindex)
-    return owned & ~OWN_CLSACT
+    """Take xdpbr's TC program off the port (its TCX link, or its filter and a qdisc xdpbr added
+    where nothing else filters). Returns the port's `owned` flags."""
+    _detach_tcx(s, ifindex)
+    return _detach_filter(s, ifindex, owned) & ~(TC_VIA_TCX | TC_VIA_QDISC)

@@ -18,15 +18,19 @@ from ...loader.layouts import (
     MODES,
     PORT_FORWARDING,
     PORT_PEER_REDIRECT,
+    PORT_TC_INGRESS,
     PORT_XDP_EGRESS,
     REASONS,
     RELOAD_RESULTS,
     REQUESTED_MODES,
+    TC_VIA_QDISC,
+    TC_VIA_TCX,
     XDP_ATTACH,
     XDP_MODE_REQUESTS,
 )
 from ...loader.netns import interface_names
 from ..netfilter import store as nfstore
+from . import tc_store as tcstore
 from .session import Session
 
 
@@ -131,6 +135,12 @@ def port_rows(s, ns, entries=None, names=None):
                 "xdp_egress": bool(entry.flags & PORT_XDP_EGRESS),
                 "peer_redirect": bool(entry.flags & PORT_PEER_REDIRECT),
                 "peer_gro_set": bool(entry.peer_gro_set),
+                "tc_attach": "tcx"
+                if entry.owned & TC_VIA_TCX
+                else "qdisc"
+                if entry.owned & TC_VIA_QDISC
+                else None,
+                "tc_ingress_held": bool(entry.flags & PORT_TC_INGRESS),
                 "mtu": entry.mtu,
                 "pvid": entry.pvid,
             }
@@ -158,8 +168,11 @@ def _show_one(name, ns, s):
     heartbeat_age, active = s.heartbeat_age()
     ports = port_rows(s, ns)
     holds = nfstore.load(name, ns) or {"bridge_hold": None, "ports": {}}
-    for row in ports:  # the rule that keeps each held port on the bridge
+    policies = tcstore.load(name, ns)
+    for row in ports:  # the rule that keeps each held port on the bridge, the tc policy it meets
         row["netfilter_hold"] = holds["bridge_hold"] or holds["ports"].get(row["port"])
+        policy = policies.get(row["port"]) or {}
+        row["tc_egress_policy"], row["tc_ingress_policy"] = policy.get("egress"), policy.get("ingress")
     return [
         {
             "bridge": name,

@@ -33,6 +33,7 @@ from ...loader.layouts import (
 from ...loader.netns import interface_names
 from ..connections import parse_listen
 from ..datapath import state
+from ..datapath import tc_store as tcstore
 from ..datapath.session import Session
 from ..endpoints import lifecycle as endpoints
 from ..netfilter import store as nfstore
@@ -54,6 +55,7 @@ class BridgeReading:
     redirect_errors: dict = field(default_factory=dict)  # port -> errors
     ports: list = field(default_factory=list)  # dicts: port, mode, why, xdp_mode, prog ids
     holds: dict = field(default_factory=dict)  # port -> the netfilter hold that keeps it on the bridge
+    tc_policies: dict = field(default_factory=dict)  # port -> {"egress": text, "ingress": text}
 
 
 # One sample per bridge each: (family type, name, help, value from a BridgeReading).
@@ -184,6 +186,7 @@ class PinnedMapReader:
                 hold = saved["bridge_hold"] or saved["ports"].get(p["port"])
                 if hold:
                     reading.holds[p["port"]] = hold
+            reading.tc_policies = tcstore.load(name, ns)
             return reading
 
 
@@ -231,6 +234,12 @@ class XdpbrCollector(Collector):
             "xdpbr_port_netfilter_hold",
             "The netfilter rule (or policy) that keeps a port on the Linux bridge.",
             labels=["bridge", "port"],
+        )
+        tc_info = InfoMetricFamily(
+            "xdpbr_port_tc_policy",
+            "Another tool's tc policy on a port (a shaping qdisc, filters, TCX programs): egress, no "
+            "redirect into it skips it; ingress, the port's frames go to the bridge.",
+            labels=["bridge", "port", "direction"],
         )
         prog_info = InfoMetricFamily(
             "xdpbr_program", "xdpbr program attached to a port.", labels=["bridge", "port", "attach"]
@@ -288,6 +297,9 @@ class XdpbrCollector(Collector):
                         k: str(hold[k] if hold[k] is not None else "") for k in ("family", "table", "chain")
                     }
                     hold_info.add_metric([b, p["port"]], where | {"position": str(hold["position"] or "")})
+                for direction, text in sorted((reading.tc_policies.get(p["port"]) or {}).items()):
+                    if text:
+                        tc_info.add_metric([b, p["port"], direction], {"policy": text})
                 for attach in ATTACH_POINTS:
                     if p[f"{attach}_prog_id"]:
                         prog_info.add_metric([b, p["port"], attach], {"prog_id": str(p[f"{attach}_prog_id"])})
@@ -299,7 +311,7 @@ class XdpbrCollector(Collector):
         yield from fast.values()
         yield from passed.values()
         yield from received.values()
-        yield from (port_info, hold_info, prog_info, redirect_errors, sync_lag)
+        yield from (port_info, hold_info, tc_info, prog_info, redirect_errors, sync_lag)
         if hasattr(self.reader, "endpoints"):
             yield from _endpoint_families(self.reader)
         if hasattr(self.reader, "daemon"):
