@@ -231,6 +231,11 @@ def ingress_filters(ipr, ifindex):
     return out
 
 
+def foreign_ingress_filters(ipr, ifindex):
+    """Descriptions of the ingress filters on ifindex that are not xdpbr's (any kind)."""
+    return _foreign_filters(ipr, ifindex, TC_INGRESS_PARENT)
+
+
 def has_xdpbr_filter(ipr, ifindex):
     """Is xdpbr's own TC filter (its name at its priority) on ifindex?"""
     return (TC_FILTER_PRIO, TC_FILTER_NAME) in ingress_filters(ipr, ifindex)

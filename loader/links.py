@@ -297,8 +297,8 @@ class Rtnl:
     def del_clsact(self, ifindex):
         return at.del_clsact(self._socket, ifindex)
 
-    def ingress_filters(self, ifindex):
-        return at.ingress_filters(self._socket, ifindex)
+    def foreign_ingress_filters(self, ifindex):
+        return at.foreign_ingress_filters(self._socket, ifindex)
 
     def has_xdpbr_filter(self, ifindex):
         return at.has_xdpbr_filter(self._socket, ifindex)

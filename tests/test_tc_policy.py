@@ -8,11 +8,13 @@ and each measurement runs the plain bridge and xdpbr in one lab, one after the o
 
 import re
 import subprocess
+import sys
 import time
 
 import pytest
 from xdpbr.control.datapath import attachment, state
 from xdpbr.loader.links import Rtnl
+from xdpbr.loader.netns import netns_path, nsenter_prefix
 from xdpbr.loader.tap import TapEndpoint
 
 from tests import frames as F
@@ -242,3 +244,65 @@ def test_the_qdisc_fallback_uses_ingress_and_an_upgrade_moves_to_tcx(taps, monke
     assert {p["tc_attach"] for p in state.show(lab.bridge, lab.switch)[0]["ports"]} == {"tcx"}
     assert "ingress" not in tc_state(lab, lab.c1.port)[0]
     assert not re.search(r"\S", tc_state(lab, lab.c1.port)[1]), "xdpbr's filter is gone"
+
+
+def test_without_tcx_a_replaced_ingress_qdisc_gets_xdpbr_s_filter_back_after_theirs(
+    taps, daemon, monkeypatch
+):
+    """libvirt deletes an `ingress` qdisc and adds its own with its filters: the daemon puts
+    xdpbr's filter back behind theirs (a higher priority number), the port's frames meet their
+    policy, and detach leaves their qdisc and filter."""
+    lab = taps
+    monkeypatch.setenv("XDPBR_TC_ATTACH", "qdisc")
+    attachment.attach(lab.bridge, lab.switch)
+    daemon(env={"XDPBR_TC_ATTACH": "qdisc"})
+    assert port(lab, "ta")["tc_attach"] == "qdisc"
+    tc(lab, "qdisc", "del", "dev", "ta", "ingress")
+    police_ingress(lab, "ta")  # theirs: `ingress` again, a u32 filter redirecting to an IFB
+
+    def filters():
+        return tc_state(lab, "ta")[1]
+
+    assert wait_for(lambda: " xdpbr " in filters() and port(lab, "ta")["tc_ingress_held"], timeout=2)
+    prios = [int(p) for p in re.findall(r"pref (\d+) ", filters())]
+    assert prios[-1] == 0xC0DE and min(prios) < 0xC0DE, f"xdpbr's filter is not behind theirs: {filters()}"
+    assert burst_to_container(lab, b"policed") < FRAMES / 2
+    theirs = tc_state(lab, "ta")
+    attachment.detach(lab.bridge, lab.switch)
+    after = tc_state(lab, "ta")
+    assert after[0] == theirs[0] and " xdpbr " not in after[1] and "u32" in after[1]
+
+
+def test_an_upgrade_from_the_cls_bpf_attachment_to_tcx_loses_no_frame(two_containers, monkeypatch):
+    lab = two_containers
+    monkeypatch.setenv("XDPBR_TC_ATTACH", "qdisc")
+    attachment.attach(lab.bridge, lab.switch, mode="tc")
+    monkeypatch.delenv("XDPBR_TC_ATTACH")
+    count, port_ = 6000, 7301
+    listener = lab.c2.udp_listener(port_, count, timeout=3.0)
+    script = (  # paced over about 6 s, so the re-attach (a compile) happens inside it
+        "import socket, time\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"for i in range({count}):\n"
+        f"    s.sendto(i.to_bytes(4, 'big'), ('{lab.c2.ip}', {port_}))\n"
+        "    time.sleep(0.001)\n"
+    )
+    sender = subprocess.Popen([*nsenter_prefix(netns_path(lab.c1.netns)), sys.executable, "-c", script])
+    try:
+        assert wait_for(lambda: tc_programs_of(lab, lab.c1.port) == "qdisc" and sender.poll() is None)
+        attachment.attach(lab.bridge, lab.switch, mode="tc")
+        assert tc_programs_of(lab, lab.c1.port) == "tcx"
+    finally:
+        try:
+            sender.wait(30)
+        except subprocess.TimeoutExpired:
+            sender.kill()
+            sender.wait()
+    out, _ = listener.communicate(timeout=30)
+    got = {int(line, 16) for line in out.split()}
+    assert len(got) == count, f"{count - len(got)} of {count} datagrams lost across the upgrade"
+    assert counters(lab).get((lab.c1.port, "tc", "forward"), 0) > 0
+
+
+def tc_programs_of(lab, name):
+    return port(lab, name)["tc_attach"]

@@ -107,12 +107,15 @@ def attach_tc(s, port, owned, journal, replace):
             owned = _detach_filter(s, port.ifindex, owned)
             return (owned | TC_VIA_TCX) & ~TC_VIA_QDISC
     _detach_tcx(s, port.ifindex)
+    present = s.rtnl.has_xdpbr_filter(port.ifindex)
+    if owned & OWN_INGRESS and not present:
+        owned &= ~OWN_INGRESS  # another tool replaced the qdisc xdpbr added: it is theirs now
     kind = s.rtnl.ingress_qdisc(port.ifindex)
     if kind is None:
         s.rtnl.add_ingress(port.ifindex)
         owned |= OWN_INGRESS
         journal.push(s.rtnl.del_ingress, port.ifindex)
-    present = s.rtnl.has_xdpbr_filter(port.ifindex)
+    # xdpbr's priority number is high (TC_FILTER_PRIO): its filter runs after another tool's
     if not present or replace:
         s.rtnl.attach_tc(port.ifindex, port.name, s.prog_fds["tc"], replace=present)
         if not present:
@@ -159,7 +162,7 @@ def _detach_filter(s, ifindex, owned):
     """xdpbr's cls_bpf filter off the port, and a qdisc xdpbr added if nothing else filters."""
     if s.rtnl.has_xdpbr_filter(ifindex):
         s.rtnl.detach_tc(ifindex)
-    if owned & (OWN_CLSACT | OWN_INGRESS) and not s.rtnl.ingress_filters(ifindex):
+    if owned & (OWN_CLSACT | OWN_INGRESS) and not s.rtnl.foreign_ingress_filters(ifindex):
         if owned & OWN_CLSACT:
             s.rtnl.del_clsact(ifindex)
         if owned & OWN_INGRESS:
