@@ -127,7 +127,7 @@ struct xdpbr_meta {
 	__u8 mode;            /* requested default mode: 0 auto, else XDPBR_MODE_* + 1 */
 	__u8 xdp_mode;        /* requested: 0 any (native, generic fallback), 1 native, 2 generic */
 	__u8 netfilter;       /* 0 respect, 1 bypass */
-	__u8 pad;
+	__u8 netfilter_counters; /* 0 ignore, 1 hold: a rule that only counts holds what it sees */
 	char netns[64];       /* network namespace name ("" = the namespace of the attach) */
 };
 

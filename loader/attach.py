@@ -106,86 +106,6 @@ def egress_is_plain(ipr, ifindex):
     return True
 
 
-TC_H_ROOT = 0xFFFFFFFF
-TC_H_INGRESS = 0xFFFFFFF1  # the parent of an `ingress` or `clsact` qdisc
-PLAIN_ROOTS = ("noqueue", "pfifo_fast", "pfifo", "mq")
-
-
-def _handle(value):
-    return f"{value >> 16:x}:" + (f"{value & 0xFFFF:x}" if value & 0xFFFF else "")
-
-
-def _filters(ipr, ifindex, parent):
-    try:
-        return ipr.get_filters(index=ifindex, parent=parent)
-    except NetlinkError:
-        return []
-
-
-def _foreign_filters(ipr, ifindex, parent):
-    """Descriptions of the tc filters at `parent` that are not xdpbr's own."""
-    out = []
-    for f in _filters(ipr, ifindex, parent):
-        kind, prio = f.get_attr("TCA_KIND"), (f["info"] >> 16) & 0xFFFF
-        opts = f.get_attr("TCA_OPTIONS") if kind == "bpf" else None
-        name = opts.get_attr("TCA_BPF_NAME") if opts else None
-        if kind and not (kind == "bpf" and prio == TC_FILTER_PRIO and name == TC_FILTER_NAME):
-            out.append(f"filter {kind} pref {prio}")
-    return list(dict.fromkeys(out))
-
-
-def tc_policy(ipr, ifindex, *, own_qdisc=None, tcx_ids=None):
-    """(egress, ingress): what on the port shapes or polices its frames, each a one-line
-    description (None: plain).
-
-    Egress is plain when the root qdisc is noqueue, or has handle 0: and is pfifo_fast or pfifo
-    (the kernel's defaults), or mq whose children have handle 0:, and no egress filter or TCX egress
-    program is there: then a redirect into the port skips nothing. Ingress is plain when no tc
-    filter, `ingress`/`clsact` qdisc or TCX ingress program but xdpbr's own is there.
-    own_qdisc: the kind of the qdisc xdpbr created here ("clsact", "ingress") or None.
-    tcx_ids(ifindex, direction): ids of the TCX programs there that are not xdpbr's."""
-    egress = ingress = None
-    qdiscs = ipr.get_qdiscs(index=ifindex)
-    mq_roots = set()
-    for q in qdiscs:
-        kind, handle, parent = q.get_attr("TCA_KIND"), q["handle"], q["parent"]
-        if kind in ("ingress", "clsact"):
-            if kind != own_qdisc:
-                ingress = ingress or f"qdisc {kind} {_handle(handle)}"
-            continue
-        if parent == TC_H_ROOT:
-            # noqueue holds nothing, whatever handle the kernel gave it (`root handle 0:
-            # noqueue`, as libvirt writes it, gets one allocated)
-            if kind != "noqueue" and (handle != 0 or kind not in PLAIN_ROOTS):
-                egress = egress or f"qdisc {kind} {_handle(handle)} root"
-            elif kind == "mq":
-                mq_roots.add(handle)
-    for q in qdiscs:
-        kind, handle, parent = q.get_attr("TCA_KIND"), q["handle"], q["parent"]
-        if kind in ("ingress", "clsact") or parent == TC_H_ROOT:
-            continue
-        if handle != 0 or not mq_roots:  # a class's qdisc of a shaping root, or an mq child of its own
-            egress = egress or f"qdisc {kind} {_handle(handle)} parent {_handle(parent)}"
-    if any(q.get_attr("TCA_KIND") == "clsact" for q in qdiscs):
-        found = _foreign_filters(ipr, ifindex, TC_EGRESS_PARENT)
-        egress = egress or (f"{found[0]} on egress" if found else None)
-    if any(q.get_attr("TCA_KIND") in ("clsact", "ingress") for q in qdiscs):
-        found = _foreign_filters(ipr, ifindex, TC_INGRESS_PARENT)
-        ingress = (f"{found[0]} on ingress" if found else None) or ingress
-    if tcx_ids is not None:
-        theirs = tcx_ids(ifindex, "egress")
-        egress = egress or (f"TCX egress program id {theirs[0]}" if theirs else None)
-        theirs = tcx_ids(ifindex, "ingress")
-        ingress = ingress or (f"TCX ingress program id {theirs[0]}" if theirs else None)
-    return egress, ingress
-
-
-def ingress_qdisc(ipr, ifindex):
-    """The kind of the port's ingress-capable qdisc ("clsact", "ingress") or None."""
-    kinds = {q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index=ifindex)}
-    return next((k for k in ("clsact", "ingress") if k in kinds), None)
-
-
 def add_ingress(ipr, ifindex):
     """An `ingress` qdisc (not clsact: libvirt deletes an `ingress` qdisc before adding its own,
     and cannot delete a clsact)."""
@@ -229,11 +149,6 @@ def ingress_filters(ipr, ifindex):
         prio = (f["info"] >> 16) & 0xFFFF
         out.append((prio, opts.get_attr("TCA_BPF_NAME")))
     return out
-
-
-def foreign_ingress_filters(ipr, ifindex):
-    """Descriptions of the ingress filters on ifindex that are not xdpbr's (any kind)."""
-    return _foreign_filters(ipr, ifindex, TC_INGRESS_PARENT)
 
 
 def has_xdpbr_filter(ipr, ifindex):

@@ -158,14 +158,14 @@ class Bridge(ctypes.Structure):
 
 class Meta(ctypes.Structure):
     """struct xdpbr_meta { __u32 layout_version; __u8 mode; __u8 xdp_mode; __u8 netfilter;
-    __u8 pad; char netns[64]; };"""
+    __u8 netfilter_counters; char netns[64]; };"""
 
     _fields_ = [
         ("layout_version", ctypes.c_uint32),
         ("mode", ctypes.c_uint8),
         ("xdp_mode", ctypes.c_uint8),
         ("netfilter", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
+        ("netfilter_counters", ctypes.c_uint8),  # 0 ignore, 1 hold (was padding: old pins read 0)
         ("netns", ctypes.c_char * 64),
     ]
 

@@ -5,11 +5,13 @@ and its ports come back as the dataclasses below.
 """
 
 import contextlib
+import errno
 import socket
+import struct
 from dataclasses import dataclass, field
 
 from . import attach as at
-from . import tcx
+from . import rtnl, tcread, tcx
 from .errors import NotFound, XdpbrError
 from .peer import VethPeer
 
@@ -17,11 +19,6 @@ AF_BRIDGE = socket.AF_BRIDGE
 NUD_NOARP, NUD_REACHABLE = 0x40, 0x02
 NTF_USE, NTF_MASTER = 0x01, 0x04
 BR_STATE_FORWARDING = 3
-OPTIONS = {  # a bridge's own br_netfilter switches
-    "nf_call_iptables": "IFLA_BR_NF_CALL_IPTABLES",
-    "nf_call_ip6tables": "IFLA_BR_NF_CALL_IP6TABLES",
-    "nf_call_arptables": "IFLA_BR_NF_CALL_ARPTABLES",
-}
 
 
 @dataclass
@@ -47,6 +44,8 @@ class PortInfo:
     vlans: dict = field(default_factory=dict)  # vid -> untagged
     peer_ifindex: int = 0  # veth peer
     peer_netnsid: int | None = None  # None: the peer is in the bridge's namespace
+    xdp_mode: str | None = None  # the XDP program on the port when it was read: native, generic
+    xdp_prog_id: int = 0
 
     @property
     def forwarding(self):
@@ -59,90 +58,126 @@ RTEXT_FILTER_BRVLAN = 1 << 1
 IFF_LOOPBACK = 0x8
 
 
-def _linkinfo(link):
-    return link.get_attr("IFLA_LINKINFO")
+def _one_link(netns, *, index=0, name=None):
+    """(datagram, body offset, end offset) of one link's RTM_NEWLINK, asked by index or name
+    (one request: pyroute2's lookups by name dump every link), or None when there is none."""
+    body = _IFINFOMSG.pack(0, 0, index, 0, 0)
+    if name:
+        body += rtnl.nla(IFLA_IFNAME, name.encode() + b"\0")
+    try:
+        msgs = rtnl.dump(netns, RTM_GETLINK, body, flags=0)
+    except XdpbrError as exc:
+        if exc.errno in (errno.ENODEV, errno.EINVAL, errno.ERANGE):
+            return None
+        raise
+    return msgs[0][1:] if msgs else None
 
 
-def link_kind(link):
-    info = _linkinfo(link)
-    return (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
+def _link_attrs(found):
+    buf, start, end = found
+    attrs = rtnl.attrs(buf, start + _IFINFOMSG.size, end)
+    info = rtnl.attrs(attrs[IFLA_LINKINFO]) if IFLA_LINKINFO in attrs else {}
+    data = rtnl.attrs(info[IFLA_INFO_DATA]) if IFLA_INFO_DATA in info else {}
+    return attrs, info, data
 
 
-def _device_kind(link):
-    """What to call a device in an error: its link kind, else loopback or physical."""
-    return link_kind(link) or ("loopback" if link["flags"] & IFF_LOOPBACK else "physical")
-
-
-def find_bridge(ipr, name, netns=None):
+def find_bridge(name, netns=None):
     """BridgeInfo of bridge `name`, or a clear error when it is missing or not a bridge."""
     where = f' in network namespace "{netns}"' if netns else ""
-    links = ipr.get_links(ifname=name) if _exists(ipr, name) else []
-    if not links:
+    found = _one_link(netns, name=name)
+    if found is None:
         raise NotFound(f"bridge {name} does not exist{where}", fix="see `ip link show type bridge`")
-    link = links[0]
-    if link_kind(link) != "bridge":
+    attrs, info, data = _link_attrs(found)
+    kind = _string(info, IFLA_INFO_KIND)
+    if kind != "bridge":
+        flags = _IFINFOMSG.unpack_from(found[0], found[1])[3]
+        kind = kind or ("loopback" if flags & IFF_LOOPBACK else "physical")
         raise XdpbrError(
-            f"{name} is not a bridge (it is a {_device_kind(link)} device){where}",
+            f"{name} is not a bridge (it is a {kind} device){where}",
             fix="name the bridge its ports belong to (`ip link show type bridge`)",
         )
-    data = _linkinfo(link).get_attr("IFLA_INFO_DATA")
     return BridgeInfo(
         name=name,
-        ifindex=link["index"],
-        mac=link.get_attr("IFLA_ADDRESS"),
-        vlan_filtering=bool(data.get_attr("IFLA_BR_VLAN_FILTERING")) if data else False,
+        ifindex=_IFINFOMSG.unpack_from(found[0], found[1])[2],
+        mac=":".join(f"{b:02x}" for b in attrs.get(IFLA_ADDRESS, b"")),
+        vlan_filtering=bool(_u8(data, IFLA_BR_VLAN_FILTERING)),
         netns=netns,
     )
 
 
-def _exists(ipr, name):
-    return bool(ipr.link_lookup(ifname=name))
+RTM_GETLINK = 18
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
+IFLA_LINKINFO, IFLA_LINK_NETNSID, IFLA_XDP = 18, 37, 43
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_DATA = 1, 2, 5
+IFLA_BR_VLAN_FILTERING = 7
+IFLA_BR_NF_CALL = {"nf_call_iptables": 36, "nf_call_ip6tables": 37, "nf_call_arptables": 38}
+IFLA_XDP_ATTACHED, IFLA_XDP_PROG_ID = 2, 4
+XDP_ATTACHED = {1: "native", 2: "generic", 3: "offload", 4: "multi"}
+IFLA_BRPORT_STATE, IFLA_BRPORT_MODE, IFLA_BRPORT_ISOLATED = 1, 4, 33
+UNSUPPORTED_BRPORT = {39: "locked", 40: "mab", 32: "neigh_suppress", 10: "proxy_arp", 29: "vlan_tunnel"}
 
 
-def port_from_link(link):
-    """PortInfo of a bridge port link message (RTM_NEWLINK with slave data)."""
-    info = _linkinfo(link)
-    slave = info.get_attr("IFLA_INFO_SLAVE_DATA") if info else None
-    unsupported = []
-    state = 0
-    isolated = hairpin = False
-    if slave:
-        state = slave.get_attr("IFLA_BRPORT_STATE") or 0
-        isolated = bool(slave.get_attr("IFLA_BRPORT_ISOLATED"))
-        hairpin = bool(slave.get_attr("IFLA_BRPORT_MODE"))
-        for attr, name in (
-            ("IFLA_BRPORT_LOCKED", "locked"),
-            ("IFLA_BRPORT_MAB", "mab"),
-            ("IFLA_BRPORT_NEIGH_SUPPRESS", "neigh_suppress"),
-            ("IFLA_BRPORT_PROXYARP", "proxy_arp"),
-            ("IFLA_BRPORT_VLAN_TUNNEL", "vlan_tunnel"),
-        ):
-            if slave.get_attr(attr):
-                unsupported.append(name)
-    return PortInfo(
-        name=link.get_attr("IFLA_IFNAME"),
-        ifindex=link["index"],
-        kind=link_kind(link),
-        mtu=link.get_attr("IFLA_MTU") or 1500,
-        state=state,
-        isolated=isolated,
-        hairpin=hairpin,
-        unsupported_flags=tuple(unsupported),
-        peer_ifindex=link.get_attr("IFLA_LINK") or 0,
-        peer_netnsid=link.get_attr("IFLA_LINK_NETNSID"),
+def _u8(attrs, kind):
+    value = attrs.get(kind)
+    return value[0] if value else 0
+
+
+def _string(attrs, kind):
+    return attrs.get(kind, b"").rstrip(b"\0").decode(errors="replace")
+
+
+def port_from_message(buf, start, end):
+    """(master ifindex, PortInfo) of one RTM_NEWLINK, decoded with struct (pyroute2 takes ~300 us
+    a message: a dump of a 256-port bridge's links was most of a reconcile)."""
+    ifindex = _IFINFOMSG.unpack_from(buf, start)[2]
+    attrs = rtnl.attrs(buf, start + _IFINFOMSG.size, end)
+    info = rtnl.attrs(attrs[IFLA_LINKINFO]) if IFLA_LINKINFO in attrs else {}
+    slave = rtnl.attrs(info[IFLA_INFO_SLAVE_DATA]) if IFLA_INFO_SLAVE_DATA in info else {}
+    xdp = rtnl.attrs(attrs[IFLA_XDP]) if IFLA_XDP in attrs else {}
+    netnsid = attrs.get(IFLA_LINK_NETNSID)
+    port = PortInfo(
+        name=_string(attrs, IFLA_IFNAME),
+        ifindex=ifindex,
+        kind=_string(info, IFLA_INFO_KIND),
+        mtu=rtnl.u32(attrs, IFLA_MTU) or 1500,
+        state=_u8(slave, IFLA_BRPORT_STATE),
+        isolated=bool(_u8(slave, IFLA_BRPORT_ISOLATED)),
+        hairpin=bool(_u8(slave, IFLA_BRPORT_MODE)),
+        unsupported_flags=tuple(name for kind, name in UNSUPPORTED_BRPORT.items() if _u8(slave, kind)),
+        peer_ifindex=rtnl.u32(attrs, IFLA_LINK) or 0,
+        peer_netnsid=struct.unpack_from("=i", netnsid)[0] if netnsid else None,
+        xdp_mode=XDP_ATTACHED.get(_u8(xdp, IFLA_XDP_ATTACHED)),
+        xdp_prog_id=rtnl.u32(xdp, IFLA_XDP_PROG_ID) or 0,
     )
+    return rtnl.u32(attrs, IFLA_MASTER), port
 
 
-def list_ports(ipr, bridge):
-    """PortInfo of every port of the bridge, with its VLANs when vlan_filtering is on."""
-    ports = [
-        port_from_link(link) for link in ipr.get_links() if link.get_attr("IFLA_MASTER") == bridge.ifindex
-    ]
+def list_ports(ipr, bridge, netns=None):
+    """PortInfo of every port of the bridge (one raw link dump), with its VLANs when
+    vlan_filtering is on."""
+    msgs = rtnl.dump(netns, RTM_GETLINK, _IFINFOMSG.pack(0, 0, 0, 0, 0))
+    ports = [port for master, port in (port_from_message(*m[1:]) for m in msgs) if master == bridge.ifindex]
     if bridge.vlan_filtering:
         vlans = port_vlans(ipr)
         for port in ports:
             port.pvid, port.vlans = vlans.get(port.ifindex, (0, {}))
     return sorted(ports, key=lambda p: p.ifindex)
+
+
+def read_port(ipr, bridge, netns, ifindex):
+    """PortInfo of one link if it is a port of the bridge now, else None (left, or gone)."""
+    try:
+        msgs = rtnl.dump(netns, RTM_GETLINK, _IFINFOMSG.pack(0, 0, ifindex, 0, 0), flags=0)
+    except XdpbrError:
+        return None  # ENODEV: gone
+    for _, buf, start, end in msgs:
+        master, port = port_from_message(buf, start, end)
+        if master == bridge.ifindex:
+            if bridge.vlan_filtering:
+                port.pvid, port.vlans = port_vlans(ipr).get(port.ifindex, (0, {}))
+            return port
+    return None
 
 
 def port_vlans(ipr):
@@ -197,23 +232,40 @@ class Rtnl:
     # links and bridge ports
     def link_exists(self, *, index=None, name=None):
         if index is not None:
-            return bool(index) and bool(self._socket.link_lookup(index=index))
-        return bool(self._socket.link_lookup(ifname=name))
+            return bool(index) and _one_link(self.netns, index=index) is not None
+        return _one_link(self.netns, name=name) is not None
 
     def bridge(self, name):
         """BridgeInfo of bridge `name`, or a clear error when it is missing or not a bridge."""
-        return at.asked(f"read {name}", lambda: find_bridge(self._socket, name, self.netns))
+        return find_bridge(name, self.netns)
 
     def ports(self, bridge):
         """PortInfo of every port of `bridge` (a BridgeInfo), ordered by ifindex."""
-        return list_ports(self._socket, bridge)
+        return list_ports(self._socket if bridge.vlan_filtering else None, bridge, self.netns)
+
+    def port(self, bridge, ifindex):
+        """PortInfo of link `ifindex` if it is a port of `bridge` now, else None: one request."""
+        return read_port(self._socket if bridge.vlan_filtering else None, bridge, self.netns, ifindex)
+
+    def tc_policies(self, own_qdiscs):
+        """{ifindex: (egress, ingress)} for the ports in `own_qdiscs` ({ifindex: kind of the
+        qdisc xdpbr created there, or None}): one qdisc dump for all of them."""
+        found = tcread.qdiscs(self.netns)
+        out = {}
+        for ifindex, own in own_qdiscs.items():
+            out[ifindex] = tcread.policy(
+                found.get(ifindex, []),
+                lambda parent, i=ifindex: tcread.filters(self.netns, i, parent),
+                lambda direction, i=ifindex: tcx.foreign_program_ids(self.netns, i, direction),
+                own_qdisc=own,
+            )
+        return out
 
     def bridge_nf_options(self, name):
         """The bridge's own br_netfilter switches: {"nf_call_iptables": bool, ...} (IFLA_INFO_DATA)."""
-        links = self._socket.get_links(ifname=name)
-        info = links[0].get_attr("IFLA_LINKINFO") if links else None
-        data = info.get_attr("IFLA_INFO_DATA") if info else None
-        return {k: bool(data.get_attr(a)) if data else False for k, a in OPTIONS.items()}
+        found = _one_link(self.netns, name=name)
+        data = _link_attrs(found)[2] if found else {}
+        return {key: bool(_u8(data, kind)) for key, kind in IFLA_BR_NF_CALL.items()}
 
     def veth_peer(self, port):
         """The VethPeer of a veth port (its namespace and name), or None where it is out of reach."""
@@ -278,15 +330,13 @@ class Rtnl:
 
     def tc_policy(self, ifindex, *, own_qdisc=None):
         """(egress, ingress) policy on the port that is not xdpbr's, each a one-line description
-        or None (loader/attach.py tc_policy; TCX programs from loader/tcx.py)."""
-
-        def tcx_ids(index, direction):
-            return tcx.foreign_program_ids(self.netns, index, direction)
-
-        return at.tc_policy(self._socket, ifindex, own_qdisc=own_qdisc, tcx_ids=tcx_ids)
+        or None (loader/tcread.py)."""
+        return self.tc_policies({ifindex: own_qdisc})[ifindex]
 
     def ingress_qdisc(self, ifindex):
-        return at.ingress_qdisc(self._socket, ifindex)
+        """The kind of the port's ingress-capable qdisc ("clsact", "ingress") or None."""
+        kinds = {kind for kind, _, _ in tcread.qdiscs(self.netns).get(ifindex, [])}
+        return next((k for k in ("clsact", "ingress") if k in kinds), None)
 
     def add_ingress(self, ifindex):
         return at.add_ingress(self._socket, ifindex)
@@ -298,10 +348,13 @@ class Rtnl:
         return at.del_clsact(self._socket, ifindex)
 
     def foreign_ingress_filters(self, ifindex):
-        return at.foreign_ingress_filters(self._socket, ifindex)
+        """The ingress filters of the port that are not xdpbr's: [(kind, priority, name)]."""
+        found = tcread.filters(self.netns, ifindex, tcread.INGRESS_PARENT)
+        return [f for f in found if f != tcread.XDPBR_FILTER]
 
     def has_xdpbr_filter(self, ifindex):
-        return at.has_xdpbr_filter(self._socket, ifindex)
+        """Is xdpbr's cls_bpf filter (its name at its priority) on the port's ingress?"""
+        return tcread.XDPBR_FILTER in tcread.filters(self.netns, ifindex, tcread.INGRESS_PARENT)
 
     def attach_tc(self, ifindex, ifname, prog_fd, *, replace=False):
         return at.attach_tc(self._socket, ifindex, ifname, prog_fd, replace=replace)

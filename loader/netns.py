@@ -3,6 +3,11 @@ bpffs pins: docs/kernel-notes.md, "Namespaces"). Python 3.11 has no os.setns, so
 called through ctypes.
 
 setns changes the calling thread only; xdpbr's CLI and daemon do namespace work on one thread.
+
+xdpbr itself may be started inside a namespace (`ip netns exec NS xdpbr ...`): `resolve()`
+gives the name `ip netns identify` would, so the command does what `xdpbr -n NS` does from the
+host, and `enter_host()` moves the daemon to the host's namespace. "The host" is pid 1, seen
+through /proc/1 (`host_proc()`).
 """
 
 import contextlib
@@ -15,11 +20,18 @@ from .errors import NotFound, UsageError, XdpbrError
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
+SELF_NS = "/proc/thread-self/ns/{}"
+# /proc entries that stand for the host: pid 1, and kthreadd where pid 1 is out of reach (a
+# process with less privilege than pid 1, in some sandboxes and hardened units, is refused its
+# /proc links); kthreadd lives in the initial namespaces and shares init's root (CLONE_FS).
+HOST_PROCS = ("/proc/1", "/proc/2")
+PF_KTHREAD = 0x00200000
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_run_dir = NETNS_RUN_DIR  # the host's /run/netns where only it names this process's namespace
 
 
 def netns_path(name):
-    return os.path.join(NETNS_RUN_DIR, name)
+    return os.path.join(_run_dir, name)
 
 
 def check_name(name):
@@ -113,6 +125,111 @@ def existing_index(name, ifname):
 
 def current_inode():
     return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def _identity(path):
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _kernel_thread(proc):
+    try:
+        with open(os.path.join(proc, "stat"), "rb") as f:
+            text = f.read()
+        return bool(int(text[text.rindex(b")") + 2 :].split()[6]) & PF_KTHREAD)
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def host_proc(candidates=HOST_PROCS):
+    """The /proc/PID directory that stands for the host (its namespaces, its root), or None where
+    this process may look into none of them. Candidates after the first count only as a kernel
+    thread (in a pid namespace of its own, pid 2 is just another process)."""
+    for i, proc in enumerate(candidates):
+        if i and not _kernel_thread(proc):
+            continue
+        try:
+            os.stat(os.path.join(proc, "ns", "net"))
+            os.stat(os.path.join(proc, "root", ""))
+        except OSError:
+            continue
+        return proc
+    return None
+
+
+def in_host_namespace(kind="net", proc=None, ns_file=None):
+    """Whether this thread (or `ns_file`) is in the host's namespace of `kind` (net, mnt). True
+    where no host process can be looked at: xdpbr then does what it always did."""
+    proc = proc or host_proc()
+    if proc is None:
+        return True
+    try:
+        return _identity(ns_file or SELF_NS.format(kind)) == _identity(os.path.join(proc, "ns", kind))
+    except OSError:
+        return True
+
+
+def _run_dirs(proc=None):
+    """/run/netns, and the host's when this mount namespace has another (through /proc/1/root)."""
+    dirs = [NETNS_RUN_DIR]
+    proc = proc or host_proc()
+    if proc is not None:
+        host = os.path.join(proc, "root", NETNS_RUN_DIR.lstrip("/"))
+        try:
+            same = _identity(host) == _identity(NETNS_RUN_DIR)
+        except OSError:
+            same = not os.path.isdir(host)
+        if not same:
+            dirs.append(host)
+    return dirs
+
+
+def identify(ns_file=None, run_dirs=None):
+    """(name, directory) of the namespace at `ns_file` (this thread's), found as `ip netns
+    identify` finds it: the entry of /run/netns (or of the host's) that is the same namespace
+    file (device and inode). None when it has no name; the first name, sorted, when it has more."""
+    target = _identity(ns_file or SELF_NS.format("net"))
+    for directory in _run_dirs() if run_dirs is None else run_dirs:
+        try:
+            entries = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if _identity(os.path.join(directory, entry)) == target:
+                    return entry, directory
+            except OSError:
+                continue
+    return None
+
+
+def resolve(name):
+    """The namespace a command means. `name` (-n) when given; None in the host's network
+    namespace, as always; inside another (`ip netns exec NS`, nsenter) that namespace's name,
+    so the command does exactly what `xdpbr -n NS` does from the host (the bridge's label, its
+    pins, the daemon's adoption). A namespace without a name: XdpbrError naming `xdpbr -n NS`."""
+    global _run_dir
+    if name is not None or in_host_namespace():
+        return name
+    found = identify()
+    if found is None:
+        raise XdpbrError(
+            "this network namespace is not the host's and has no name in /run/netns, so the "
+            "daemon and later commands could not find its bridges",
+            fix="run `xdpbr -n NS ...` from the host, NS a name from `ip netns list`",
+        )
+    name, _run_dir = found
+    return name
+
+
+def enter_host():
+    """Move this thread into the host's network namespace (the daemon, before it starts any
+    other thread: it serves every namespace's bridges from there, those attached without -n
+    being the host's). Nothing to do in the host's own or where the host cannot be looked at."""
+    if in_host_namespace():
+        return
+    with open(os.path.join(host_proc(), "ns", "net"), "rb") as f:
+        _setns(f.fileno())
 
 
 def nsenter_prefix(path):

@@ -12,7 +12,7 @@ import ctypes
 import errno
 import os
 
-from . import bpfsys, instance
+from . import bpfsys, instance, netns
 from .bridge_id import BridgeId
 from .errors import NotFound, XdpbrError
 from .layouts import DAEMON_SPEC, FDB_SIZE, LAYOUT_VERSION, MAX_PORTS, U32, DaemonRecord, Meta, map_specs
@@ -22,9 +22,16 @@ PROG_PINS = {"xdp": "prog_xdp", "tc": "prog_tc", "clock": "prog_clock"}
 
 
 def ensure_bpffs():
-    """Mount bpffs if the host has not (pins need it)."""
-    if os.path.ismount(BPFFS):
+    """Mount bpffs if the host has not (pins need it): only in the host's mount namespace, since
+    one mounted in another vanishes with it, pins and all (instance.bpffs() finds the host's)."""
+    if os.path.ismount(instance.bpffs()):
         return
+    if not netns.in_host_namespace("mnt"):
+        raise XdpbrError(
+            f"bpffs is not mounted at {BPFFS} on the host, and one mounted in this mount namespace "
+            "would vanish with it",
+            fix=f"mount -t bpf bpf {BPFFS} on the host, or run `xdpbr -n NS ...` from the host",
+        )
     if os.system(f"mount -t bpf bpf {BPFFS} 2>/dev/null") != 0:
         raise XdpbrError(f"bpffs is not mounted at {BPFFS}", fix=f"mount -t bpf bpf {BPFFS}")
 

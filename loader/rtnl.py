@@ -97,6 +97,22 @@ def subscribe(group, netns=None, rcvbuf=None, protocol=socket.NETLINK_ROUTE):
     return sock
 
 
+def dump(netns, msg_type, body, flags=NLM_F_DUMP):
+    """Every message of one dump request (or of one plain request's answer with flags=0):
+    [(type, datagram, body offset, end offset)], decoded by the caller with struct."""
+    out = []
+    with open_socket(netns, 1 << 20) as sock:
+        sock.send(HEADER.pack(HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, 1, 0) + body)
+        while True:
+            buf = sock.recv(1 << 20)
+            for kind, start, end in messages(buf):
+                if kind == NLMSG_DONE or (kind == NLMSG_ERROR and not flags):
+                    return out
+                out.append((kind, buf, start, end))
+            if not flags:
+                return out
+
+
 def request(netns, msg_type, flags, body):
     """One request, one reply datagram: (error code, payload of the first message)."""
     header = HEADER.pack(HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, 1, 0)

@@ -74,6 +74,9 @@ FAMILIES = {
 # invflags bits for the interfaces: IPT_INV_VIA_IN/OUT, IP6T_INV_VIA_IN/OUT, ARPT_INV_VIA_IN/OUT
 INV_VIA_IN, INV_VIA_OUT = 0x01, 0x02
 
+# struct xt_ct_target_info(_v1): __u16 flags first, at every revision; XT_CT_NOTRACK
+XT_CT_NOTRACK = 0x1
+
 # xt_physdev_info bits (<linux/netfilter/xt_physdev.h>)
 PHYSDEV_IN, PHYSDEV_OUT, PHYSDEV_BRIDGED, PHYSDEV_ISIN, PHYSDEV_ISOUT = 0x01, 0x02, 0x04, 0x08, 0x10
 
@@ -149,6 +152,7 @@ class Rule:
     target: str
     target_kind: str  # "verdict" | "jump" | "goto" | "target"
     conditions: bool
+    notrack: bool = False  # the target is NOTRACK or CT --notrack (it only skips conntrack)
 
     def text(self, family, chain):
         """The rule as iptables-legacy-save prints it, minus addresses and match arguments."""
@@ -162,6 +166,8 @@ class Rule:
         for m in self.matches:
             parts.append(m.physdev.text() if m.physdev else f"-m {m.name}")
         parts.append(f"{'-g' if self.target_kind == 'goto' else '-j'} {self.target}")
+        if self.notrack and self.target == "CT":
+            parts.append("--notrack")
         return " ".join(parts)
 
 
@@ -340,7 +346,10 @@ def _parse_entry(fam, blob, entry, starts):
         data = blob[m + 32 : m + size]
         matches.append(Match(mname, rev, _physdev(data) if mname == "physdev" else None))
         m += size
-    _size, tname, _rev = _xt_header(blob, off + target_off)
+    tsize, tname, _rev = _xt_header(blob, off + target_off)
+    notrack = tname == "NOTRACK"
+    if tname == "CT" and tsize >= 34:  # xt_CT ignores every other option with --notrack
+        notrack = bool(struct.unpack_from("=H", blob, off + target_off + 32)[0] & XT_CT_NOTRACK)
     if tname == "":  # the standard target: a verdict or a jump to an offset
         (verdict,) = struct.unpack_from("=i", blob, off + target_off + 32)
         if verdict < 0:
@@ -352,7 +361,7 @@ def _parse_entry(fam, blob, entry, starts):
             kind = "goto" if flags & fam.goto_flag else "jump"
     else:
         target, kind = tname, "target"
-    return Rule(0, iin, iout, tuple(matches), target, kind, conditions)
+    return Rule(0, iin, iout, tuple(matches), target, kind, conditions, notrack)
 
 
 def _digest(fam, valid, hook_entry, underflow, blob, entries):
@@ -437,33 +446,53 @@ def fingerprint(family, previous=None, kept=None):
     return {name: table_print(family, name, previous.get(name), kept) for name in table_names(family, kept)}
 
 
+# the legacy ebtables tables: each its own module (ebtable_filter.ko...), loaded by the first
+# ebtables-legacy command that names it; ebtables.ko alone holds no table
+EBT_TABLES = ("ebtable_filter", "ebtable_nat", "ebtable_broute")
+EBT_CONFIG = {"ebtable_filter": "BRIDGE_EBT_T_FILTER", "ebtable_nat": "BRIDGE_EBT_T_NAT",
+              "ebtable_broute": "BRIDGE_EBT_BROUTE"}  # fmt: skip
+SYS_MODULE = "/sys/module"
+CONFIG_GZ = "/proc/config.gz"
+MODULES_BUILTIN = "/lib/modules/{release}/modules.builtin"
+
+
 @functools.cache
-def _configured_ebtables():
-    """(present, reason) from /proc/config.gz, None without it. Read once: the running kernel's
-    configuration does not change, and reading and searching it costs ~1 ms, which a daemon's
+def _builtin_ebtables():
+    """The legacy ebtables tables built into the running kernel (there without a module), or
+    None when neither modules.builtin nor /proc/config.gz tells. Read once: the running
+    kernel's build does not change, and reading /proc/config.gz costs ~1 ms, which a daemon's
     poll of every namespace would pay."""
     try:
-        with gzip.open("/proc/config.gz", "rt") as f:
+        with open(MODULES_BUILTIN.format(release=os.uname().release)) as f:
+            names = {os.path.basename(line.strip()).removesuffix(".ko") for line in f}
+        return tuple(t for t in EBT_TABLES if t in names)
+    except OSError:
+        pass
+    try:
+        with gzip.open(CONFIG_GZ, "rt") as f:
             config = f.read()
     except OSError:
         return None
-    legacy = re.search(r"^CONFIG_BRIDGE_NF_EBTABLES_LEGACY=([ym])", config, re.M)
-    if "CONFIG_BRIDGE_NF_EBTABLES_LEGACY" in config:
-        present = bool(legacy)
-    else:  # kernels before the legacy split: ebtables meant the legacy tables
-        present = bool(re.search(r"^CONFIG_BRIDGE_NF_EBTABLES=[ym]", config, re.M))
-    if not present:
-        return False, "this kernel has no legacy ebtables (CONFIG_BRIDGE_NF_EBTABLES_LEGACY unset)"
-    return True, "legacy ebtables is available in this kernel and xdpbr cannot read it"
+    return tuple(t for t in EBT_TABLES if re.search(rf"^CONFIG_{EBT_CONFIG[t]}=y$", config, re.M))
 
 
 def ebtables_status():
     """(present, reason). Legacy ebtables has no tables_names file, and a query instantiates the
-    table it names, so xdpbr does not query it; where the kernel offers it, callers must treat
-    the bridge family's legacy rules as unknown."""
-    configured = _configured_ebtables()
-    if configured is not None:
-        return configured
-    if os.path.exists("/sys/module/ebtables"):
-        return True, "legacy ebtables is loaded and xdpbr cannot read it"
-    return False, "legacy ebtables is not loaded"
+    table it names, so xdpbr does not query it: a table whose module is loaded, or that is built
+    into the kernel, may hold rules xdpbr cannot read, and callers treat the bridge family's
+    legacy rules as unknown. A table built as a module that is not loaded holds nothing (its
+    first rule loads it, which the poll notices). Judged by the tables, not by the kernel's
+    configuration: Debian builds them all as modules, and most hosts never load one."""
+    builtin = _builtin_ebtables()
+    if builtin:
+        return (
+            True,
+            f"legacy ebtables is built into this kernel ({', '.join(builtin)}) and xdpbr cannot read it",
+        )
+    loaded = [t for t in EBT_TABLES if os.path.exists(f"{SYS_MODULE}/{t}")]
+    if loaded:
+        return True, f"legacy ebtables is loaded ({', '.join(loaded)}) and xdpbr cannot read it"
+    if builtin is None and os.path.exists(f"{SYS_MODULE}/ebtables"):
+        # neither modules.builtin nor the configuration says what is built in
+        return True, "legacy ebtables is in this kernel and xdpbr cannot read it"
+    return False, "no legacy ebtables table is loaded"

@@ -131,12 +131,135 @@ LIBVIRT = [
     "-t nat -A libvirt-O-vnet0 -j DROP",
 ]
 
+# libvirt's default NAT network (`virsh net-start default`, libvirt's iptables backend,
+# src/network/network_iptables.c: every rule is --insert-ed, so each chain reads in reverse
+# order of the calls): its private chains in filter, nat and mangle. Bridge virbr0.
+LIBVIRT_NAT = """*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:LIBVIRT_PRT - [0:0]
+-A POSTROUTING -j LIBVIRT_PRT
+-A LIBVIRT_PRT -o virbr0 -p udp -m udp --dport 68 -j CHECKSUM --checksum-fill
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:LIBVIRT_PRT - [0:0]
+-A POSTROUTING -j LIBVIRT_PRT
+-A LIBVIRT_PRT -s 192.168.122.0/24 -d 224.0.0.0/24 -j RETURN
+-A LIBVIRT_PRT -s 192.168.122.0/24 -d 255.255.255.255/32 -j RETURN
+-A LIBVIRT_PRT -s 192.168.122.0/24 ! -d 192.168.122.0/24 -p tcp -j MASQUERADE --to-ports 1024-65535
+-A LIBVIRT_PRT -s 192.168.122.0/24 ! -d 192.168.122.0/24 -p udp -j MASQUERADE --to-ports 1024-65535
+-A LIBVIRT_PRT -s 192.168.122.0/24 ! -d 192.168.122.0/24 -j MASQUERADE
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:LIBVIRT_FWI - [0:0]
+:LIBVIRT_FWO - [0:0]
+:LIBVIRT_FWX - [0:0]
+:LIBVIRT_INP - [0:0]
+:LIBVIRT_OUT - [0:0]
+-A INPUT -j LIBVIRT_INP
+-A FORWARD -j LIBVIRT_FWX
+-A FORWARD -j LIBVIRT_FWI
+-A FORWARD -j LIBVIRT_FWO
+-A OUTPUT -j LIBVIRT_OUT
+-A LIBVIRT_FWI -d 192.168.122.0/24 -o virbr0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A LIBVIRT_FWI -o virbr0 -j REJECT --reject-with icmp-port-unreachable
+-A LIBVIRT_FWO -s 192.168.122.0/24 -i virbr0 -j ACCEPT
+-A LIBVIRT_FWO -i virbr0 -j REJECT --reject-with icmp-port-unreachable
+-A LIBVIRT_FWX -i virbr0 -o virbr0 -j ACCEPT
+-A LIBVIRT_INP -i virbr0 -p udp -m udp --dport 53 -j ACCEPT
+-A LIBVIRT_INP -i virbr0 -p tcp -m tcp --dport 53 -j ACCEPT
+-A LIBVIRT_INP -i virbr0 -p udp -m udp --dport 67 -j ACCEPT
+-A LIBVIRT_INP -i virbr0 -p tcp -m tcp --dport 67 -j ACCEPT
+-A LIBVIRT_OUT -o virbr0 -p udp -m udp --dport 53 -j ACCEPT
+-A LIBVIRT_OUT -o virbr0 -p tcp -m tcp --dport 53 -j ACCEPT
+-A LIBVIRT_OUT -o virbr0 -p udp -m udp --dport 68 -j ACCEPT
+-A LIBVIRT_OUT -o virbr0 -p tcp -m tcp --dport 68 -j ACCEPT
+COMMIT
+"""
+
+# The raw-table advice for bridged traffic ("do not track what is only bridged"): NOTRACK for
+# everything br_netfilter hands to iptables from bridge br0, in both spellings.
+NOTRACK = """*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -i br0 -j CT --notrack
+-A PREROUTING -i br0 -j NOTRACK
+COMMIT
+"""
+
 SHAPES = {
     "openstack": [("iptables-legacy-restore", OPENSTACK)],
+    "libvirt_nat": [("iptables-legacy-restore", LIBVIRT_NAT)],
+    "notrack": [("iptables-legacy-restore", NOTRACK)],
     "openstack_nft": [("iptables-nft-restore", OPENSTACK)],
     "docker": [("iptables-legacy-restore", DOCKER)],
     "libvirt": [("ebtables-nft " + cmd, None) for cmd in LIBVIRT],
 }
+
+
+def add_wildcard_chain(ns, table, chain, prefix, hook="ingress", policy="accept"):
+    """A netdev table `table` with base chain `chain` bound to every device named `prefix*`,
+    written over netlink (NFTA_DEVICE_PREFIX, Linux 6.16 and later): nft 1.0.6 cannot write it.
+    Raises OSError with the kernel's refusal."""
+    import socket
+    import struct
+
+    from xdpbr.loader import rtnl
+    from xdpbr.loader.netns import entered
+
+    def nla(kind, payload):
+        return rtnl.nla(kind, payload)
+
+    def msg(kind, flags, seq, family, body, res_id=0):
+        payload = struct.pack("=BBH", family, 0, socket.htons(res_id)) + body
+        return rtnl.HEADER.pack(rtnl.HEADER.size + len(payload), kind, flags, seq, 0) + payload
+
+    nested, create, netdev, subsys = 0x8000, 0x400, 5, 10  # NLA_F_NESTED, NLM_F_CREATE, NFPROTO_NETDEV
+    ack = rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK
+    devs = nla(4 | nested, nla(2, prefix.encode() + b"\0"))  # NFTA_HOOK_DEVS { NFTA_DEVICE_PREFIX }
+    hooknum = {"ingress": 0, "egress": 1}[hook]
+    hook_attr = nla(1, struct.pack(">I", hooknum)) + nla(2, struct.pack(">i", 0)) + devs
+    body = (
+        nla(1, table.encode() + b"\0")  # NFTA_CHAIN_TABLE
+        + nla(3, chain.encode() + b"\0")  # NFTA_CHAIN_NAME
+        + nla(4 | nested, hook_attr)  # NFTA_CHAIN_HOOK
+        + nla(5, struct.pack(">I", {"drop": 0, "accept": 1}[policy]))  # NFTA_CHAIN_POLICY
+        + nla(7, b"filter\0")  # NFTA_CHAIN_TYPE
+    )
+    batch = (
+        msg(0x10, rtnl.NLM_F_REQUEST, 1, 0, b"", subsys)  # NFNL_MSG_BATCH_BEGIN
+        + msg(subsys << 8 | 0, ack | create, 2, netdev, nla(1, table.encode() + b"\0"))  # NEWTABLE
+        + msg(subsys << 8 | 3, ack | create, 3, netdev, body)  # NEWCHAIN
+        + msg(0x11, rtnl.NLM_F_REQUEST, 4, 0, b"", subsys)  # NFNL_MSG_BATCH_END
+    )
+    with entered(ns):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, rtnl.NETLINK_NETFILTER)
+    with sock:
+        sock.bind((0, 0))
+        sock.send(batch)
+        sock.settimeout(2)
+        acked = set()
+        while acked != {2, 3}:
+            buf = sock.recv(65536)
+            pos = 0
+            while pos + rtnl.HEADER.size <= len(buf):
+                length, kind, _flags, seq, _pid = rtnl.HEADER.unpack_from(buf, pos)
+                if kind == rtnl.NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", buf, pos + rtnl.HEADER.size)
+                    if code:
+                        raise OSError(-code, f"the kernel refused a netdev chain on {prefix}*")
+                    acked.add(seq)
+                pos += (length + 3) & ~3
 
 
 def load(name):

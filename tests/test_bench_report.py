@@ -127,3 +127,89 @@ def test_scale_targets_compare_the_spread_destinations_with_one():
     assert not rows["scale: MAC learned under load -> fast path < 50 ms at p99"]["met"]  # one never came
     results["targets"] = targets(results)
     assert "1024 behind one port" in table(results)
+
+
+def _hotplug_row(ports, bridges=1, namespaces=1, median=20.0, worst=40.0, missed=0, left_behind=0):
+    return {
+        "ports": ports,
+        "bridges": bridges,
+        "namespaces": namespaces,
+        "joins": 10,
+        "median_ms": median,
+        "max_ms": worst,
+        "plain_median_ms": 2.5,
+        "plain_max_ms": 3.4,
+        "missed": missed,
+        "left_behind": left_behind,
+        "timeout_ms": 5000.0,
+        "setup_s": 17.0,
+        "attach_s": 1.1,
+    }
+
+
+def _hotplug(curve):
+    summary = {"median": 21.0, "min": 15.0, "max": 90.0, "n": 40}
+    missed, left = sum(r["missed"] for r in curve), sum(r["left_behind"] for r in curve)
+    return {"hotplug": summary | {"missed": missed, "left_behind": left}, "hotplug_curve": curve}
+
+
+def test_hotplug_targets_are_the_256_port_bridge_and_the_64_bridges():
+    curve = [
+        _hotplug_row(4, median=300.0, worst=900.0),  # no target for the small cases
+        _hotplug_row(64),
+        _hotplug_row(256, median=45.0, worst=250.0),
+        _hotplug_row(4, bridges=64, namespaces=16, median=30.0, worst=120.0),
+    ]
+    rows = {t["target"]: t for t in targets(_results() | _hotplug(curve))}
+    hot = {t: r for t, r in rows.items() if t.startswith("hot-plug")}
+    assert len(hot) == 5 and not any("< 100 ms" in t for t in rows)  # the old target is gone
+    big = "hot-plug, a bridge of 256 ports"
+    many = "hot-plug, 64 bridges of 4 ports in 16 namespaces"
+    assert hot[f"{big}: median <= 50 ms (10 joins, none missed)"] == {
+        "target": f"{big}: median <= 50 ms (10 joins, none missed)",
+        "value": 45.0,
+        "met": True,
+    }
+    assert not hot[f"{big}: max <= 200 ms (10 joins, none missed)"]["met"]  # 250
+    assert hot[f"{many}: median <= 50 ms (10 joins, none missed)"]["met"]
+    assert hot[f"{many}: max <= 200 ms (10 joins, none missed)"]["met"]
+    assert hot["hot-plug: slots left behind by deleted ports = 0"]["met"]
+
+
+def test_a_missed_join_or_a_slot_left_behind_misses_the_hotplug_targets():
+    curve = [_hotplug_row(256, missed=1), _hotplug_row(4, 64, 16, median=None, worst=None, missed=10)]
+    curve[0]["left_behind"] = 2
+    rows = {t["target"]: t for t in targets(_results() | _hotplug(curve))}
+    hot = [r for t, r in rows.items() if t.startswith("hot-plug")]
+    assert len(hot) == 5 and not any(r["met"] for r in hot)
+    assert (
+        rows["hot-plug, 64 bridges of 4 ports in 16 namespaces: max <= 200 ms (10 joins, none missed)"][
+            "value"
+        ]
+        == -1
+    )  # never accelerated: no time
+    assert rows["hot-plug: slots left behind by deleted ports = 0"]["value"] == 2
+
+
+def test_the_table_shows_the_hotplug_curve_beside_the_plain_bridge():
+    curve = [_hotplug_row(4), _hotplug_row(256, median=45.3, worst=180.5), _hotplug_row(4, 64, 16)]
+    curve[0] |= {"median_ms": None, "max_ms": None, "missed": 10}
+    results = _results() | _hotplug(curve)
+    results["targets"] = targets(results)
+    lines = table(results).splitlines()
+    header = next(i for i, line in enumerate(lines) if "xdpbr median / max" in line)
+    assert "plain median / max" in lines[header] and "set-up (attach)" in lines[header]
+    assert lines[header + 1].split() == "a bridge of 4 ports never / never 2.5 / 3.4 10 0 17 s (1 s)".split()
+    assert lines[header + 2].split()[-12:] == "45.3 / 180.5 2.5 / 3.4 0 0 17 s (1 s)".split()
+    assert lines[header + 3].startswith("  64 bridges of 4 ports in 16 namespaces ")
+    assert "every join of the curve: accelerated after 21.0 ms (median of 40), 10 missed" in lines[header + 4]
+
+
+def test_a_run_from_before_the_curve_still_prints():
+    """docs/benchmarks.json of earlier runs has `hotplug` alone."""
+    results = _results() | {
+        "hotplug": {"median": 19.1, "min": 11.0, "max": 20.0, "n": 20, "missed": 0, "left_behind": 0}
+    }
+    results["targets"] = targets(results)
+    assert "hot-plug: accelerated after 19.1 ms (median of 20), 0 missed, 0 left behind" in table(results)
+    assert not any(t["target"].startswith("hot") for t in results["targets"])

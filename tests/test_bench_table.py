@@ -104,3 +104,67 @@ def test_without_the_benchmark_bench_says_how_to_get_it(monkeypatch, capsys):
     assert capsys.readouterr().err == (
         "xdpbr: the benchmark is not installed with xdpbr; run it from a checkout: make bench\n"
     )
+
+
+def test_the_hotplug_row_keeps_its_keys_and_adds_the_curve(monkeypatch):
+    """run_hotplug with a made-up HotPlug: one case at a time, closed before the next; `hotplug`
+    keeps the keys it always had (every join, ms), `hotplug_curve` has a row a case."""
+    from bench import operations
+
+    made = []
+
+    class FakeHotPlug:
+        def __init__(self, ports, bridges, namespaces, phase):
+            self.case, self.closed = (ports, bridges, namespaces), False
+            self.setup_s, self.attach_s = 10.0 + bridges, 0.5 * bridges
+            assert all(p.closed for p in made)
+            made.append(self)
+
+        def measure(self, j):
+            if self.case == (64, 1, 1) and j == 0:
+                return 0.004, None, True  # never accelerated, its slot left behind
+            return 0.002 + j / 1000, 0.010 + self.case[0] / 1000 + j / 1000, False
+
+        def close(self):
+            self.closed = True
+
+    cases = ((4, 1, 1), (64, 1, 1), (4, 64, 16))
+    monkeypatch.setattr(operations, "HotPlug", FakeHotPlug)
+    monkeypatch.setattr(operations, "HOTPLUG_CASES", cases)
+    monkeypatch.setattr(operations, "HOTPLUG_JOINS", 3)
+    monkeypatch.setattr(run, "_settle", lambda: None)
+    out = run.run_hotplug()
+
+    assert [p.case for p in made] == list(cases) and all(p.closed for p in made)
+    assert set(out["hotplug"]) == {"median", "min", "max", "n", "missed", "left_behind"}
+    assert out["hotplug"] | {"median": None} == {
+        "median": None,
+        "min": pytest.approx(14),
+        "max": pytest.approx(76),
+        "n": 8,
+        "missed": 1,
+        "left_behind": 1,
+    }
+    small, big, many = out["hotplug_curve"]
+    assert small == {
+        "ports": 4,
+        "bridges": 1,
+        "namespaces": 1,
+        "joins": 3,
+        "median_ms": pytest.approx(15),
+        "max_ms": pytest.approx(16),
+        "plain_median_ms": pytest.approx(3),
+        "plain_max_ms": pytest.approx(4),
+        "missed": 0,
+        "left_behind": 0,
+        "timeout_ms": 5000.0,
+        "setup_s": 11.0,
+        "attach_s": 0.5,
+    }
+    assert (big["median_ms"], big["max_ms"], big["missed"], big["left_behind"]) == (
+        pytest.approx(75.5),
+        pytest.approx(76),
+        1,
+        1,
+    )
+    assert (many["bridges"], many["namespaces"], many["setup_s"]) == (64, 16, 74.0)

@@ -338,3 +338,126 @@ def test_under_systemd_daemon_reload_signals_an_older_daemon_that_keeps_no_recor
     finally:
         if older.poll() is None:
             older.kill()
+
+
+PATTERNS = """\
+[[bridge]]
+name = "vmbr0"
+netns = "tenant1"
+mode = "xdp"
+
+[[bridge]]
+name = "vmbr*"
+netns = "tenant*"
+mode = "tc"
+
+[[bridge]]
+name = "vmbr*"
+netns = "*"
+
+[[bridge]]
+name = "br[0-9]"
+"""
+
+
+def test_patterns_name_bridges_and_namespaces_and_the_first_entry_wins(tmp_path):
+    cfg = load(write(tmp_path, PATTERNS))
+    assert [bc.entry for bc in cfg.bridges] == [
+        "bridge[0] vmbr0@tenant1",
+        "bridge[1] vmbr*@tenant*",
+        "bridge[2] vmbr*@*",
+        "bridge[3] br[0-9]",
+    ]
+    assert [bc.patterned for bc in cfg.bridges] == [False, True, True, True]
+    # the first matching entry in file order gives the options, bound to the bridge
+    first = cfg.match("vmbr0", "tenant1")
+    assert (first.name, first.netns, first.mode, first.entry) == (
+        "vmbr0",
+        "tenant1",
+        "xdp",
+        "bridge[0] vmbr0@tenant1",
+    )
+    second = cfg.match("vmbr7", "tenant1")
+    assert (second.label, second.mode, second.entry, second.patterned) == (
+        "vmbr7@tenant1",
+        "tc",
+        "bridge[1] vmbr*@tenant*",
+        True,
+    )
+    assert cfg.match("vmbr7", "other").entry == "bridge[2] vmbr*@*"
+    # netns absent: the daemon's own namespace only; a netns pattern ("*" too): named ones only
+    assert cfg.match("br1", None).entry == "bridge[3] br[0-9]"
+    assert cfg.match("br1", "tenant1") is None and cfg.match("vmbr0", None) is None
+    assert cfg.match("br10", None) is None and cfg.match("xvmbr0", "tenant1") is None
+    assert cfg.namespaces(["tenant1", "other", "x"]) == {None, "tenant1", "other", "x"}
+    only_named = load(write(tmp_path, '[[bridge]]\nname = "*"\nnetns = "t*"\n'))
+    assert only_named.namespaces(["t1", "u1"]) == {"t1"}
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        (
+            "[[bridge]]\nname = 'vmbr*'\n\n[[bridge]]\nname = 'vmbr0'\n",
+            ":5: bridge[1].name: vmbr0 is matched by bridge[0] vmbr* (line 2) first, so this entry would "
+            "never apply; put it before the pattern",
+        ),
+        (
+            "[[bridge]]\nname = '*'\nnetns = 't*'\n[[bridge]]\nname = 'br0'\nnetns = 't1'\n",
+            ":5: bridge[1].name: br0@t1 is matched by bridge[0] *@t* (line 2) first",
+        ),
+        (
+            "[[bridge]]\nname = 'vmbr*'\n[[bridge]]\nname = 'vmbr*'\n",
+            ":4: bridge[1].name: vmbr* is configured twice",
+        ),
+        (
+            "[[bridge]]\nname = ' vmbr*'\n",
+            ":2: bridge[0].name: ' vmbr*' is not an interface name or a pattern",
+        ),
+        (
+            "[[bridge]]\nname = 'br*'\nnetns = 'a/*'\n",
+            ":3: bridge[0].netns: 'a/*' is not a namespace name or pattern",
+        ),
+    ],
+)
+def test_a_pattern_error_names_file_line_and_key(tmp_path, text, where):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert str(err.value).startswith(path + where), str(err.value)
+
+
+def test_a_literal_entry_before_a_pattern_and_long_patterns_load(tmp_path):
+    cfg = load(write(tmp_path, "[[bridge]]\nname = 'vmbr0'\n[[bridge]]\nname = 'vmbr[0-9][0-9][0-9]*'\n"))
+    assert cfg.match("vmbr0", None).index == 0 and cfg.match("vmbr100", None).index == 1
+
+
+def test_a_detach_marker_holds_only_the_bridge_it_was_written_for(tmp_path, monkeypatch):
+    """The marker remembers the bridge's ifindex and its namespace's inode; another bridge under
+    the name, or a namespace made again, or one gone, removes it (they piled up before)."""
+    from xdpbr.loader import instance
+
+    monkeypatch.setattr(instance, "state_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(config, "bridge_identity", lambda label: (7, 4026530000))
+    config.hold("vmbr0@t1", True)
+    assert config.held_by_operator("vmbr0@t1") and config.held_labels() == ["vmbr0@t1"]
+    assert config.held_marker("vmbr0@t1") == {"ifindex": 7, "netns_inode": 4026530000}
+    assert config.check_hold("vmbr0@t1", 7, 4026530000) == (True, None)
+    assert config.check_hold("vmbr0@t1", 9, 4026530000) == (
+        False,
+        "the bridge was made again (ifindex 7, now 9)",
+    )
+    assert not config.held_by_operator("vmbr0@t1")
+    for now, why in (
+        ((None, 4026530000), "the bridge is gone"),
+        ((7, None), "its network namespace is gone"),
+        ((7, 4026539999), "its network namespace was made again"),
+    ):
+        config.hold("vmbr0@t1", True)
+        assert config.check_hold("vmbr0@t1", *now) == (False, why)
+        assert config.held_marker("vmbr0@t1") is None
+    # an older xdpbr's marker (a line of text) holds the bridge there now, and remembers it
+    (tmp_path / "detached" / "br0").write_text("detached with `xdpbr detach`\n")
+    assert config.check_hold("br0", 3, 1) == (True, None)
+    assert config.held_marker("br0") == {"ifindex": 3, "netns_inode": 1}
+    assert config.check_hold("br0", 4, 2) == (False, "the bridge was made again (ifindex 3, now 4)")

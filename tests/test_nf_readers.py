@@ -9,15 +9,19 @@ import errno
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 from xdpbr.control.netfilter import policy as nfpolicy
+from xdpbr.control.netfilter import rules as nfrules
 from xdpbr.control.netfilter import snapshot as nfsnapshot
 from xdpbr.control.netfilter import store as nfstore
 from xdpbr.control.netfilter.poll import RulesPoll
-from xdpbr.loader import instance, nftables, xtables
+from xdpbr.loader import events, instance, nftables, xtables
 from xdpbr.loader.links import Rtnl
 from xdpbr.loader.netns import KeptFiles, entered
+
+from tests import nf_fixtures
 
 pytestmark = pytest.mark.root
 
@@ -192,7 +196,8 @@ def test_snapshot_and_decision_follow_the_bridge_option(ns):
         options = rtnl.bridge_nf_options("br0")
     assert options == {"nf_call_iptables": True, "nf_call_ip6tables": False, "nf_call_arptables": False}
     snap = nfsnapshot.read(ns)
-    assert snap.sysctls == {"iptables": False, "ip6tables": False, "arptables": False}
+    assert snap.sysctls == {"iptables": False, "ip6tables": False, "arptables": False,
+                            "filter-vlan-tagged": False, "pass-vlan-input-dev": False}  # fmt: skip
     assert {("legacy", "ip", "filter"), ("legacy", "ip6", "filter"), ("nft",)} <= set(snap.digests)
     d = nfsnapshot.decide(snap, "br0", ["vnet3", "vnet4"], options)
     assert d.held() == ["vnet3"] and d.bridge_hold is None
@@ -286,3 +291,173 @@ def test_the_decision_store_writes_only_a_changed_decision(monkeypatch, tmp_path
     assert path.stat().st_ino != first and nfstore.load("br0", None) is None
     nfstore.forget("br0", None)
     assert not path.exists()
+
+
+def test_chain_devices_come_from_the_kernel_wildcards_included(ns):
+    run(ns, "ip", "link", "add", "vnet3", "type", "veth", "peer", "name", "vnet3p")
+    run(ns, "nft", "add", "table", "netdev", "n")
+    run(
+        ns,
+        "nft",
+        "add",
+        "chain",
+        "netdev",
+        "n",
+        "exact",
+        "{ type filter hook ingress device vnet3 priority 0; }",
+    )
+    try:
+        nf_fixtures.add_wildcard_chain(ns, "w", "wild", "vnet")
+    except OSError as exc:
+        pytest.skip(
+            f"this kernel refuses a netdev chain on a device prefix (NFTA_DEVICE_PREFIX, Linux 6.16): {exc}"
+        )
+    with entered(ns):
+        assert nftables.chain_devices() == {
+            ("netdev", "n", "exact"): ("ingress", ("vnet3",)),
+            ("netdev", "w", "wild"): ("ingress", ("vnet*",)),
+        }
+        rs = nftables.read_ruleset()
+    assert rs.devices[("netdev", "n", "exact")] == ("vnet3",)
+    listed = {(c["family"], c["table"], c["name"]) for i in rs.items if (c := i.get("chain"))}
+    if ("netdev", "w", "wild") not in listed:  # nft 1.0.6 drops the chain without a word
+        assert rs.unlisted == {("netdev", "w", "wild"): ("ingress", ("vnet*",))}
+    d = nfpolicy.decide("br0", ["vnet3", "vnet9", "tap1"], nfpolicy.Calls(), nfrules.from_nft(rs))
+    assert d.held() == ["vnet3", "vnet9"] and d.bridge_hold is None
+
+
+def test_an_nft_that_hangs_on_a_wildcard_chain_holds_every_bridge_and_is_not_run_again(ns, monkeypatch):
+    try:
+        nf_fixtures.add_wildcard_chain(ns, "w", "wild", "vnet")
+    except OSError as exc:
+        pytest.skip(
+            f"this kernel refuses a netdev chain on a device prefix (NFTA_DEVICE_PREFIX, Linux 6.16): {exc}"
+        )
+    run(ns, "timeout", "5", "nft", "add", "rule", "netdev", "w", "wild", "udp", "dport", "7100", "drop")
+    with entered(ns):
+        listed = subprocess.run(["timeout", "3", "nft", "-j", "list", "ruleset"], capture_output=True)
+    if listed.returncode == 0:
+        pytest.skip("this nft lists a chain bound to a wildcard device")
+    monkeypatch.setattr(nftables, "NFT_TIMEOUT_S", 2)
+    monkeypatch.setattr(nftables, "_hangs_on_wildcards", set())
+    for took in (2.0, 0.5):  # the first read waits for the timeout, the second does not run nft
+        started = time.monotonic()
+        snap = nfsnapshot.read(ns)
+        assert time.monotonic() - started < took + 1.0
+        (reason,) = [why for family, source, why in snap.unreadable if source == "nft"]
+        assert "wildcard device" in reason
+    d = nfsnapshot.decide(snap, "br0", ["tap1"], {})
+    assert d.bridge_hold is not None and "wildcard device" in d.bridge_hold.reason
+
+
+def test_named_sets_and_maps_are_read_with_their_elements(ns):
+    run(ns, "ip", "link", "add", "vnet3", "type", "veth", "peer", "name", "vnet3p")
+    run(ns, "nft", "-f", "-", stdin="""
+table bridge f {
+  set ports { type ifname; flags interval; elements = { "vnet3", "eth*" }; }
+  map vmap-iif { type iface_index : verdict; elements = { "vnet3" : jump vm3 }; }
+  chain vm3 { ether saddr != 52:54:00:00:00:03 drop; }
+  chain fw {
+    type filter hook forward priority 0; policy accept;
+    iif vmap @vmap-iif
+    oifname @ports counter
+  }
+}
+""")  # fmt: skip
+    with entered(ns):
+        tables = nfrules.from_nft(nftables.read_ruleset())
+    d = nfpolicy.decide("br0", ["vnet3", "vnet4", "eth1"], nfpolicy.Calls(), tables)
+    assert d.held() == ["vnet3"] and d.ports["vnet3"].chain == "vm3"
+    d = nfpolicy.decide("br0", ["vnet3", "vnet4", "eth1"], nfpolicy.Calls(), tables, counters="hold")
+    assert d.held() == ["eth1", "vnet3"]
+
+
+def test_a_set_element_added_or_removed_marks_the_rules_changed(ns):
+    """The daemon's nftables reader (NFNLGRP_NFTABLES) hears NFT_MSG_NEWSETELEM and
+    NFT_MSG_DELSETELEM like rule changes: the poll reads the rules again and sees the element."""
+    run(ns, "ip", "link", "add", "vnet3", "type", "veth", "peer", "name", "vnet3p")
+    run(ns, "nft", "-f", "-", stdin="""
+table bridge f {
+  set blocked { type ifname; }
+  chain fw { type filter hook forward priority 0; policy accept; iifname @blocked drop; }
+}
+""")  # fmt: skip
+    poll = RulesPoll(ns)
+    reader = events.start("nft", ns, lambda msgs, received_ns: poll.mark_changed())
+    try:
+        assert not reader.failed
+
+        def held():
+            snap = poll.read_if_changed()
+            return None if snap is None else nfsnapshot.decide(snap, "br0", ["vnet3", "vnet4"], {}).held()
+
+        assert held() == []
+        assert held() is None  # nothing changed, nothing read
+        run(ns, "nft", "add", "element", "bridge", "f", "blocked", "{ vnet3 }")
+        deadline = time.monotonic() + 5
+        while not poll.changed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert held() == ["vnet3"]
+        run(ns, "nft", "delete", "element", "bridge", "f", "blocked", "{ vnet3 }")
+        deadline = time.monotonic() + 5
+        while not poll.changed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert held() == []
+    finally:
+        reader.stop()
+        reader.join(5)
+        poll.close()
+
+
+def test_a_notification_during_a_read_leaves_the_rules_due(ns, monkeypatch):
+    poll = RulesPoll(ns)
+    real = nfsnapshot.read
+
+    def racing(netns=None):
+        snap = real(netns)
+        poll.mark_changed()  # nftables changed while the read ran: it may have missed it
+        return snap
+
+    try:
+        monkeypatch.setattr(nfsnapshot, "read", racing)
+        assert poll.read_if_changed() is not None and poll.changed
+        monkeypatch.setattr(nfsnapshot, "read", real)
+        assert poll.read_if_changed() is not None and not poll.changed
+        assert poll.read_if_changed() is None
+    finally:
+        poll.close()
+
+
+def test_vlan_sysctls_are_read_and_polled(ns):
+    if not os.path.exists("/proc/sys/net/bridge/bridge-nf-pass-vlan-input-dev"):
+        pytest.skip("br_netfilter is not loaded: no bridge-nf-* sysctls")
+    before = nfsnapshot.fingerprint(ns)
+    for name in nfsnapshot.VLAN_SYSCTLS:
+        run(ns, "sysctl", "-qw", f"net.bridge.bridge-nf-{name}=1")
+    snap = nfsnapshot.read(ns)
+    assert snap.sysctls["filter-vlan-tagged"] and snap.sysctls["pass-vlan-input-dev"]
+    assert nfsnapshot.fingerprint(ns) != before
+    assert nfpolicy.Calls.combine(snap.sysctls, {}).vlan_indev
+
+
+def test_legacy_notrack_targets_are_decoded(ns):
+    run(ns, "iptables-legacy", "-t", "raw", "-A", "PREROUTING", "-j", "CT", "--notrack")
+    run(ns, "iptables-legacy", "-t", "raw", "-A", "PREROUTING", "-j", "NOTRACK")
+    run(ns, "iptables-legacy", "-t", "raw", "-A", "PREROUTING", "-j", "CT", "--zone", "5")
+    with entered(ns):
+        (raw,) = xtables.read_family("ip")
+    assert [(r.target, r.notrack) for r in raw.chain("PREROUTING").rules] == [
+        ("CT", True), ("CT", True), ("CT", False)]  # fmt: skip
+
+
+def test_chain_devices_that_cannot_be_read_hold_every_bridge(ns, monkeypatch):
+    # without the kernel's device lists a chain on a wildcard device (which nft 1.0.6 does not
+    # list) would go unseen
+    def refused():
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(nftables, "chain_devices", refused)
+    snap = nfsnapshot.read(ns)
+    (reason,) = [why for family, source, why in snap.unreadable if source == "nft"]
+    assert reason.startswith("cannot read the chains' devices over netlink")
+    assert nfsnapshot.decide(snap, "br0", ["vnet3"], {}).bridge_hold.reason == reason

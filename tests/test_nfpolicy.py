@@ -269,8 +269,37 @@ def test_nft_bridge_iifname_holds_that_port_and_shows_its_handle():
 
 
 def test_nft_bridge_oifname_is_absent_at_prerouting():
-    ts = nft("bridge", {"pre": ("prerouting", "accept", [[meta("oifname", "vnet3", "!="), {"drop": None}]])})
+    ts = nft("bridge", {"pre": ("prerouting", "accept", [[meta("oifname", "vnet3"), {"drop": None}]])})
     assert held(decide(*ts)) == []
+
+
+def test_a_negated_name_matches_an_absent_device():
+    """Since Linux 5.3 a missing device compares as the empty name (ifindex 0): the issue's
+    bridge prerouting `oifname != "other" udp dport 9992 drop` dropped every datagram."""
+    udp = {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 9992}}
+    ts = nft(
+        "bridge", {"pre": ("prerouting", "accept", [[meta("oifname", "other", "!="), udp, {"drop": None}]])}
+    )
+    d = decide(*ts)
+    assert held(d) == PORTS_SORTED and d.bridge_hold.position == 101
+    ts = nft(
+        "bridge",
+        {"post": ("postrouting", "accept", [[meta("iifname", {"set": ["a", "b"]}, "!="), {"drop": None}]])},
+    )
+    assert decide(*ts).bridge_hold is not None
+    for family in ("ip", "inet"):  # ip-family PREROUTING/POSTROUTING alike
+        ts = nft(family, {"pre": ("prerouting", "accept", [[meta("oifname", "x", "!="), {"drop": None}]])})
+        assert decide(*ts).bridge_hold is not None
+        ts = nft(family, {"post": ("postrouting", "accept", [[meta("iif", "x", "!="), {"drop": None}]])})
+        assert decide(*ts).bridge_hold is not None
+    assert nfrules.NftNames(("x",), invert=True).matches("") and not nfrules.NftNames(("x",)).matches("")
+    assert not nfrules.NftNames(("vnet*",)).matches("") and nfrules.NftNames(("vnet*",), True).matches("")
+
+
+def test_nft_names_are_prefixes_only_with_a_trailing_star():
+    names = nfrules.NftNames(("vnet*", "a[b", "lit\\*"))
+    assert [names.matches(n) for n in ("vnet", "vnet12", "vne", "a[b", "ab", "lit*", "litx")] == [
+        True, True, False, True, False, True, False]  # fmt: skip
 
 
 def test_nft_bridge_ibrname_of_another_bridge_holds_nothing():
@@ -332,3 +361,387 @@ def test_decision_as_json():
                  "rule": "-A FORWARD -j DROP", "reason": "DROP"},
     }  # fmt: skip
     assert out["ports"][0] == {"port": "eth1", "held": False, "hold": None}
+
+
+# ---- the walk as the kernel runs it: gotos, returns, accepts carried back ---------------------
+
+
+def test_goto_from_a_base_chain_falls_through_to_its_policy_nft():
+    """The issue's measurement: bridge `forward` with policy drop, `iifname PORT goto vm0`,
+    `accept`; vm0 accepts ARP and ICMP only. UDP from PORT reaches the end of vm0 and takes
+    the base chain's policy: the plain bridge delivered none of it."""
+    arp = {"match": {"op": "==", "left": {"meta": {"key": "protocol"}}, "right": "arp"}}
+    icmp = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "icmp"}}
+    goto = [meta("iifname", "vnet3"), {"goto": {"target": "vm0"}}]
+    ts = nft(
+        "bridge",
+        {
+            "forward": ("forward", "drop", [goto, [{"accept": None}]]),
+            "vm0": (None, None, [[arp, {"accept": None}], [icmp, {"accept": None}]]),
+        },
+    )
+    d = decide(*ts)
+    assert held(d) == ["vnet3"] and d.bridge_hold is None
+    assert d.ports["vnet3"].reason == "policy drop" and d.ports["vnet3"].chain == "forward"
+
+
+def test_goto_from_a_base_chain_falls_through_to_its_policy_legacy():
+    rules = [rule(1, [physdev_in("vnet3")], verdict="goto", target="vm0"), rule(2, verdict="accept")]
+    vm0 = user("vm0", [rule(1, [nfrules.Cond("maybe", what="address/protocol match")], verdict="accept")])
+    d = decide(table("ip", [base("FORWARD", "forward", rules, policy="drop"), vm0]))
+    assert held(d) == ["vnet3"] and d.ports["vnet3"].rule == "-P FORWARD DROP"
+
+
+def test_a_goto_in_a_called_chain_returns_after_the_jump_that_called_it():
+    # FORWARD: jump u; drop what vnet4 sends.  u: vnet3 goto g (empty), then accept everything.
+    # vnet3's frames come back from g to FORWARD's second rule; the others were accepted in u.
+    fwd = base("FORWARD", "forward", [rule(1, verdict="jump", target="u"),
+                                      rule(2, [physdev_in("vnet4")], ["DROP"], "drop"),
+                                      rule(3, effects=["DROP"], verdict="drop")])  # fmt: skip
+    u = user("u", [rule(1, [physdev_in("vnet3")], verdict="goto", target="g"), rule(2, verdict="accept")])
+    d = decide(table("ip", [fwd, u, user("g")]))
+    assert held(d) == ["vnet3"] and d.ports["vnet3"].position == 3
+
+
+def test_return_in_a_base_chain_goes_to_its_policy():
+    fwd = base("FORWARD", "forward", [rule(1, [physdev_in("vnet3")], verdict="return"),
+                                      rule(2, verdict="accept")], policy="drop")  # fmt: skip
+    assert held(decide(table("ip", [fwd]))) == ["vnet3"]
+
+
+def test_an_accept_in_a_jumped_to_chain_ends_the_walk_of_what_it_accepted():
+    # FORWARD -j ok (accepts vnet3's frames), then DROP: only the other ports reach the DROP
+    fwd = base(
+        "FORWARD",
+        "forward",
+        [rule(1, verdict="jump", target="ok"), rule(2, effects=["DROP"], verdict="drop")],
+    )
+    ok = user("ok", [rule(1, [physdev_in("vnet3")], verdict="accept")])
+    assert held(decide(table("ip", [fwd, ok]))) == ["eth1", "vnet4"]
+    every = user("ok", [rule(1, verdict="accept")])
+    assert held(decide(table("ip", [fwd, every]))) == []
+
+
+def test_an_accept_behind_a_test_xdpbr_cannot_evaluate_is_not_carried_back():
+    fwd = base(
+        "FORWARD",
+        "forward",
+        [rule(1, verdict="jump", target="ok"), rule(2, effects=["DROP"], verdict="drop")],
+    )
+    ok = user("ok", [rule(1, [nfrules.Cond("maybe", what="match mac")], verdict="accept")])
+    assert held(decide(table("ip", [fwd, ok]))) == PORTS_SORTED
+
+
+def test_a_jump_whose_own_test_cannot_be_evaluated_keeps_every_frame_after_it():
+    fwd = base("FORWARD", "forward", [rule(1, [nfrules.Cond("maybe")], verdict="jump", target="ok"),
+                                      rule(2, effects=["DROP"], verdict="drop")])  # fmt: skip
+    assert held(decide(table("ip", [fwd, user("ok", [rule(1, verdict="accept")])]))) == PORTS_SORTED
+
+
+def test_libvirt_nat_network_filter_rules_hold_nothing_and_its_nat_and_mangle_rules_hold_virbr0():
+    """libvirt's default NAT network: LIBVIRT_FWX (`-i virbr0 -o virbr0 -j ACCEPT`) accepts
+    every bridged frame, so the REJECTs and the conntrack ACCEPT after it are never reached.
+    What still holds virbr0: mangle's CHECKSUM --checksum-fill on UDP to port 68 (it rewrites
+    frames whose protocol and port xdpbr does not evaluate), and nat's MASQUERADE rules (a
+    bridged frame from 192.168.122.0/24 to an address outside it is masqueraded)."""
+    tables = tables_of("libvirt_nat")
+    filter_only = [t for t in tables if t.name == "filter"]
+    assert held(nfpolicy.decide("virbr0", ["vnet0", "vnet1"], IP, filter_only)) == []
+    d = nfpolicy.decide("virbr0", ["vnet0", "vnet1"], IP, tables)
+    assert held(d) == ["vnet0", "vnet1"]
+    h = d.bridge_hold
+    assert (h.table, h.chain, h.position, h.reason) == ("mangle", "LIBVIRT_PRT", 1, "target CHECKSUM")
+    without_mangle = [t for t in tables if t.name != "mangle"]
+    h = nfpolicy.decide("virbr0", ["vnet0"], IP, without_mangle).bridge_hold
+    assert (h.table, h.chain, h.position, h.reason) == ("nat", "LIBVIRT_PRT", 3, "target MASQUERADE")
+
+
+def test_a_notrack_only_raw_table_holds_nothing():
+    d = nfpolicy.decide("br0", PORTS, IP, tables_of("notrack"))
+    assert held(d) == []
+    rules = [r.text for t in tables_of("notrack") for c in t.chains.values() for r in c.rules]
+    assert rules == ["-A PREROUTING -i br0 -j CT --notrack"] * 2  # iptables 1.8 writes NOTRACK as CT
+    ts = nft("ip", {"raw": ("prerouting", "accept", [[{"notrack": None}]])})
+    assert held(decide(*ts)) == []
+    zone = nft("ip", {"raw": ("prerouting", "accept", [[{"xt": {"type": "target", "name": "CT"}}]])})
+    assert decide(*zone).bridge_hold is not None  # iptables-nft's CT: its options are not readable
+
+
+# ---- counters --------------------------------------------------------------------------------
+
+
+def test_a_rule_that_only_counts_holds_nothing_unless_counters_are_held():
+    counting = [[meta("iifname", "vnet3"), {"counter": {"packets": 0, "bytes": 0}}]]
+    ts = nft("bridge", {"fw": ("forward", "accept", counting)})
+    assert held(decide(*ts)) == []
+    d = nfpolicy.decide("br0", PORTS, IP, ts, (), "hold")
+    assert held(d) == ["vnet3"] and d.ports["vnet3"].reason == "counter (netfilter_counters = hold)"
+    named = nft("bridge", {"fw": ("forward", "accept", [[meta("oifname", "vnet4"), {"counter": "billing"}]])})
+    assert held(nfpolicy.decide("br0", PORTS, IP, named, (), "hold")) == ["vnet4"]
+    plain = nft("bridge", {"fw": ("forward", "accept", [[meta("oifname", "vnet4"), {"accept": None}]])})
+    assert held(nfpolicy.decide("br0", PORTS, IP, plain, (), "hold")) == []  # no counter: nothing
+
+
+def test_every_legacy_rule_counts_when_counters_are_held():
+    text = "-A FORWARD -m physdev --physdev-in vnet4"
+    fwd = base(
+        "FORWARD", "forward", [nfrules.Rule(1, text, (physdev_in("vnet4"),), (), "continue", None, True)]
+    )
+    t = table("ip", [fwd])
+    assert held(decide(t)) == []
+    assert held(nfpolicy.decide("br0", PORTS, IP, [t], (), "hold")) == ["vnet4"]
+    assert all(r.counts for t in tables_of("docker") for c in t.chains.values() for r in c.rules)
+
+
+# ---- VLAN input devices ----------------------------------------------------------------------
+
+
+def test_vlan_input_device_sysctls_make_in_device_tests_unknown():
+    """With bridge-nf-filter-vlan-tagged and bridge-nf-pass-vlan-input-dev, iptables sees a
+    tagged frame arrive on the bridge's VLAN device (`br0.10`), not on br0."""
+    vlan = Calls(ip=True, vlan_indev=True)
+    in_br0 = [nfrules.Cond("dev", "in", exact("br0"))]
+    accept_br0 = base("FORWARD", "forward", [rule(1, in_br0, verdict="accept")], policy="drop")
+    assert held(decide(table("ip", [accept_br0]))) == []
+    d = decide(table("ip", [accept_br0]), calls=vlan)
+    assert held(d) == PORTS_SORTED and d.bridge_hold.reason == "policy drop"
+    drop_vlan = base(
+        "FORWARD", "forward", [rule(1, [nfrules.Cond("dev", "in", exact("br0.10"))], ["DROP"], "drop")]
+    )
+    assert held(decide(table("ip", [drop_vlan]))) == []
+    d = decide(table("ip", [drop_vlan]), calls=vlan)
+    assert held(d) == PORTS_SORTED and nfpolicy.VLAN_INDEV in d.bridge_hold.reason
+    # the out device stays the bridge, and postrouting has no in device at all
+    post = base(
+        "POSTROUTING",
+        "postrouting",
+        [rule(1, [nfrules.Cond("dev", "in", exact("br0.10"))], ["DROP"], "drop")],
+    )
+    assert held(decide(table("ip", [post], name="nat"), calls=vlan)) == []
+    # physdev names ports, not the logical device
+    physdev = base("FORWARD", "forward", [rule(1, [physdev_in("vnet3")], ["DROP"], "drop")])
+    assert held(decide(table("ip", [physdev]), calls=vlan)) == ["vnet3"]
+
+
+def test_vlan_input_device_needs_both_sysctls():
+    on = {"iptables": True, "filter-vlan-tagged": True, "pass-vlan-input-dev": True}
+    assert Calls.combine(on, {}).vlan_indev
+    assert not Calls.combine({**on, "filter-vlan-tagged": False}, {}).vlan_indev
+    assert not Calls.combine({**on, "pass-vlan-input-dev": False}, {}).vlan_indev
+
+
+# ---- named sets and verdict maps -------------------------------------------------------------
+
+
+def nft_sets(family, sets, chains):
+    """A Ruleset with named sets/maps: sets {name: dict of the set's JSON}."""
+    ruleset = nft_ruleset(family, chains)
+    items = [
+        {"map" if "map" in s else "set": {"family": family, "table": "t", "name": n, **s}}
+        for n, s in sets.items()
+    ]
+    return nfrules.from_nft(nftables.Ruleset(tuple(items) + ruleset.items, ruleset.texts, {}, ""))
+
+
+def nft_ruleset(family, chains):
+    items, texts, handle = [], {}, 100
+    for name, (hook, policy, rules) in chains.items():
+        c = {"family": family, "table": "t", "name": name, "handle": handle}
+        if hook:
+            c.update(type="filter", hook=hook, prio=0, policy=policy)
+        items.append({"chain": c})
+        for expr in rules:
+            handle += 1
+            items.append(
+                {"rule": {"family": family, "table": "t", "chain": name, "handle": handle, "expr": expr}}
+            )
+            texts[(family, "t", name, handle)] = f"text {handle}"
+    return nftables.Ruleset(tuple(items), texts, {}, "")
+
+
+def test_a_named_set_of_ports_holds_its_ports():
+    sets = {"ports": {"type": "ifname", "elem": ["vnet3", "eth*"]}}
+    ts = nft_sets(
+        "bridge", sets, {"fw": ("forward", "accept", [[meta("iifname", "@ports"), {"drop": None}]])}
+    )
+    assert held(decide(*ts)) == ["eth1", "vnet3"]
+    ts = nft_sets(
+        "bridge", sets, {"fw": ("forward", "accept", [[meta("iifname", "@ports", "!="), {"drop": None}]])}
+    )
+    assert held(decide(*ts)) == ["vnet4"]
+
+
+def test_libvirts_iif_verdict_map_holds_only_the_mapped_ports():
+    """The shape of libvirt's nftables nwfilter driver: `iif vmap @vmap-iif` jumps to one chain
+    per VM; a port that is not in the map is not held."""
+    sets = {"vmap-iif": {"type": "iface_index", "map": "verdict",
+                         "elem": [["vnet3", {"jump": {"target": "vm-vnet3"}}]]}}  # fmt: skip
+    mac = {
+        "match": {
+            "op": "!=",
+            "left": {"payload": {"protocol": "ether", "field": "saddr"}},
+            "right": "52:54:00:00:00:01",
+        }
+    }
+    chains = {
+        "fw": ("forward", "accept", [[{"vmap": {"key": {"meta": {"key": "iif"}}, "data": "@vmap-iif"}}]]),
+        "vm-vnet3": (None, None, [[mac, {"drop": None}]]),
+    }
+    d = decide(*nft_sets("bridge", sets, chains))
+    assert held(d) == ["vnet3"] and d.ports["vnet3"].chain == "vm-vnet3"
+
+
+def test_an_index_that_names_no_device_cannot_be_evaluated():
+    # nft prints an iif set element whose device is gone as its number
+    sets = {"idx": {"type": "iface_index", "elem": ["vnet3", "17"]}}
+    ts = nft_sets("bridge", sets, {"fw": ("forward", "drop", [[meta("iif", "@idx"), {"accept": None}]])})
+    d = decide(*ts)
+    assert held(d) == PORTS_SORTED and d.bridge_hold.reason == "policy drop"
+
+
+@pytest.mark.parametrize("flags", [{"flags": ["timeout"]}, {"flags": ["dynamic"]}, {"timeout": 60}])
+def test_a_set_that_changes_on_its_own_is_not_evaluated(flags):
+    sets = {"ok": {"type": "ifname", "elem": ["vnet3", "vnet4", "eth1"], **flags}}
+    ts = nft_sets("bridge", sets, {"fw": ("forward", "drop", [[meta("iifname", "@ok"), {"accept": None}]])})
+    assert decide(*ts).bridge_hold is not None  # an element may expire: the policy may apply to any port
+
+
+def test_set_elements_with_a_timeout_are_not_evaluated():
+    sets = {"ok": {"type": "ifname", "elem": [{"elem": {"val": "vnet3", "timeout": 60, "expires": 30}}]}}
+    ts = nft_sets("bridge", sets, {"fw": ("forward", "accept", [[meta("iifname", "@ok"), {"drop": None}]])})
+    assert decide(*ts).bridge_hold is not None
+    commented = {"ok": {"type": "ifname", "elem": [{"elem": {"val": "vnet3", "comment": "vm 3"}}]}}
+    ts = nft_sets(
+        "bridge", commented, {"fw": ("forward", "accept", [[meta("iifname", "@ok"), {"drop": None}]])}
+    )
+    assert held(decide(*ts)) == ["vnet3"]
+
+
+def test_a_missing_named_set_holds_what_reaches_it():
+    ts = nft_sets("bridge", {}, {"fw": ("forward", "accept", [[meta("iifname", "@gone"), {"drop": None}]])})
+    assert decide(*ts).bridge_hold is not None
+
+
+def test_a_set_with_per_element_counters_counts():
+    sets = {
+        "ports": {
+            "type": "ifname",
+            "elem": [{"elem": {"val": "vnet3", "counter": {"packets": 1, "bytes": 9}}}],
+        }
+    }
+    ts = nft_sets("bridge", sets, {"fw": ("forward", "accept", [[meta("iifname", "@ports")]])})
+    assert held(decide(*ts)) == []
+    assert held(nfpolicy.decide("br0", PORTS, IP, ts, (), "hold")) == ["vnet3"]
+
+
+# ---- netdev chains: wildcard devices, unknown devices ----------------------------------------
+
+
+def test_a_netdev_chain_bound_to_a_prefix_holds_every_matching_port():
+    ts = nft("netdev", {"ing": ("ingress", "accept", [[{"drop": None}]], ["vnet*"])})
+    assert held(decide(*ts)) == ["vnet3", "vnet4"]
+    # a port that joins later is decided with the others at the next reconcile
+    later = nfpolicy.decide("br0", [*PORTS, "vnet9"], IP, ts)
+    assert held(later) == ["vnet3", "vnet4", "vnet9"]
+    egress = nft("netdev", {"eg": ("egress", "drop", [], ["eth*"])})
+    assert held(decide(*egress)) == ["eth1"]
+
+
+def test_a_netdev_chain_without_devices_sees_every_port():
+    ts = nft("netdev", {"ing": ("ingress", "accept", [[{"drop": None}]], [])})
+    assert decide(*ts).bridge_hold is not None
+    quiet = nft("netdev", {"ing": ("ingress", "accept", [], [])})
+    assert held(decide(*quiet)) == []
+
+
+def test_a_chain_nft_did_not_list_holds_the_ports_of_its_devices():
+    ruleset = nft_ruleset("netdev", {})
+    unlisted = {("netdev", "t", "hidden"): ("ingress", ("vnet*",)), ("netdev", "t", "nodev"): ("egress", ())}
+    ts = nfrules.from_nft(nftables.Ruleset(ruleset.items, {}, {}, "", "", {**unlisted}))
+    d = decide(*ts)
+    assert held(d) == PORTS_SORTED and "chain not listed by nft (bound to no device)" in d.bridge_hold.reason
+    only = nfrules.from_nft(
+        nftables.Ruleset((), {}, {}, "", "", {("netdev", "t", "hidden"): ("ingress", ("vnet*",))})
+    )
+    d = decide(*only)
+    assert held(d) == ["vnet3", "vnet4"] and "bound to vnet*" in d.ports["vnet3"].reason
+
+
+def nla(kind, payload):
+    import struct
+
+    size = 4 + len(payload)
+    return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
+
+
+def chain_message(family, table, chain, hook):
+    import struct
+
+    return (
+        struct.pack("=BBH", family, 0, 0)
+        + nla(1, table + b"\0")
+        + nla(3, chain + b"\0")
+        + nla(4 | 0x8000, hook)
+    )
+
+
+def test_hook_devices_as_the_kernel_reports_them():
+    import struct
+
+    hooknum = nla(1, struct.pack(">I", 0))
+    devs = nla(
+        4 | 0x8000, nla(1, b"tap1\0") + nla(2, b"vnet\0") + nla(1, b"eth")
+    )  # name, prefix, 6.16 prefix
+    got = nftables.parse_chain(chain_message(5, b"t", b"ing", hooknum + devs))
+    assert got == ("netdev", "t", "ing", "ingress", ("tap1", "vnet*", "eth*"))
+    old = nftables.parse_chain(
+        chain_message(5, b"t", b"ing", nla(1, struct.pack(">I", 1)) + nla(3, b"vnet3\0"))
+    )
+    assert old == ("netdev", "t", "ing", "egress", ("vnet3",))
+    inet = nftables.parse_chain(
+        chain_message(1, b"t", b"ing", nla(1, struct.pack(">I", 5)) + nla(4 | 0x8000, b""))
+    )
+    assert inet == ("inet", "t", "ing", "ingress", ())
+    plain = nftables.parse_chain(chain_message(7, b"t", b"fw", nla(1, struct.pack(">I", 2))))
+    assert plain[4] is None
+
+
+# ---- legacy ebtables -------------------------------------------------------------------------
+
+
+def test_legacy_ebtables_is_judged_by_its_loaded_tables(tmp_path, monkeypatch):
+    from xdpbr.loader import xtables
+
+    sysmod = tmp_path / "module"
+    sysmod.mkdir()
+    config = tmp_path / "config.gz"
+    import gzip
+
+    with gzip.open(config, "wt") as f:  # Debian's: every table a module
+        f.write(
+            "CONFIG_BRIDGE_NF_EBTABLES_LEGACY=m\nCONFIG_BRIDGE_EBT_T_FILTER=m\nCONFIG_BRIDGE_EBT_T_NAT=m\n"
+        )
+    monkeypatch.setattr(xtables, "SYS_MODULE", str(sysmod))
+    monkeypatch.setattr(xtables, "CONFIG_GZ", str(config))
+    monkeypatch.setattr(xtables, "MODULES_BUILTIN", str(tmp_path / "none" / "{release}"))
+    xtables._builtin_ebtables.cache_clear()
+    try:
+        assert xtables.ebtables_status() == (False, "no legacy ebtables table is loaded")
+        (sysmod / "ebtables").mkdir()  # the core without a table holds nothing
+        assert not xtables.ebtables_status()[0]
+        (sysmod / "ebtable_nat").mkdir()
+        present, why = xtables.ebtables_status()
+        assert present and "ebtable_nat" in why
+        with gzip.open(config, "wt") as f:
+            f.write("CONFIG_BRIDGE_NF_EBTABLES_LEGACY=y\nCONFIG_BRIDGE_EBT_T_FILTER=y\n")
+        xtables._builtin_ebtables.cache_clear()
+        (sysmod / "ebtable_nat").rmdir()
+        present, why = xtables.ebtables_status()
+        assert present and "built into this kernel (ebtable_filter)" in why
+        builtin = tmp_path / "modules.builtin"
+        builtin.write_text("kernel/net/bridge/bridge.ko\n")  # modules.builtin wins over the configuration
+        monkeypatch.setattr(xtables, "MODULES_BUILTIN", str(builtin))
+        xtables._builtin_ebtables.cache_clear()
+        assert not xtables.ebtables_status()[0]
+    finally:
+        xtables._builtin_ebtables.cache_clear()

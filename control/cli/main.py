@@ -28,7 +28,7 @@ from ...loader.layouts import (
     REQUESTED_MODES,
     XDP_MODE_REQUESTS,
 )
-from ...loader.netns import check_exists
+from ...loader.netns import check_exists, enter_host, resolve
 from .. import config
 from ..daemon import service as daemon
 from ..datapath import attachment, state
@@ -124,6 +124,13 @@ def build_parser():
         choices=NETFILTER_CHOICES,
         default="respect",
         help="respect: ports whose frames netfilter could see stay on the bridge (default)",
+    )
+    a.add_argument(
+        "--netfilter-counters",
+        choices=config.NETFILTER_COUNTERS,
+        default="ignore",
+        help="hold: a rule that only counts frames keeps the ports it sees on the bridge, for "
+        "billing from counters (default ignore)",
     )
     _seconds(a, "--grace", 10.0, "how long the fast path runs without a daemon heartbeat (default 10)")
     for flag, sizes, default, what in (
@@ -290,6 +297,11 @@ def run(args):
         raise UsageError(NEEDS_VERB[args.command])
     if command.root:
         _require_root()
+        instance.bpffs()  # the host's, or one line saying why not, before anything is made
+        if key == ("daemon",):
+            enter_host()  # it serves every namespace's bridges from the host's namespace
+        else:
+            args.netns = resolve(args.netns)  # under `ip netns exec NS`: as `-n NS` from the host
         check_exists(args.netns)
     return command.handler(args) or 0
 
@@ -301,6 +313,7 @@ def _attach(args):
         mode=args.mode,
         xdp_mode=args.xdp_mode or "any",
         netfilter_choice=args.netfilter,
+        netfilter_counters=args.netfilter_counters,
         grace_s=args.grace,
         max_ports=args.max_ports,
         fdb_size=args.fdb_size,
@@ -310,8 +323,14 @@ def _attach(args):
 
 
 def _detach(args):
-    attachment.detach(args.bridge, args.netns)
-    config.hold(_label(args), True)  # the daemon leaves it alone, also after a restart
+    # the marker first: a daemon scan between the two would otherwise attach a configured
+    # bridge again; the daemon leaves it alone, also after a restart
+    config.hold(_label(args), True)
+    try:
+        attachment.detach(args.bridge, args.netns)
+    except XdpbrError:
+        config.hold(_label(args), False)  # nothing was detached: nothing to hold
+        raise
     if args.json:
         render.emit([], True, str)
 

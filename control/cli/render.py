@@ -46,9 +46,11 @@ def show_text(bridges):
             nf += f" (every port held by {b['netfilter_hold']['text']})"
         elif any(p.get("netfilter_hold") for p in b["ports"]):
             nf += f" ({sum(1 for p in b['ports'] if p.get('netfilter_hold'))} port(s) held by rules)"
+        entry = f" (configured by {b['config_entry']})" if b.get("config_entry") else ""
         head = (
-            f"bridge {b['bridge']}{where}: fast path {state}; mode {b['mode']}, xdp-mode {b['xdp_mode']}, "
-            f"netfilter {nf}; heartbeat {b['heartbeat_age_s']:.1f}s ago (grace {b['grace_s']:g}s); "
+            f"bridge {b['bridge']}{where}{entry}: fast path {state}; mode {b['mode']}, "
+            f"xdp-mode {b['xdp_mode']}, netfilter {nf}; "
+            f"heartbeat {b['heartbeat_age_s']:.1f}s ago (grace {b['grace_s']:g}s); "
             f"programs xdp {b['xdp_prog_id']} tc {b['tc_prog_id']} (tags {b['xdp_prog_tag']} "
             f"{b['tc_prog_tag']}, layout version {b['layout_version']})"
             + (
@@ -82,6 +84,9 @@ def show_text(bridges):
         if shaped:
             table += "\n" + "\n".join(shaped)
         blocks.append(head + ("\n" + _indent(table) if table else ""))
+    daemon = next((b["daemon"] for b in bridges if b.get("daemon")), None) or {}
+    for alone in daemon.get("left_alone") or []:
+        blocks.append(f"configured bridge {alone['bridge']} ({alone['entry']}) left alone: {alone['reason']}")
     return "\n".join(blocks)
 
 

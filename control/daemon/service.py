@@ -9,9 +9,17 @@
 - Heartbeat: once a second; without it the fast path passes everything after the grace period.
 Bridges are found from their pins under /sys/fs/bpf/xdpbr, so `xdpbr attach` and `detach` take
 effect without talking to the daemon, and a restarted daemon adopts what is there.
-- Configuration (control/config.py): bridges listed there are attached when they appear, unless
-  an operator detached them with `xdpbr detach` (remembered across restarts until the next
-  `xdpbr attach`); SIGHUP reloads it, and a bad file keeps the running configuration.
+- Configuration (control/config.py): bridges an entry names or matches (shell patterns for the
+  name and the namespace, the first matching entry gives the options) are attached when they
+  appear, also in namespaces made later: every pin scan lists /run/netns and each candidate
+  namespace's bridges (loader/bridge_watch.py: a kept socket, a dump only after a link event).
+  Compiles run one at a time, one a scan (ATTACHES_PER_SCAN), so the other bridges' heartbeats
+  wait at most one compile (~1.7 s, their grace is 10 s). A bridge that goes (or is made again
+  under its name) is forgotten, its pins removed. `xdpbr detach` holds that very bridge
+  (its marker remembers its ifindex and namespace) until `xdpbr attach`, or until the bridge or
+  its namespace is gone or made again. What the daemon leaves alone, and why, is logged once per
+  change and kept for `show` with the entry that attached each bridge (control/daemon/configured.py).
+  SIGHUP reloads it, and a bad file keeps the running configuration.
 - Service: sd_notify READY=1 once the first scan is done (systemd Type=notify), RELOADING=1 and
   READY=1 around a SIGHUP reload, STATUS= a one-line summary (with READY=1 and once a second),
   STOPPING=1 at SIGTERM; at stop the fast path keeps running, or configured bridges are detached
@@ -22,7 +30,8 @@ effect without talking to the daemon, and a restarted daemon adopts what is ther
   (request_reload: SIGHUP, then wait for the record to show that reload's result).
 It is over 400 lines because the daemon's one loop and the state it keeps across bridges
 (adoption, configuration, brokers, listeners per namespace) live in one class; the work on one
-bridge is control/daemon/worker.py's, the namespace listeners control/daemon/namespace_events.py's.
+bridge is control/daemon/worker.py's, the namespace listeners control/daemon/namespace_events.py's,
+where the configured bridges are (and what `show` is told of them) control/daemon/configured.py's.
 """
 
 import logging
@@ -44,6 +53,7 @@ from ..datapath.attachment import attach, detach
 from ..endpoints import lifecycle as endpoints
 from ..endpoints.broker import Broker, group_id
 from ..metrics import collector as exporter
+from .configured import HELD, ConfiguredBridges
 from .namespace_events import NamespaceEvents
 from .worker import BridgeWorker, pin_identity
 
@@ -62,6 +72,7 @@ PIN_SCAN_S = 0.5
 TCX_POLL_S = 2.0
 LISTENER_RETRY_S = 1.0  # a namespace's event readers that keep failing are retried this often
 ATTACH_RETRY_S = 30.0  # a configured bridge that failed to attach is tried again this often
+ATTACHES_PER_SCAN = 1  # compiles one at a time: each blocks the loop ~1.7 s, heartbeats wait that long
 MAX_SLEEP_S = 0.5  # the loop's longest wait for an event or a signal's WAKE
 WAKE = ("wake",)  # put by a signal handler: the loop looks at its flags now
 STATUS_S = 1.0  # STATUS= is sent this often under systemd (at a loop turn, no wake-up of its own)
@@ -94,19 +105,31 @@ class Daemon:
         self.metrics_spec = None
         self.record = DaemonRecord()  # struct xdpbr_daemon, written once a loop turn
         self.record_pin = None
+        self.configured = ConfiguredBridges()  # where they are, markers, what `show` is told
 
-    def attach_configured(self, present):
-        """Attach configured bridges that exist and are not attached (nor held by an operator's
-        `xdpbr detach`). A failure is logged once and retried every ATTACH_RETRY_S."""
-        for bc in self.config.bridges:
+    def attach_configured(self, present, existing=None):
+        """Attach the bridges that exist, match an entry (the first in file order gives the
+        options) and are not attached, unless `xdpbr detach` holds that very bridge. Compiles run
+        one at a time: ATTACHES_PER_SCAN a scan, the others wait their turn in file order. A
+        failure is logged once and retried every ATTACH_RETRY_S. What is left alone, and why, is
+        logged once per change and kept for `show`. `existing`: look()'s answer of this scan."""
+        if existing is None:
+            existing = self.configured.look(self.config, {n for _, n in self.workers})
+        left, compiles = {}, 0
+        for bc, ifindex in self.configured.candidates(self.config, existing):
             key = (bc.name, bc.netns)
-            if key in present or config.held_by_operator(bc.label):
+            if key in present:
                 continue
-            if bc.netns and not os.path.exists(f"/run/netns/{bc.netns}"):
+            if self.configured.held(bc, ifindex):
+                left[key] = (bc.entry, HELD)
                 continue
             error, when = self.attach_failed.get(key, (None, 0.0))
             if error and time.monotonic() - when < ATTACH_RETRY_S:
+                left[key] = (bc.entry, f"cannot attach, tried again every {ATTACH_RETRY_S:.0f} s: {error}")
                 continue
+            if compiles >= ATTACHES_PER_SCAN:
+                continue  # its turn comes at the next scan
+            compiles += 1
             try:
                 attach(
                     bc.name,
@@ -114,19 +137,61 @@ class Daemon:
                     mode=bc.mode,
                     xdp_mode=bc.xdp_mode,
                     netfilter_choice=bc.netfilter,
+                    netfilter_counters=bc.netfilter_counters,
                     port_modes=dict.fromkeys(bc.ignore_ports, "bridge"),
                     max_ports=bc.max_ports,
                     fdb_size=bc.fdb_size,
                 )
             except XdpbrError as exc:
                 if str(exc) != error:
-                    log.warning("%s: cannot attach (from %s): %s", bc.label, self.config.path, exc)
+                    log.warning(
+                        "%s: cannot attach (%s of %s), left alone, tried again every %.0f s: %s",
+                        bc.label,
+                        bc.entry,
+                        self.config.path,
+                        ATTACH_RETRY_S,
+                        exc,
+                    )
                 self.attach_failed[key] = (str(exc), time.monotonic())
+                left[key] = (bc.entry, f"cannot attach, tried again every {ATTACH_RETRY_S:.0f} s: {exc}")
                 continue
             self.attach_failed.pop(key, None)
-            log.info("%s: attached (mode %s, from %s)", bc.label, bc.mode, self.config.path)
+            log.info("%s: attached (mode %s, %s of %s)", bc.label, bc.mode, bc.entry, self.config.path)
             present.add(key)
+            self.configured.attached(bc, ifindex)
             self.apply_limits(bc)
+        self.configured.report_left_alone(left, present)
+
+    def drop(self, bridge, netns, why):
+        """A bridge gone from a namespace that stays, or made again under its name: xdpbr's
+        programs come off what is left of its ports and its pins are removed."""
+        label = BridgeId(bridge, netns).label
+        log.warning("%s: %s; forgetting it and removing its pins", label, why)
+        worker = self.workers.pop((bridge, netns), None)
+        if worker:
+            worker.close()
+        if (bridge, netns) in self.brokers:
+            self.brokers.pop((bridge, netns)).stop()
+        self.configured.forget((bridge, netns))
+        try:
+            detach(bridge, netns)  # its ports that are still there lose xdpbr's programs
+        except (XdpbrError, OSError) as exc:
+            log.warning("%s: cannot detach (%s); removing its pins", label, exc)
+            try:
+                with writer_lock():
+                    attachment.forget(bridge, netns)
+            except (XdpbrError, OSError) as again:
+                log.warning("%s: cannot remove its pins: %s", label, again)
+
+    def apply_configured_limits(self):
+        """fdb_max_learned of each bridge an entry names, and of the adopted ones a pattern matches."""
+        for bc in self.config.bridges:
+            if not bc.patterned:
+                self.apply_limits(bc)
+        for key in self.workers:
+            bc = self.config.match(*key)
+            if bc and bc.patterned:
+                self.apply_limits(bc)
 
     def apply_limits(self, bc):
         if bc.fdb_max_learned is None:
@@ -166,16 +231,16 @@ class Daemon:
         except XdpbrError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return False, str(exc)
-        old = {(b.name, b.netns): b for b in self.config.bridges}
+        old = self.config
         if new.broker_group != self.config.broker_group:
             self.set_broker_group(new.broker_group)
         self.config = new
         self.attach_failed.clear()
-        for bc in new.bridges:
-            self.apply_limits(bc)
-            worker = self.workers.get((bc.name, bc.netns))
-            before = old.get((bc.name, bc.netns))
-            if worker and worker.healthy and before and before.ignore_ports != bc.ignore_ports:
+        self.apply_configured_limits()
+        self.configured.rematch(new)
+        for key, worker in self.workers.items():
+            bc, before = new.match(*key), old.match(*key)
+            if bc and worker.healthy and before and before.ignore_ports != bc.ignore_ports:
                 for port in set(before.ignore_ports) - set(bc.ignore_ports):
                     worker.session.set_requested_mode(port, "auto")
                 for port in bc.ignore_ports:
@@ -192,8 +257,9 @@ class Daemon:
         attaches them again)."""
         if self.config.on_stop != "detach":
             return
-        for bc in self.config.bridges:
-            if (bc.name, bc.netns) in set(pins.attached_bridges()):
+        for key in pins.attached_bridges():
+            bc = self.config.match(*key)
+            if bc:
                 try:
                     detach(bc.name, bc.netns)
                     log.info("%s: detached (on_stop = detach)", bc.label)
@@ -229,7 +295,13 @@ class Daemon:
         """Attach configured bridges, adopt newly attached ones, drop detached ones."""
         self.record.scanned_ns = time.monotonic_ns()
         present = set(pins.attached_bridges())
-        self.attach_configured(present)
+        # after the pins: a bridge attached since is in the dump
+        existing = self.configured.look(self.config, {n for _, n in self.workers})
+        for key, why in self.configured.vanished(present, existing):
+            self.drop(*key, why)
+            present.discard(key)
+        self.configured.sweep_markers(existing)
+        self.attach_configured(present, existing)
         for key in list(self.workers):
             if key[1] and not netns_exists(key[1]):
                 # its sockets keep a deleted namespace alive, so nothing else would notice
@@ -268,12 +340,22 @@ class Daemon:
                 continue
             self.unadoptable.pop((bridge, netns), None)
             self.workers[(bridge, netns)] = worker
+            if (bridge, netns) not in self.configured.identity:
+                try:
+                    self.configured.remember(bridge, netns, worker.session.bridge_state().ifindex)
+                except XdpbrError:
+                    pass
+            bc = self.config.match(bridge, netns)
+            if bc and bc.patterned and (bridge, netns) not in self.configured.attached_by:
+                self.apply_limits(bc)  # adopted: attached earlier, by hand or by a previous daemon
             if not self.once:  # a one-shot resync serves no VMM: it must not replace a daemon's socket
                 self.start_broker(bridge, netns)
             self.guarded(worker, worker.resync)
         for netns in list(self.listeners):
             if not any(n == netns for _, n in self.workers):
                 self.listeners.pop(netns).stop()
+        if not self.once:
+            self.configured.write_view(self.config.path, present)
 
     def forget(self, bridge, netns):
         """A bridge whose namespace was deleted: its devices, and so its programs, went with
@@ -363,8 +445,8 @@ class Daemon:
         pins.ensure_bpffs()
         if not once:  # a one-shot resync must not take the running daemon's record
             self.open_record()
-        for bc in self.config.bridges:
-            self.apply_limits(bc)
+            self.configured.load_view()
+        self.apply_configured_limits()
         self.record.loop_generation += 1  # the first scan is a turn of its own
         self.scan()
         self.turned()
@@ -479,6 +561,9 @@ class Daemon:
         text = f"{n} bridge{'' if n == 1 else 's'} attached, {rec.bridges_failed} failed"
         if rec.rules_checked_ns:
             text += f", rules checked {(time.monotonic_ns() - rec.rules_checked_ns) / 1e9:.1f} s ago"
+        if self.configured.left_alone:
+            n = len(self.configured.left_alone)
+            text += f"; {n} configured bridge{'' if n == 1 else 's'} left alone (see `xdpbr show -j`)"
         if rec.reload_result == RELOAD_FAILED:
             text += "; the last reload failed, running the previous configuration"
         return text
@@ -491,6 +576,7 @@ class Daemon:
             worker.close()
         for listener in self.listeners.values():
             listener.stop()
+        self.configured.close()
         self.brokers, self.workers, self.listeners = {}, {}, {}
 
 

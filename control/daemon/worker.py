@@ -15,7 +15,7 @@ from ...loader.events import TC_EVENTS
 from ...loader.layouts import CLOCK_HEARTBEAT, CONTROL_DAEMON
 from ...loader.lock import writer_lock
 from ..datapath import fdb
-from ..datapath.attachment import reconcile
+from ..datapath.attachment import PortCache, reconcile
 from ..datapath.session import Session
 from ..netfilter import snapshot as nfsnapshot
 
@@ -51,6 +51,8 @@ class BridgeWorker:
         self.slots = {}
         self.reconciled_ns = 0  # CLOCK_MONOTONIC start of the last successful resync or reconcile
         self.tcx_programs = None  # {ifindex: (ingress ids, egress ids)} at the last TCX poll
+        self.cache = PortCache()  # each port as the last reconcile read it
+        self.changed_ports = set()  # ifindexes events named since the last reconcile
 
     def _open(self):
         if self.session:
@@ -59,6 +61,7 @@ class BridgeWorker:
         self.identity = pin_identity(self.session.dir)
         self.session.open_pins()
         self.mirror = self.session.fdb_mirror()
+        self.cache = PortCache()  # pins made anew (a re-attach): the next reconcile reads everything
         if getattr(self, "learn_times", None):
             self.learn_times.close()
         self.learn_times = tracepoints.LearnTimes()
@@ -99,7 +102,7 @@ class BridgeWorker:
                 records = fdb.dump(s.netns, s.bridge.ifindex)
                 self.kernel_fdb = {(r.mac, r.vid): r for r in records}
                 self.netfilter_state = self.netfilter_state or nfsnapshot.read(self.netns)
-                reconcile(s, netfilter_state=self.netfilter_state)
+                reconcile(s, netfilter_state=self.netfilter_state, cache=self.cache)
                 self.slots = s.port_slots()
                 written, deleted = self.mirror.sync(records, self.slots, full=True)
                 s.tick(CLOCK_HEARTBEAT)  # reconcile wrote the bridge's state
@@ -148,23 +151,29 @@ class BridgeWorker:
                 self.counters.sync_lag_ns_sum += time.monotonic_ns() - since
             elif event in ("RTM_NEWLINK", "RTM_DELLINK"):
                 index = msg.index
-                if index == s.bridge.ifindex or msg.master == s.bridge.ifindex:
-                    self.needs_reconcile = True
-                elif index in self._port_indexes():
-                    self.needs_reconcile = True  # a port left the bridge or went away
+                if index == s.bridge.ifindex:
+                    self.needs_reconcile = True  # the bridge itself: every port
+                elif msg.master == s.bridge.ifindex or index in self._port_indexes():
+                    self.changed_ports.add(index)  # a port joined, changed, left or went away
             elif event in TC_EVENTS.values() and msg.index in self._port_indexes():
-                self.needs_reconcile = True  # a qdisc or filter on a port: its policy may change
+                self.changed_ports.add(msg.index)  # a qdisc or filter on a port: its policy may change
 
     def _port_indexes(self):
+        if self.cache.valid:
+            return self.cache.ports.keys()
         try:
             return set(self.session.ports())
         except XdpbrError:
             return set()
 
     def reconcile_if_needed(self):
-        if not self.needs_reconcile or not self.healthy:
+        """A full reconcile when the bridge, the rules or the configuration changed; otherwise
+        only the ports events named (PortCache): a port that joins a bridge of hundreds is
+        accelerated without a netlink query about any other port."""
+        if not (self.needs_reconcile or self.changed_ports) or not self.healthy:
             return
-        self.needs_reconcile = False
+        changed = None if self.needs_reconcile else self.changed_ports
+        self.needs_reconcile, self.changed_ports = False, set()
         started = time.monotonic_ns()
         try:
             with writer_lock():
@@ -173,8 +182,11 @@ class BridgeWorker:
                 if not self.healthy:  # re-attached meanwhile: a full resync, not a patch
                     self.needs_reconcile = True
                     return
-                self.session.find_bridge()  # reconcile writes the bridge's state, once
-                reconcile(self.session, netfilter_state=self.netfilter_state)
+                if changed is None:
+                    self.session.find_bridge()  # reconcile writes the bridge's state, once
+                reconcile(
+                    self.session, netfilter_state=self.netfilter_state, cache=self.cache, changed=changed
+                )
                 slots = self.session.port_slots()
                 if slots != self.slots:  # a port came or went: entries carry egress slots
                     self.slots = slots
@@ -197,8 +209,8 @@ class BridgeWorker:
         if not self.healthy:
             return
         seen = tcx.programs(self.netns, self._port_indexes())
-        if self.tcx_programs is not None and seen != self.tcx_programs:
-            self.needs_reconcile = True
+        if self.tcx_programs is not None:
+            self.changed_ports |= {i for i, ids in seen.items() if ids != self.tcx_programs.get(i)}
         self.tcx_programs = seen
 
     def recycle_netlink(self):

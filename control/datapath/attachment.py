@@ -10,6 +10,7 @@ first, so a failure leaves nothing half-attached.
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 
 from ...loader import bpfsys, pins, tracepoints
 from ...loader.compile import compile_fastpath
@@ -79,20 +80,50 @@ def _new_entry(ifindex):
     return entry
 
 
-def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
+@dataclass
+class PortCache:
+    """What a full reconcile read of each port (its link and its tc policy) and whether any
+    port ran XDP: a daemon keeps it so that a link or tc event about one port is applied to that
+    port alone, without a netlink query per other port."""
+
+    ports: dict = field(default_factory=dict)  # ifindex -> PortInfo
+    policies: dict = field(default_factory=dict)  # ifindex -> (egress, ingress)
+    any_xdp: bool = False
+    valid: bool = False
+
+
+def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False, cache=None, changed=None):
     """Make every port of the bridge run what the model says.
 
     replace_programs: an attach over a running attachment swaps in the new programs (the XDP
     program is replaced whenever its id differs; TC filters only when asked, as their program
     id is not visible through pyroute2). netfilter_state: the namespace's netfilter Snapshot
-    if the caller has it (the daemon), else read now. Returns ([(PortInfo, PortPlan)], the
-    netfilter Decision, None under `--netfilter bypass`).
+    if the caller has it (the daemon), else read now. cache (a PortCache) and changed (a set of
+    ifindexes): with a valid cache, only the links in `changed` are read again, and programs are
+    put on or taken off only where a port's plan changed; without, everything is read and the
+    cache filled. Returns ([(PortInfo, PortPlan)], the netfilter Decision, None under
+    `--netfilter bypass`).
     """
     journal = journal or Journal()
     meta = s.meta()
     default_mode = REQUESTED_MODES[meta.mode]
     xdp_mode = XDP_MODE_REQUESTS[meta.xdp_mode]
-    kernel_ports = s.rtnl.ports(s.bridge)
+    incremental = cache is not None and cache.valid and changed is not None
+    current = s.ports()
+    if incremental:
+        for ifindex in changed:
+            port = s.rtnl.port(s.bridge, ifindex)
+            if port is None:
+                cache.ports.pop(ifindex, None)
+                cache.policies.pop(ifindex, None)
+            else:
+                cache.ports[ifindex] = port
+        fresh = [i for i in changed if i in cache.ports]
+        if fresh:
+            cache.policies.update(s.rtnl.tc_policies({i: _own_qdisc(current.get(i)) for i in fresh}))
+        kernel_ports = sorted(cache.ports.values(), key=lambda p: p.ifindex)
+    else:
+        kernel_ports = s.rtnl.ports(s.bridge)
     # decided on the ports there are now: a port that joined since the rules were read is
     # decided like the others (a rule naming it, or a wildcard, holds it)
     decision = (
@@ -104,12 +135,11 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
     nfstore.save(s.bridge_name, s.netns, decision)
 
     requested = s.requested_modes()
-    current = s.ports()
     kernel_index = {p.ifindex for p in kernel_ports}
-    policies = {
-        p.ifindex: s.rtnl.tc_policy(p.ifindex, own_qdisc=_own_qdisc(current.get(p.ifindex)))
-        for p in kernel_ports
-    }
+    if incremental:
+        policies = cache.policies
+    else:
+        policies = s.rtnl.tc_policies({p.ifindex: _own_qdisc(current.get(p.ifindex)) for p in kernel_ports})
     tcstore.save(s.bridge_name, s.netns, {p.name: policies[p.ifindex] for p in kernel_ports})
 
     def held(port):
@@ -129,10 +159,28 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
             _remove_port(s, ifindex, entry, exists)
 
     used = {e.slot for i, e in current.items() if i in kernel_index}
+    plans = {
+        p.ifindex: plan_port(p, requested.get(p.name, default_mode), netfilter_blocked=held(p))
+        for p in kernel_ports
+    }
+    any_xdp = any(plan.wants_xdp for plan in plans.values())
+    if incremental and any_xdp != cache.any_xdp:
+        incremental = False  # the first or last XDP port: every veth's egress readiness changes
+    if incremental:  # the ports an event named, and those whose plan no longer is what runs
+        touched = [
+            p
+            for p in kernel_ports
+            if p.ifindex in changed
+            or p.ifindex not in current
+            or current[p.ifindex].mode != MODE_INDEX[plans[p.ifindex].mode]
+        ]
+    else:
+        touched = kernel_ports
+    port_programs.prepare_tcx(s, [p for p in touched if plans[p.ifindex].wants_tc], journal)
     results = []
-    for port in kernel_ports:
+    for port in touched:
         entry = current.get(port.ifindex) or _new_entry(port.ifindex)
-        plan = plan_port(port, requested.get(port.name, default_mode), netfilter_blocked=held(port))
+        plan = plans[port.ifindex]
         if not entry.slot:
             slot = _free_slot(used, s.max_ports)
             if slot is None:
@@ -145,7 +193,7 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
         if plan.wants_xdp:
             plan, xdp_attach = port_programs.attach_xdp(s, port, plan, xdp_mode, journal)
         if not plan.wants_xdp:
-            port_programs.detach_xdp(s, port.ifindex)
+            port_programs.detach_xdp(s, port.ifindex, port)
         owned = entry.owned
         if plan.wants_tc:
             owned = port_programs.attach_tc(s, port, owned, journal, replace_programs)
@@ -157,7 +205,6 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
         entry.xdp_attach = XDP_ATTACH.index(xdp_attach)
         results.append((port, plan, entry))
 
-    any_xdp = any(plan.wants_xdp for _, plan, _ in results)
     for port, plan, entry in results:
         egress_policy, ingress_policy = policies[port.ifindex]
         # a shaped egress must see every frame towards the port: no XDP redirect and no
@@ -179,6 +226,10 @@ def reconcile(s, journal=None, *, netfilter_state=None, replace_programs=False):
             # the entry first, then the index that makes the fast path see it
             s.write_port(entry.slot, entry)
             s.write_port_index(port.ifindex, entry.slot)
+    if cache is not None:
+        cache.ports = {p.ifindex: p for p in kernel_ports}
+        cache.policies = {p.ifindex: policies[p.ifindex] for p in kernel_ports}
+        cache.any_xdp, cache.valid = any_xdp, True
     return [(port, plan) for port, plan, _ in results], decision
 
 
@@ -248,6 +299,7 @@ def attach(
     mode="auto",
     xdp_mode="any",
     netfilter_choice="respect",
+    netfilter_counters="ignore",
     grace_s=GRACE_DEFAULT_S,
     port_modes=None,
     max_ports=None,
@@ -299,6 +351,7 @@ def attach(
                     mode=REQUESTED_MODES.index(mode),
                     xdp_mode=XDP_MODE_REQUESTS.index(xdp_mode),
                     netfilter=0 if netfilter_choice == "respect" else 1,
+                    netfilter_counters=1 if netfilter_counters == "hold" else 0,
                     netns=(netns or "").encode(),
                 )
                 s.write_meta(meta)

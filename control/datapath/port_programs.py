@@ -11,6 +11,7 @@ entry's `owned` flags remember that). What it adds registers its undo in the cal
 journal, so a failed attach takes it off again.
 """
 
+import concurrent.futures
 import os
 
 from ...loader import bpfsys, tcx
@@ -37,8 +38,9 @@ def is_ours(prog_id):
 
 
 def attach_xdp(s, port, plan, xdp_mode, journal):
-    """Run the XDP program on the port. Returns (plan, attach mode) after any fallback."""
-    current = s.rtnl.xdp_state(port.ifindex)
+    """Run the XDP program on the port. Returns (plan, attach mode) after any fallback. What
+    runs there now comes with the port (its link message): no query per port."""
+    current = {"mode": port.xdp_mode, "prog_id": port.xdp_prog_id}
     if current["prog_id"] and not is_ours(current["prog_id"]):
         msg = f"{port.name} already runs another XDP program (id {current['prog_id']})"
         if plan.explicit:
@@ -75,9 +77,10 @@ def attach_xdp(s, port, plan, xdp_mode, journal):
     return lower_plan(plan, reason), "none"
 
 
-def detach_xdp(s, ifindex):
-    """Take xdpbr's XDP program off the port, if it runs there."""
-    current = s.rtnl.xdp_state(ifindex)
+def detach_xdp(s, ifindex, port=None):
+    """Take xdpbr's XDP program off the port, if it runs there (`port`: its PortInfo as read,
+    which says what runs; else it is asked)."""
+    current = {"mode": port.xdp_mode, "prog_id": port.xdp_prog_id} if port else s.rtnl.xdp_state(ifindex)
     if current["prog_id"] and is_ours(current["prog_id"]):
         s.rtnl.detach_xdp(ifindex, current["mode"])
 
@@ -104,7 +107,8 @@ def attach_tc(s, port, owned, journal, replace):
         except Unsupported:
             pass  # this kernel has no TCX: the qdisc path below
         else:
-            owned = _detach_filter(s, port.ifindex, owned)
+            if owned & (TC_VIA_QDISC | OWN_CLSACT | OWN_INGRESS) or not owned & TC_VIA_TCX:
+                owned = _detach_filter(s, port.ifindex, owned)  # an older attachment's filter
             return (owned | TC_VIA_TCX) & ~TC_VIA_QDISC
     _detach_tcx(s, port.ifindex)
     present = s.rtnl.has_xdpbr_filter(port.ifindex)
@@ -121,6 +125,41 @@ def attach_tc(s, port, owned, journal, replace):
         if not present:
             journal.push(s.rtnl.detach_tc, port.ifindex)
     return (owned | TC_VIA_QDISC) & ~TC_VIA_TCX
+
+
+TCX_ATTACH_THREADS = 16
+
+
+def prepare_tcx(s, ports, journal):
+    """Create the TCX links of `ports` that have none, several at a time: each attach waits for
+    an RCU grace period in the kernel (~10 ms here), so one after another they took 2.7 s for
+    256 ports. Where TCX is missing this does nothing (attach_tc falls back per port)."""
+    if tc_attach_choice() != "tcx":
+        return
+    missing = [p for p in ports if tcx.link_program_id(_tcx_pin(s, p.ifindex)) is None]
+    if not missing:
+        return
+
+    def one(port):
+        try:
+            fd = tcx.attach(s.prog_fds["tc"], port.ifindex, port.name, s.netns)
+        except Unsupported:
+            return None
+        try:
+            bpfsys.obj_pin(fd, _tcx_pin(s, port.ifindex))
+        finally:
+            os.close(fd)
+        return port.ifindex
+
+    with concurrent.futures.ThreadPoolExecutor(TCX_ATTACH_THREADS) as pool:
+        futures = [pool.submit(one, p) for p in missing]
+        for future in futures:
+            try:
+                ifindex = future.result()
+            except XdpbrError:
+                continue  # attach_tc tries this port again and raises what it finds
+            if ifindex is not None:
+                journal.push(_detach_tcx, s, ifindex)
 
 
 def _attach_tcx(s, port, journal):

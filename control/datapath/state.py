@@ -7,6 +7,7 @@ import os
 import time
 
 from ...loader import pins
+from ...loader.bridge_id import BridgeId
 from ...loader.errors import NotFound, XdpbrError
 from ...loader.layouts import (
     ATTACH_POINTS,
@@ -29,6 +30,7 @@ from ...loader.layouts import (
     XDP_MODE_REQUESTS,
 )
 from ...loader.netns import interface_names
+from .. import config
 from ..netfilter import store as nfstore
 from . import tc_store as tcstore
 from .session import Session
@@ -66,20 +68,36 @@ def each_bridge(bridge, netns, read):
 def show(bridge=None, netns=None):
     rows = each_bridge(bridge, netns, _show_one)
     if rows:
-        status = daemon_status()
+        view = config.load_view()
+        status = daemon_status(view)
         for row in rows:
+            row["config_entry"] = config_entry(view, row["bridge"], row["netns"])
             row["daemon"] = status
     return rows
 
 
-def daemon_status():
+def config_entry(view, bridge, netns):
+    """The configuration entry that attached the bridge ("bridge[1] vmbr*"), as the daemon's view
+    (config.save_view) says; None for a bridge attached by hand, or attached again since."""
+    by = view.get("attached", {}).get(BridgeId(bridge, netns).label)
+    try:
+        fresh = isinstance(by, dict) and by.get("pins") == os.stat(pins.pin_dir(bridge, netns)).st_ino
+    except OSError:
+        return None
+    return by.get("entry") if fresh else None
+
+
+def daemon_status(view=None):
     """The instance's daemon as its record says (loader/pins.py DaemonRecordPin), for `show -j`;
-    None when no daemon has run here. Ages are seconds before now (None: never)."""
+    None when no daemon has run here. Ages are seconds before now (None: never). `left_alone`:
+    the configured bridges the running daemon does not attach, with the entry and why
+    ([{"bridge", "entry", "reason"}], from its view: config.save_view)."""
     found = pins.read_daemon_record()
     if found is None:
         return None
     rec, running = found
     now = time.monotonic_ns()
+    view = config.load_view() if view is None else view
 
     def ago(ns):
         return round((now - ns) / 1e9, 3) if ns else None
@@ -94,6 +112,7 @@ def daemon_status():
         "scanned_s_ago": ago(rec.scanned_ns),
         "rules_checked_s_ago": ago(rec.rules_checked_ns),
         "reconciled_s_ago": ago(rec.reconciled_ns),
+        "left_alone": view.get("left_alone", []) if running and view.get("pid") == rec.pid else [],
         "reloads_ok": rec.reloads_ok,
         "reloads_failed": rec.reloads_failed,
         "last_reload": None
@@ -180,6 +199,7 @@ def _show_one(name, ns, s):
             "mode": REQUESTED_MODES[meta.mode],
             "xdp_mode": XDP_MODE_REQUESTS[meta.xdp_mode],
             "netfilter": "bypass" if meta.netfilter else "respect",
+            "netfilter_counters": "hold" if meta.netfilter_counters else "ignore",
             "netfilter_blocked": bool(state.flags & BRIDGE_NETFILTER_BLOCK),
             "netfilter_hold": holds["bridge_hold"],
             "fdb_mirror_full": bool(state.flags & BRIDGE_FDB_FULL),

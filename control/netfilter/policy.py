@@ -4,22 +4,33 @@ Pure logic over control/netfilter/rules.py tables; no kernel calls. The walk fol
 path (net/bridge/br_netfilter_hooks.c, br_forward.c):
 - ip, ip6 and inet chains (only when the bridge calls that family) see bridged frames at
   prerouting (in = the bridge), forward (in = out = the bridge) and postrouting (out = the
-  bridge); ports only through xt physdev, whose out port is known from forward on;
+  bridge); ports only through xt physdev, whose out port is known from forward on. With
+  bridge-nf-filter-vlan-tagged and bridge-nf-pass-vlan-input-dev both on, a tagged frame's in
+  device is the bridge's VLAN device (`br0.10`) when there is one: a test of the in device
+  then cannot be evaluated;
 - arp chains see bridged ARP at forward only, with in and out the ports (br_nf_forward_arp);
 - bridge chains see the ports as iifname (not at postrouting) and oifname (not at
   prerouting), the bridge as meta ibrname/obrname;
-- netdev (and inet) ingress/egress chains bound to a port see that port's frames, which XDP
-  and TC ingress would skip.
-Frames that can reach a point are tracked as a set of in ports and a set of out ports; a rule
-that can act on them (drop, NAT, log, state, anything not understood) holds the ports on the
-side it narrows, or the whole bridge when nothing narrows. Holding a port puts both its ingress
-and the frames towards it on the bridge, so one side is enough.
+- netdev (and inet) ingress/egress chains bound to a port (or a `vnet*` prefix) see that port's
+  frames, which XDP and TC ingress would skip; one whose devices are unknown sees every port.
+A device a hook does not have compares as the empty name (Linux 5.3 and later), so a negated
+name test matches there. What this relies on: docs/kernel-notes.md, "Netfilter".
+
+Chains are walked as the kernel runs them (ipt_do_table, nft_do_chain): a jump returns to the
+rule after it, and only the frames that come back continue there (an ACCEPT or DROP inside
+ends their walk); a goto does not return to its chain: frames that reach the end (or a
+RETURN) of the chain it went to leave the chain that made the goto, back to the last jump or,
+from a base chain, to its policy. Frames that can reach a point are tracked as a set of in
+ports times a set of out ports, over-approximated where a union or a difference is not such a
+product; a rule that can act on them (drop, NAT, log, state, anything not understood) holds the
+ports on the side it narrows, or the whole bridge when nothing narrows. Holding a port puts
+both its ingress and the frames towards it on the bridge, so one side is enough.
 """
 
 import dataclasses
 
 from ...loader.xtables import PHYSDEV_BRIDGED, PHYSDEV_ISIN, PHYSDEV_ISOUT
-from .rules import Cond
+from .rules import Cond, NftNames
 
 MAX_DEPTH = 32  # iptables allows no loops and limits nesting; deeper means we misread the table
 IP_HOOKS = ("prerouting", "forward", "postrouting")
@@ -46,6 +57,15 @@ class PortSet:
     def __sub__(self, o):
         return self & PortSet(o.names, not o.complement)
 
+    def __or__(self, o):
+        if self.complement and o.complement:
+            return PortSet(self.names & o.names, True)
+        if self.complement:
+            return PortSet(self.names - o.names, True)
+        if o.complement:
+            return PortSet(o.names - self.names, True)
+        return PortSet(self.names | o.names)
+
     def __contains__(self, port):
         return (port in self.names) != self.complement
 
@@ -59,6 +79,47 @@ class PortSet:
 
 
 ALL = PortSet(frozenset(), True)
+NONE = PortSet()
+
+
+@dataclasses.dataclass(frozen=True)
+class Frames:
+    """Frames from any port of `ins` to any port of `outs`. `|` and `-` over-approximate where
+    the exact result is not such a product: the walk may think more frames reach a rule than
+    do, never fewer."""
+
+    ins: PortSet = ALL
+    outs: PortSet = ALL
+
+    @property
+    def empty(self):
+        return self.ins.empty or self.outs.empty
+
+    def __and__(self, o):
+        return Frames(self.ins & o.ins, self.outs & o.outs)
+
+    def __or__(self, o):
+        if self.empty:
+            return o
+        if o.empty:
+            return self
+        return Frames(self.ins | o.ins, self.outs | o.outs)
+
+    def __sub__(self, o):
+        if o.empty or self.empty:
+            return self
+        ins_left, outs_left = self.ins - o.ins, self.outs - o.outs
+        if ins_left.empty and outs_left.empty:
+            return NO_FRAMES
+        if outs_left.empty:  # o covers every out port of self: exactly the in ports it lacks
+            return Frames(ins_left, self.outs)
+        if ins_left.empty:
+            return Frames(self.ins, outs_left)
+        return self
+
+
+ALL_FRAMES = Frames()
+NO_FRAMES = Frames(NONE, NONE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,13 +130,18 @@ class Calls:
     ip: bool = False
     ip6: bool = False
     arp: bool = False
+    # bridge-nf-filter-vlan-tagged and bridge-nf-pass-vlan-input-dev: the ip families see a
+    # tagged frame's in device as the bridge's VLAN device, if it has one for that VLAN
+    vlan_indev: bool = False
 
     @classmethod
     def combine(cls, sysctls, bridge_options):
-        """sysctls: {"iptables": bool, ...}; bridge_options: {"nf_call_iptables": bool, ...}."""
+        """sysctls: {"iptables": bool, ..., "filter-vlan-tagged": bool, "pass-vlan-input-dev":
+        bool}; bridge_options: {"nf_call_iptables": bool, ...}."""
         on = {n: bool(sysctls.get(n)) or bool(bridge_options.get(f"nf_call_{n}"))
               for n in ("iptables", "ip6tables", "arptables")}  # fmt: skip
-        return cls(on["iptables"], on["ip6tables"], on["arptables"])
+        vlan = bool(sysctls.get("filter-vlan-tagged")) and bool(sysctls.get("pass-vlan-input-dev"))
+        return cls(on["iptables"], on["ip6tables"], on["arptables"], vlan)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,14 +186,22 @@ class Decision:
         }
 
 
+COUNTERS = ("ignore", "hold")
+# conditions worth naming when a hold that nothing narrowed was reached through them
+_NOTABLE = ("xt ", "in device ", "iif", "oif", "ibr", "obr", "verdict map ", "set ")
+VLAN_INDEV = "in device may be a VLAN device of the bridge (bridge-nf-pass-vlan-input-dev)"
+
+
 class _Walk:
-    def __init__(self, bridge, ports):
+    def __init__(self, bridge, ports, calls=None, counters="ignore"):
         self.bridge, self.ports = bridge, tuple(ports)
+        self.vlan_indev = bool(calls and calls.vlan_indev)
+        self.count_holds = counters == "hold"
         self.holds = []  # (PortSet, Hold) in walk order
         self.memo = {}
 
-    def hold(self, ins, outs, table, chain, position, text, reason, via=""):
-        side = _side(ins, outs)
+    def hold(self, frames, table, chain, position, text, reason, via=""):
+        side = _side(frames.ins, frames.outs)
         if via and side.full:
             reason += f"; reached through a test xdpbr cannot evaluate: {via}"
         self.holds.append((side, Hold(table.family, table.source, table.name, chain.name,
@@ -143,38 +217,44 @@ class _Walk:
         return self.memo[test]
 
     def reach(self, rule, kind, hook, have_in, have_out):
-        """(ins, outs, exact) the rule's conditions allow, or None when it cannot match."""
-        ins, outs, exact = ALL, ALL, True
+        """(Frames, exact, what could not be evaluated) the rule's conditions allow, or None
+        when it cannot match."""
+        ins, outs, exact, whys = ALL, ALL, True, []
         for c in rule.conds:
             r = self.cond(c, kind, hook, have_in, have_out)
             if r is False:
                 return None
-            if r is None:
+            if isinstance(r, str):
                 exact = False
+                whys.append(r)
             elif r is not True:
                 for side, ports in r:
                     if side == "in":
                         ins &= ports
                     else:
                         outs &= ports
-        return ins, outs, exact
+        return Frames(ins, outs), exact, whys
 
     def cond(self, c: Cond, kind, hook, have_in, have_out):
-        """True, False, None for may-match, or [("in"|"out", PortSet), ...]."""
+        """True, False, what could not be evaluated (a string), or [("in"|"out", PortSet), ...]."""
         if c.kind == "true":
             return True
         if c.kind == "maybe":
-            return None
+            return c.what or "a test xdpbr cannot evaluate"
         present = have_in if c.side == "in" else have_out
         if c.kind == "dev":
             if kind == "ip":  # the ip families see the bridge itself
+                if present and c.side == "in" and self.vlan_indev and hook in ("prerouting", "forward"):
+                    return VLAN_INDEV
                 return c.test.matches(self.bridge if present else "")
             return [(c.side, self.names(c.test))] if present else c.test.matches("")
         if c.kind == "brname":
-            return c.test.matches(self.bridge if present else "") if kind == "bridge" else None
+            if kind == "bridge":
+                return c.test.matches(self.bridge if present else "")
+            return "bridge name outside the bridge family"
         if c.kind == "physdev" and kind == "ip":
             return self.physdev(c.test, have_out)
-        return None
+        return f"{c.kind} test at a {kind} hook"
 
     def physdev(self, p, have_out):
         """xt_physdev's physdev_mt for a bridged frame: physindev always known, physoutdev from
@@ -196,50 +276,58 @@ class _Walk:
         return sides or True
 
     # -- chains --
-    def chain(self, table, chain, kind, hook, ins, outs, depth=0, stack=(), via=""):
-        """Walk `chain` with frames (ins x outs); returns the reach left at its end. `via` names
-        the first test on the way here that could not be evaluated (for the hold's reason)."""
+    def chain(self, table, chain, kind, hook, frames, depth=0, stack=(), via=""):
+        """Walk `chain` with `frames`; returns the frames that leave it without a verdict: at
+        its end, by a RETURN, or through a goto out of it (nft_do_chain and ipt_do_table both
+        continue those after the jump that called this chain, or at the base chain's policy).
+        `via` names the first test on the way here that could not be evaluated (for the hold's
+        reason)."""
         have_in, have_out = _sides(kind, hook)
+        rest, out = frames, NO_FRAMES  # frames still running through this chain; frames that left it
         for rule in chain.rules:
+            if rest.empty:
+                break
             r = self.reach(rule, kind, hook, have_in, have_out)
             if r is None:
                 continue
-            cin, cout, exact = r
-            rin, rout = ins & cin, outs & cout
-            if rin.empty or rout.empty:
+            cond, exact, whys = r
+            hit = rest & cond
+            if hit.empty:
                 continue
-            here = via or next(
-                (c.what for c in rule.conds if c.kind == "maybe" and c.what.startswith("xt ")), ""
-            )
-            if rule.effects:
-                self.hold(rin, rout, table, chain, rule.position, rule.text, "; ".join(rule.effects), here)
-            if rule.verdict in ("jump", "goto"):
+            here = via or next((w for w in whys if w.startswith(_NOTABLE)), "")
+            effects = rule.effects
+            if not effects and rule.counts and self.count_holds:
+                effects = ("counter (netfilter_counters = hold)",)
+            if effects:
+                self.hold(hit, table, chain, rule.position, rule.text, "; ".join(effects), here)
+            verdict = rule.verdict
+            if verdict in ("jump", "goto"):
                 sub = table.chains.get(rule.target)
                 if sub is None or depth >= MAX_DEPTH or rule.target in stack:
                     why = "jump target not found" if sub is None else "chain nesting not evaluated"
-                    self.hold(
-                        rin, rout, table, chain, rule.position, rule.text, f"{why}: {rule.target}", here
-                    )
+                    self.hold(hit, table, chain, rule.position, rule.text, f"{why}: {rule.target}", here)
+                    back = hit
                 else:
-                    self.chain(table, sub, kind, hook, rin, rout, depth + 1, (*stack, chain.name), here)
-            terminal = rule.verdict in ("accept", "drop", "queue", "reject", "goto")
-            # a RETURN ends a user chain; in a base chain it falls to the policy like the end
-            terminal |= rule.verdict == "return" and chain.hook is None
-            if terminal and exact:
-                if cin.full and cout.full:
-                    return PortSet(), PortSet()
-                if cout.full:
-                    ins = ins - cin
-                elif cin.full:
-                    outs = outs - cout
-                if ins.empty or outs.empty:
-                    return ins, outs
-        return ins, outs
+                    back = self.chain(table, sub, kind, hook, hit, depth + 1, (*stack, chain.name), here)
+                if verdict == "jump":  # those that came back go on here, the others ended there
+                    if exact:
+                        rest = (rest - hit) | back
+                else:  # a goto's returns leave this chain too
+                    out = out | back
+                    if exact:
+                        rest = rest - hit
+            elif verdict == "return":  # a user chain's caller, or a base chain's policy
+                out = out | hit
+                if exact:
+                    rest = rest - hit
+            elif verdict in ("accept", "drop", "queue", "reject") and exact:
+                rest = rest - hit
+        return out | rest
 
-    def base(self, table, chain, kind, ins=ALL, outs=ALL):
-        ins, outs = self.chain(table, chain, kind, chain.hook, ins, outs)
-        if chain.policy != "accept" and not (ins.empty or outs.empty):
-            self.hold(ins, outs, table, chain, None, chain.policy_text, f"policy {chain.policy}")
+    def base(self, table, chain, kind, frames=ALL_FRAMES):
+        left = self.chain(table, chain, kind, chain.hook, frames)
+        if chain.policy != "accept" and not left.empty:
+            self.hold(left, table, chain, None, chain.policy_text, f"policy {chain.policy}")
 
 
 def _sides(kind, hook):
@@ -272,13 +360,15 @@ def _kind(family, calls):
     return None
 
 
-def decide(bridge, ports, calls, tables, unreadable=()):
+def decide(bridge, ports, calls, tables, unreadable=(), counters="ignore"):
     """The Decision for one bridge.
 
     tables: nfrules.Table objects (legacy and nft) of the bridge's namespace; unreadable:
     (family, source, reason) for rulesets that exist but could not be read (nft missing,
-    legacy ebtables): each holds the whole bridge, as its rules could."""
-    walk = _Walk(bridge, ports)
+    legacy ebtables): each holds the whole bridge, as its rules could. counters: "ignore" (a
+    rule that only counts holds nothing) or "hold" (it holds what it can see, for an operator
+    who bills from counters)."""
+    walk = _Walk(bridge, ports, calls, counters)
     for family, source, reason in unreadable:
         if family in ("ip", "ip6", "arp") and _kind(family, calls) is None:
             continue  # the bridge never calls this family: its tables do not matter
@@ -288,16 +378,23 @@ def decide(bridge, ports, calls, tables, unreadable=()):
         kind = _kind(table.family, calls)
         for chain in sorted(table.chains.values(), key=lambda c: _hook_order(c.hook)):
             if chain.hook in ("ingress", "egress") and table.family in ("netdev", "inet"):
-                for dev in chain.devices:
-                    if dev in ports:
-                        one = PortSet(frozenset([dev]))
-                        side = {"ins": one} if chain.hook == "ingress" else {"outs": one}
-                        walk.base(table, chain, "netdev", **side)
+                walk.base(table, chain, "netdev", _bound(walk, chain))
             elif kind and chain.hook in IP_HOOKS and (kind != "arp" or chain.hook == "forward"):
                 walk.base(table, chain, kind)
     held = {p: next((h for s, h in walk.holds if p in s), None) for p in ports}
     bridge_hold = next((h for s, h in walk.holds if s.full), None)
     return Decision(bridge, held, bridge_hold)
+
+
+def _bound(walk, chain):
+    """The frames a netdev/inet ingress or egress chain sees: those of the ports its devices
+    name (exact names or `vnet*` prefixes, present or joining later), every port when its
+    device list is empty or could not be read."""
+    if chain.devices:
+        ports = walk.names(NftNames(tuple(chain.devices)))
+    else:
+        ports = ALL
+    return Frames(ins=ports) if chain.hook == "ingress" else Frames(outs=ports)
 
 
 def _hook_order(hook):

@@ -5,7 +5,10 @@ changed).
 nftables changes arrive as NFNLGRP_NFTABLES notifications (`mark_changed`); legacy tables have
 no change notification, so `read_if_changed` compares a cheap fingerprint of them (and of the
 br_netfilter sysctls) with the last one. The fingerprint is stored only once the rules were read:
-a read that fails (EMFILE, a table being replaced) is tried again at the next poll.
+a read that fails (EMFILE, a table being replaced) is tried again at the next poll. Every
+nftables message counts, set elements added or removed (NFT_MSG_NEWSETELEM/DELSETELEM) like
+rules; a notification that arrives while a read runs leaves the rules due (the read may have
+missed the change).
 """
 
 from ...loader.netns import KeptFiles
@@ -16,11 +19,13 @@ class RulesPoll:
     def __init__(self, netns):
         self.netns = netns
         self.changed = True  # read the rules at the next poll
+        self.marks = 0  # nftables notifications so far
         self.fingerprint = None  # of the legacy tables and sysctls at the last successful read
         self.kept = KeptFiles(netns)  # what the poll reads, open in the namespace
 
     def mark_changed(self):
-        """nftables said the namespace's rules changed."""
+        """nftables said the namespace's rules changed (called from its event reader's thread)."""
+        self.marks += 1
         self.changed = True
 
     def read_if_changed(self):
@@ -30,8 +35,9 @@ class RulesPoll:
         if not self.changed and fingerprint == self.fingerprint:
             return None
         self.changed = True  # until the read below succeeds
+        marks = self.marks
         snap = snapshot.read(self.netns)
-        self.changed, self.fingerprint = False, fingerprint
+        self.changed, self.fingerprint = self.marks != marks, fingerprint
         return snap
 
     def close(self):

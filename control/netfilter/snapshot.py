@@ -1,9 +1,11 @@
 """Everything netfilter could do to a namespace's bridged frames, read once for all its bridges.
 
-`read(netns)` collects the legacy tables, the nftables ruleset, the bridge-nf-call-* sysctls and
-what could not be read; `decide()` runs the per-port walk (policy.py) for one bridge, with the
-bridge's own nf_call_* options. `fingerprint(netns)` is the cheap poll for legacy tables
-(poll.py; nftables changes arrive as NFNLGRP_NFTABLES notifications instead).
+`read(netns)` collects the legacy tables, the nftables ruleset (with its named sets and maps,
+and the chains' devices), br_netfilter's sysctls (bridge-nf-call-*, and the two that give a
+tagged frame the bridge's VLAN device as its in device) and what could not be read; `decide()`
+runs the per-port walk (policy.py) for one bridge, with the bridge's own nf_call_* options.
+`fingerprint(netns)` is the cheap poll for legacy tables and the sysctls (poll.py; nftables
+changes, set elements included, arrive as NFNLGRP_NFTABLES notifications instead).
 """
 
 import dataclasses
@@ -15,13 +17,28 @@ from . import policy as nfpolicy
 from . import rules as nfrules
 
 SYSCTLS = ("iptables", "ip6tables", "arptables")
+# br_netfilter's other sysctls the walk reads (/proc/sys/net/bridge/bridge-nf-NAME, per namespace)
+VLAN_SYSCTLS = ("filter-vlan-tagged", "pass-vlan-input-dev")
+
+
+def _sysctl(name, kept=None):
+    """br_netfilter's bridge-nf-NAME of the namespace the thread is in (or kept's); absent:
+    br_netfilter is not loaded, off."""
+    path = f"/proc/sys/net/bridge/bridge-nf-{name}"
+    if kept is not None:
+        return (kept.read(path) or "").strip() == "1"
+    try:
+        with open(path) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     tables: tuple  # nfrules.Table, legacy and nft
     unreadable: tuple  # (family, source, reason): rulesets that may exist but were not read
-    sysctls: dict  # {"iptables": bool, "ip6tables": bool, "arptables": bool}
+    sysctls: dict  # {"iptables": bool, "ip6tables": bool, "arptables": bool, VLAN_SYSCTLS: bool}
     digests: dict  # {("legacy", family, table) | ("nft",): digest}: equal digests, equal rules
 
 
@@ -30,6 +47,7 @@ def read(netns=None):
     tables, unreadable, digests = [], [], {}
     with entered(netns):
         sysctls = {n: bridge_nf_call(n) for n in SYSCTLS}
+        sysctls.update((n, _sysctl(n)) for n in VLAN_SYSCTLS)
         for family in ("ip", "ip6", "arp"):
             try:
                 for t in xtables.read_family(family):
@@ -44,15 +62,18 @@ def read(netns=None):
             ruleset = nftables.read_ruleset()
             tables.extend(nfrules.from_nft(ruleset))
             digests[("nft",)] = ruleset.digest
+            if ruleset.devices_error:  # a chain on a wildcard device that nft does not list is unseen
+                unreadable.append(("*", "nft", ruleset.devices_error))
         except nftables.NftUnavailable as exc:
             unreadable.append(("*", "nft", str(exc)))
     return Snapshot(tuple(tables), tuple(unreadable), sysctls, digests)
 
 
-def decide(snapshot, bridge, ports, options):
-    """nfpolicy.Decision for one bridge of the snapshot's namespace."""
+def decide(snapshot, bridge, ports, options, counters="ignore"):
+    """nfpolicy.Decision for one bridge of the snapshot's namespace; counters: the
+    attachment's netfilter_counters ("ignore" | "hold")."""
     calls = nfpolicy.Calls.combine(snapshot.sysctls, options)
-    return nfpolicy.decide(bridge, ports, calls, snapshot.tables, snapshot.unreadable)
+    return nfpolicy.decide(bridge, ports, calls, snapshot.tables, snapshot.unreadable, counters)
 
 
 def fingerprint(netns=None, previous=None, kept=None):
@@ -70,15 +91,20 @@ def fingerprint(netns=None, previous=None, kept=None):
 
 def _fingerprint(previous, kept):
     out = {n: bridge_nf_call(n, kept) for n in SYSCTLS}
+    out.update((n, _sysctl(n, kept)) for n in VLAN_SYSCTLS)
     for family in ("ip", "ip6", "arp"):
         out[family] = xtables.fingerprint(family, previous.get(family), kept)
-    # legacy ebtables appearing (its module autoloaded by a first rule) holds every bridge
+    # legacy ebtables appearing (a table's module autoloaded by a first rule) holds every bridge
     out["ebtables"] = xtables.ebtables_status()[0]
     return out
 
 
 def decide_for(s, ports, snap=None):
-    """policy.Decision for the bridge of datapath Session `s` and its `ports` (names); `snap`
-    saves a caller that has the namespace's Snapshot a second read."""
+    """policy.Decision for the bridge of datapath Session `s` and its `ports` (names), with the
+    attachment's netfilter_counters (its xdpbr_meta); `snap` saves a caller that has the
+    namespace's Snapshot a second read."""
     snap = snap or read(s.netns)
-    return decide(snap, s.bridge.name, ports, s.rtnl.bridge_nf_options(s.bridge.name))
+    counters = (
+        nfpolicy.COUNTERS[1] if getattr(s.meta(), "netfilter_counters", 0) == 1 else nfpolicy.COUNTERS[0]
+    )
+    return decide(snap, s.bridge.name, ports, s.rtnl.bridge_nf_options(s.bridge.name), counters)
