@@ -494,3 +494,12 @@ def test_counting_rules_hold_their_ports_only_when_asked(three_containers):
     assert shown["netfilter_counters"] == "hold"
     (hold,) = [p["netfilter_hold"] for p in shown["ports"] if p["netfilter_hold"]]
     assert hold["reason"] == "counter (netfilter_counters = hold)"
+    # the CLI's option: attaching again with the default gives the port back to the fast path
+    res = xdpbr(
+        "-j", "-n", lab.switch, "attach", lab.bridge, "--mode", "tc", "--netfilter-counters", "ignore"
+    )
+    assert res.returncode == 0, res.stderr
+    shown = json.loads(res.stdout)[0]
+    assert shown["netfilter_counters"] == "ignore" and not any(p["netfilter_hold"] for p in shown["ports"])
+    res = xdpbr("-n", lab.switch, "attach", lab.bridge, "--mode", "tc", "--netfilter-counters", "bill")
+    assert res.returncode != 0 and "invalid choice" in res.stderr

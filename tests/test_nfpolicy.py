@@ -745,3 +745,16 @@ def test_legacy_ebtables_is_judged_by_its_loaded_tables(tmp_path, monkeypatch):
         assert not xtables.ebtables_status()[0]
     finally:
         xtables._builtin_ebtables.cache_clear()
+
+
+def test_the_configuration_takes_netfilter_counters(tmp_path):
+    from xdpbr.control.config import ConfigError, load
+
+    path = tmp_path / "xdpbr.toml"
+    path.write_text('[[bridge]]\nname = "br0"\n\n[[bridge]]\nname = "br1"\nnetfilter_counters = "hold"\n')
+    assert [b.netfilter_counters for b in load(str(path)).bridges] == ["ignore", "hold"]
+    path.write_text('[[bridge]]\nname = "br0"\nnetfilter_counters = "bill"\n')
+    with pytest.raises(
+        ConfigError, match=r"xdpbr.toml:3: bridge\[0\].netfilter_counters: 'bill' is not one of"
+    ):
+        load(str(path))

@@ -41,7 +41,7 @@ def show_text(bridges):
     for b in bridges:
         where = f" netns {b['netns']}" if b["netns"] else ""
         state = "active" if b["fast_path_active"] else "PASSING ALL (no daemon heartbeat within grace period)"
-        nf = b["netfilter"]
+        nf = b["netfilter"] + (", counting rules hold" if b.get("netfilter_counters") == "hold" else "")
         if b.get("netfilter_hold"):
             nf += f" (every port held by {b['netfilter_hold']['text']})"
         elif any(p.get("netfilter_hold") for p in b["ports"]):

@@ -104,7 +104,5 @@ def decide_for(s, ports, snap=None):
     attachment's netfilter_counters (its xdpbr_meta); `snap` saves a caller that has the
     namespace's Snapshot a second read."""
     snap = snap or read(s.netns)
-    counters = (
-        nfpolicy.COUNTERS[1] if getattr(s.meta(), "netfilter_counters", 0) == 1 else nfpolicy.COUNTERS[0]
-    )
+    counters = nfpolicy.COUNTERS[s.meta().netfilter_counters == 1]  # 0 ignore, 1 hold
     return decide(snap, s.bridge.name, ports, s.rtnl.bridge_nf_options(s.bridge.name), counters)
