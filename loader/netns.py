@@ -300,12 +300,12 @@ class KeptFiles:
         self.sockets.clear()
 
 
-def bridge_nf_call(family, kept=None):
-    """br_netfilter's `bridge-nf-call-FAMILY` sysctl (iptables, ip6tables, arptables) of the
+def bridge_nf(name, kept=None):
+    """br_netfilter's `bridge-nf-NAME` sysctl (call-iptables, filter-vlan-tagged, ...) of the
     namespace the thread is in, or of `kept`'s (a KeptFiles). Absent: br_netfilter is not
-    loaded, so no bridge calls that family. /proc/sys/net answers for the opening thread's
-    namespace; br_netfilter's sysctls are per namespace."""
-    path = f"/proc/sys/net/bridge/bridge-nf-call-{family}"
+    loaded, so off. /proc/sys/net answers for the opening thread's namespace; br_netfilter's
+    sysctls are per namespace."""
+    path = f"/proc/sys/net/bridge/bridge-nf-{name}"
     if kept is not None:
         return (kept.read(path) or "").strip() == "1"
     try:
@@ -313,3 +313,8 @@ def bridge_nf_call(family, kept=None):
             return f.read().strip() == "1"
     except OSError:
         return False
+
+
+def bridge_nf_call(family, kept=None):
+    """`bridge-nf-call-FAMILY` (iptables, ip6tables, arptables): does the bridge call that family?"""
+    return bridge_nf(f"call-{family}", kept)

@@ -34,7 +34,7 @@ OWN_EXEC = {"xdpbr.control.endpoints.qemu"}  # `endpoint launch` execs QEMU
 SOCKET_CALLS = ("socket", "socketpair", "create_server", "create_connection", "fromfd")
 # control/'s floors, lowest first: an import may stay on its floor or go down, never up
 FLOORS = (
-    ("xdpbr.control.model", "xdpbr.control.connections", "xdpbr.control.config"),
+    ("xdpbr.control.model", "xdpbr.control.connections", "xdpbr.control.config", "xdpbr.control.records"),
     ("xdpbr.control.netfilter",),
     ("xdpbr.control.datapath",),
     ("xdpbr.control.endpoints",),

@@ -3,13 +3,11 @@
 so that `show`, `port show` and the metrics name the qdisc, filter or program without asking
 the kernel for every port. Written atomically, and only when it changed."""
 
-import json
 import os
 
 from ...loader import instance
 from ...loader.bridge_id import BridgeId
-
-_written = {}  # path -> the bytes this process last wrote there
+from .. import records
 
 
 def _path(bridge, netns):
@@ -18,32 +16,16 @@ def _path(bridge, netns):
 
 def save(bridge, netns, policies):
     """policies: {port name: (egress, ingress)}."""
-    path = _path(bridge, netns)
-    data = json.dumps({p: {"egress": e, "ingress": i} for p, (e, i) in sorted(policies.items())}).encode()
-    if _written.get(path) == data and os.path.exists(path):
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.rename(tmp, path)
-    _written[path] = data
+    records.save(
+        _path(bridge, netns), {p: {"egress": e, "ingress": i} for p, (e, i) in sorted(policies.items())}
+    )
 
 
 def load(bridge, netns):
     """{port: {"egress": ..., "ingress": ...}} as saved, or {} (never reconciled)."""
-    try:
-        with open(_path(bridge, netns)) as f:
-            raw = json.load(f)
-    except (OSError, ValueError):
-        return {}
+    raw = records.load(_path(bridge, netns))
     return raw if isinstance(raw, dict) else {}
 
 
 def forget(bridge, netns):
-    path = _path(bridge, netns)
-    _written.pop(path, None)
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    records.forget(_path(bridge, netns))

@@ -12,26 +12,13 @@ import dataclasses
 
 from ...loader import nftables, xtables
 from ...loader.errors import XdpbrError
-from ...loader.netns import bridge_nf_call, entered
+from ...loader.netns import bridge_nf, bridge_nf_call, entered
 from . import policy as nfpolicy
 from . import rules as nfrules
 
 SYSCTLS = ("iptables", "ip6tables", "arptables")
 # br_netfilter's other sysctls the walk reads (/proc/sys/net/bridge/bridge-nf-NAME, per namespace)
 VLAN_SYSCTLS = ("filter-vlan-tagged", "pass-vlan-input-dev")
-
-
-def _sysctl(name, kept=None):
-    """br_netfilter's bridge-nf-NAME of the namespace the thread is in (or kept's); absent:
-    br_netfilter is not loaded, off."""
-    path = f"/proc/sys/net/bridge/bridge-nf-{name}"
-    if kept is not None:
-        return (kept.read(path) or "").strip() == "1"
-    try:
-        with open(path) as f:
-            return f.read().strip() == "1"
-    except OSError:
-        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +34,7 @@ def read(netns=None):
     tables, unreadable, digests = [], [], {}
     with entered(netns):
         sysctls = {n: bridge_nf_call(n) for n in SYSCTLS}
-        sysctls.update((n, _sysctl(n)) for n in VLAN_SYSCTLS)
+        sysctls.update((n, bridge_nf(n)) for n in VLAN_SYSCTLS)
         for family in ("ip", "ip6", "arp"):
             try:
                 for t in xtables.read_family(family):
@@ -91,7 +78,7 @@ def fingerprint(netns=None, previous=None, kept=None):
 
 def _fingerprint(previous, kept):
     out = {n: bridge_nf_call(n, kept) for n in SYSCTLS}
-    out.update((n, _sysctl(n, kept)) for n in VLAN_SYSCTLS)
+    out.update((n, bridge_nf(n, kept)) for n in VLAN_SYSCTLS)
     for family in ("ip", "ip6", "arp"):
         out[family] = xtables.fingerprint(family, previous.get(family), kept)
     # legacy ebtables appearing (a table's module autoloaded by a first rule) holds every bridge

@@ -5,14 +5,12 @@ Keyed by the bridge's identity (name and namespace, `BridgeId.label`); written a
 only when the decision changed (a reconcile that decides the same writes nothing).
 """
 
-import json
 import os
 
 from ...loader import instance
 from ...loader.bridge_id import BridgeId
+from .. import records
 from .policy import Hold
-
-_written = {}  # path -> the bytes this process last wrote there
 
 
 def _path(bridge, netns):
@@ -21,26 +19,13 @@ def _path(bridge, netns):
 
 def save(bridge, netns, decision):
     """Keep the decision (None: bypass) for `show` and the metrics."""
-    path = _path(bridge, netns)
-    data = json.dumps(decision.to_dict() if decision else None).encode()
-    if _written.get(path) == data and os.path.exists(path):
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.rename(tmp, path)
-    _written[path] = data
+    records.save(_path(bridge, netns), decision.to_dict() if decision else None)
 
 
 def load(bridge, netns):
     """{"bridge_hold": hold|None, "ports": {port: hold|None}} as saved, or None (bypass, or
     never decided); a hold is policy.Hold.to_dict() plus its one-line text."""
-    try:
-        with open(_path(bridge, netns)) as f:
-            raw = json.load(f)
-    except (OSError, ValueError):
-        return None
+    raw = records.load(_path(bridge, netns))
     if not isinstance(raw, dict):
         return None
 
@@ -54,9 +39,4 @@ def load(bridge, netns):
 
 
 def forget(bridge, netns):
-    path = _path(bridge, netns)
-    _written.pop(path, None)
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    records.forget(_path(bridge, netns))
