@@ -21,7 +21,6 @@ hotplug   the curve of HOTPLUG_CASES: a bridge of 4, 64 and 256 veth ports, and 
           and max <= 200 ms on the 256-port bridge and on the 64 bridges.
 """
 
-import contextlib
 import json
 import os
 import random
@@ -31,8 +30,7 @@ import time
 
 from xdpbr.control.datapath import attachment
 from xdpbr.control.datapath.session import Session
-from xdpbr.loader import attach as at
-from xdpbr.loader import pins, tcx
+from xdpbr.loader import pins, tcread, tcx
 from xdpbr.loader.netns import entered, existing_index
 
 from bench.scenario import Scenario
@@ -250,8 +248,7 @@ class HotPlug(Scenario):
         ns = target[0]
         if self.tcx[target]:
             return session.prog_id("tc") in tcx.programs(ns, [index])[index][0]
-        with contextlib.closing(at.open_netlink(ns)) as ipr:
-            return at.has_xdpbr_filter(ipr, index)
+        return tcread.XDPBR_FILTER in tcread.filters(ns, index, tcread.INGRESS_PARENT)
 
     def measure(self, j, timeout=JOIN_TIMEOUT_S):
         """Join j: a new veth made port of one bridge (`ip link set PORT master BR up`) while

@@ -91,21 +91,6 @@ def detach_xdp(ipr, ifindex, mode):
             raise XdpbrError(f"cannot detach XDP from ifindex {ifindex}", errno=exc.code) from None
 
 
-def egress_is_plain(ipr, ifindex):
-    """No qdisc beyond noqueue and no egress filter: nothing a bridge transmit would honour."""
-    for q in ipr.get_qdiscs(index=ifindex):
-        kind = q.get_attr("TCA_KIND")
-        if kind == "clsact":
-            try:
-                if ipr.get_filters(index=ifindex, parent=TC_EGRESS_PARENT):
-                    return False
-            except NetlinkError:
-                return False
-        elif kind != "noqueue":
-            return False
-    return True
-
-
 def add_ingress(ipr, ifindex):
     """An `ingress` qdisc (not clsact: libvirt deletes an `ingress` qdisc before adding its own,
     and cannot delete a clsact)."""
@@ -113,11 +98,7 @@ def add_ingress(ipr, ifindex):
 
 
 def del_ingress(ipr, ifindex):
-    try:
-        ipr.tc("del", "ingress", index=ifindex)
-    except NetlinkError as exc:
-        if exc.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
-            raise
+    _del_qdisc(ipr, ifindex, "ingress")
 
 
 def add_clsact(ipr, ifindex):
@@ -126,34 +107,16 @@ def add_clsact(ipr, ifindex):
 
 
 def del_clsact(ipr, ifindex):
+    _del_qdisc(ipr, ifindex, "clsact")
+
+
+def _del_qdisc(ipr, ifindex, kind):
+    """Remove the port's qdisc of `kind`; one already gone (or the port) is no error."""
     try:
-        ipr.tc("del", "clsact", index=ifindex)
+        ipr.tc("del", kind, index=ifindex)
     except NetlinkError as exc:
         if exc.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
             raise
-
-
-def ingress_filters(ipr, ifindex):
-    """[(prio, name)] of cls_bpf filters on clsact ingress (pyroute2 does not decode the id)."""
-    out = []
-    try:
-        filters = ipr.get_filters(index=ifindex, parent=TC_INGRESS_PARENT)
-    except NetlinkError:
-        return out
-    for f in filters:
-        if f.get_attr("TCA_KIND") != "bpf":
-            continue
-        opts = f.get_attr("TCA_OPTIONS")
-        if not opts:
-            continue
-        prio = (f["info"] >> 16) & 0xFFFF
-        out.append((prio, opts.get_attr("TCA_BPF_NAME")))
-    return out
-
-
-def has_xdpbr_filter(ipr, ifindex):
-    """Is xdpbr's own TC filter (its name at its priority) on ifindex?"""
-    return (TC_FILTER_PRIO, TC_FILTER_NAME) in ingress_filters(ipr, ifindex)
 
 
 def attach_tc(ipr, ifindex, ifname, prog_fd, *, replace=False):

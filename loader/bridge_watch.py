@@ -26,11 +26,15 @@ from .netns import NETNS_RUN_DIR, current_inode, entered, netns_path
 
 RTM_NEWLINK, RTM_GETLINK = 16, 18
 RTNLGRP_LINK = 1
-IFLA_IFNAME, IFLA_LINKINFO, IFLA_EXT_MASK = 3, 18, 29
-IFLA_INFO_KIND = 1
+IFLA_IFNAME, IFLA_LINKINFO, IFLA_EXT_MASK, IFLA_INFO_KIND = (
+    rtnl.IFLA_IFNAME,
+    rtnl.IFLA_LINKINFO,
+    rtnl.IFLA_EXT_MASK,
+    rtnl.IFLA_INFO_KIND,
+)
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 NLM_F_DUMP_INTR = 0x10
-_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_IFINFOMSG = rtnl.IFINFOMSG
 EVENTS_RCVBUF = 256 << 10
 ANSWER_TIMEOUT_MS = 2000
 
@@ -65,9 +69,8 @@ def namespace_inode(netns):
 def _link_kind(buf, body, end):
     """(ifname, kind) of one RTM_NEWLINK message."""
     attrs = rtnl.attrs(buf, body + _IFINFOMSG.size, end)
-    name = attrs.get(IFLA_IFNAME, b"").split(b"\0", 1)[0].decode(errors="replace")
     info = rtnl.attrs(attrs.get(IFLA_LINKINFO, b""))
-    return name, info.get(IFLA_INFO_KIND, b"").split(b"\0", 1)[0].decode(errors="replace")
+    return rtnl.string(attrs, IFLA_IFNAME), rtnl.string(info, IFLA_INFO_KIND)
 
 
 def _request(attributes=b""):

@@ -4,7 +4,6 @@ opened on first use); its methods are typed kernel operations without policy, an
 and its ports come back as the dataclasses below.
 """
 
-import contextlib
 import errno
 import socket
 import struct
@@ -88,7 +87,7 @@ def find_bridge(name, netns=None):
     if found is None:
         raise NotFound(f"bridge {name} does not exist{where}", fix="see `ip link show type bridge`")
     attrs, info, data = _link_attrs(found)
-    kind = _string(info, IFLA_INFO_KIND)
+    kind = rtnl.string(info, IFLA_INFO_KIND)
     if kind != "bridge":
         flags = _IFINFOMSG.unpack_from(found[0], found[1])[3]
         kind = kind or ("loopback" if flags & IFF_LOOPBACK else "physical")
@@ -106,10 +105,20 @@ def find_bridge(name, netns=None):
 
 
 RTM_GETLINK = 18
-_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
-IFLA_LINKINFO, IFLA_LINK_NETNSID, IFLA_XDP = 18, 37, 43
-IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_DATA = 1, 2, 5
+_IFINFOMSG = rtnl.IFINFOMSG
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = (
+    rtnl.IFLA_ADDRESS,
+    rtnl.IFLA_IFNAME,
+    rtnl.IFLA_MTU,
+    rtnl.IFLA_LINK,
+    rtnl.IFLA_MASTER,
+)
+IFLA_LINKINFO, IFLA_LINK_NETNSID, IFLA_XDP = rtnl.IFLA_LINKINFO, rtnl.IFLA_LINK_NETNSID, rtnl.IFLA_XDP
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_DATA = (
+    rtnl.IFLA_INFO_KIND,
+    rtnl.IFLA_INFO_DATA,
+    rtnl.IFLA_INFO_SLAVE_DATA,
+)
 IFLA_BR_VLAN_FILTERING = 7
 IFLA_BR_NF_CALL = {"nf_call_iptables": 36, "nf_call_ip6tables": 37, "nf_call_arptables": 38}
 IFLA_XDP_ATTACHED, IFLA_XDP_PROG_ID = 2, 4
@@ -123,10 +132,6 @@ def _u8(attrs, kind):
     return value[0] if value else 0
 
 
-def _string(attrs, kind):
-    return attrs.get(kind, b"").rstrip(b"\0").decode(errors="replace")
-
-
 def port_from_message(buf, start, end):
     """(master ifindex, PortInfo) of one RTM_NEWLINK, decoded with struct (pyroute2 takes ~300 us
     a message: a dump of a 256-port bridge's links was most of a reconcile)."""
@@ -137,9 +142,9 @@ def port_from_message(buf, start, end):
     xdp = rtnl.attrs(attrs[IFLA_XDP]) if IFLA_XDP in attrs else {}
     netnsid = attrs.get(IFLA_LINK_NETNSID)
     port = PortInfo(
-        name=_string(attrs, IFLA_IFNAME),
+        name=rtnl.string(attrs, IFLA_IFNAME),
         ifindex=ifindex,
-        kind=_string(info, IFLA_INFO_KIND),
+        kind=rtnl.string(info, IFLA_INFO_KIND),
         mtu=rtnl.u32(attrs, IFLA_MTU) or 1500,
         state=_u8(slave, IFLA_BRPORT_STATE),
         isolated=bool(_u8(slave, IFLA_BRPORT_ISOLATED)),
@@ -251,12 +256,14 @@ class Rtnl:
         """{ifindex: (egress, ingress)} for the ports in `own_qdiscs` ({ifindex: kind of the
         qdisc xdpbr created there, or None}): one qdisc dump for all of them."""
         found = tcread.qdiscs(self.netns)
+        programs = tcx.programs(self.netns, own_qdiscs)  # (ingress ids, egress ids) per port
         out = {}
         for ifindex, own in own_qdiscs.items():
+            ingress, egress = programs[ifindex]
             out[ifindex] = tcread.policy(
                 found.get(ifindex, []),
                 lambda parent, i=ifindex: tcread.filters(self.netns, i, parent),
-                lambda direction, i=ifindex: tcx.foreign_program_ids(self.netns, i, direction),
+                lambda direction, i=ingress, e=egress: tcx.foreign(i if direction == "ingress" else e),
                 own_qdisc=own,
             )
         return out
@@ -325,9 +332,6 @@ class Rtnl:
     def detach_xdp(self, ifindex, mode):
         return at.detach_xdp(self._socket, ifindex, mode)
 
-    def egress_is_plain(self, ifindex):
-        return at.egress_is_plain(self._socket, ifindex)
-
     def tc_policy(self, ifindex, *, own_qdisc=None):
         """(egress, ingress) policy on the port that is not xdpbr's, each a one-line description
         or None (loader/tcread.py)."""
@@ -361,13 +365,3 @@ class Rtnl:
 
     def detach_tc(self, ifindex):
         return at.detach_tc(self._socket, ifindex)
-
-
-@contextlib.contextmanager
-def opened(netns=None):
-    """An Rtnl for one command, closed afterwards."""
-    rtnl = Rtnl(netns)
-    try:
-        yield rtnl
-    finally:
-        rtnl.close()

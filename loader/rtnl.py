@@ -63,6 +63,19 @@ def messages(buf):
         pos += (length + 3) & ~3
 
 
+# struct ifinfomsg and the link attributes xdpbr reads (<linux/if_link.h>): links.py decodes
+# ports, bridge_watch.py bridges
+IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
+IFLA_LINKINFO, IFLA_EXT_MASK, IFLA_LINK_NETNSID, IFLA_XDP = 18, 29, 37, 43
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_DATA = 1, 2, 5
+
+
+def string(attributes, kind):
+    """A NUL-terminated string attribute ("" when absent)."""
+    return attributes.get(kind, b"").split(b"\0", 1)[0].decode(errors="replace")
+
+
 NETLINK_NETFILTER = 12  # nftables' notifications (NFNLGRP_NFTABLES) come on this family
 
 

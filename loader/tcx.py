@@ -125,12 +125,9 @@ def programs(netns, ifindexes):
         return {i: (program_ids(i, "ingress"), program_ids(i, "egress")) for i in ifindexes}
 
 
-def foreign_program_ids(netns, ifindex, direction):
-    """Ids of the TCX programs on `ifindex` of `netns` that are not xdpbr's (any instance, any
-    version)."""
+def foreign(ids):
+    """Those of the program `ids` that are not xdpbr's TC program (any instance, any version)."""
     out = []
-    with entered(netns):
-        ids = program_ids(ifindex, direction)
     for prog_id in ids:
         try:
             fd = bpfsys.prog_fd_by_id(prog_id)

@@ -164,7 +164,7 @@ def prepare_tcx(s, ports, journal):
 
 def _attach_tcx(s, port, journal):
     path = _tcx_pin(s, port.ifindex)
-    prog_id = bpfsys.prog_info(s.prog_fds["tc"]).id
+    prog_id = s.prog_id("tc")
     running = tcx.link_program_id(path)
     if running == prog_id:
         return
